@@ -1,0 +1,26 @@
+"""Errors decide a message's fate.
+
+* :class:`PermanentError` -- retrying cannot help (a bad payload, an invalid
+  file name): the entry goes to the dead-letter stream at once and is acked.
+* :class:`TemporaryError` -- try again later (a store is down, a lock is
+  held): the entry stays pending and is retried with backoff, optionally after
+  ``delay`` seconds.  After ``max_deliveries`` it is dead-lettered too.
+
+Any other exception counts as temporary, and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+from events.errors import ReconcilerError
+
+
+class PermanentError(ReconcilerError):
+    """The entry can never be handled; dead-letter it now."""
+
+
+class TemporaryError(ReconcilerError):
+    """The entry may be handled later; retry it."""
+
+    def __init__(self, message: str, *, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay

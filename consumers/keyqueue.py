@@ -1,0 +1,100 @@
+"""A work queue keyed by conversation or session, as client-go's workqueue works.
+
+* A key is never handed to two workers at once.
+* Events for a key that is waiting are coalesced into one batch.
+* Events for a key that is being handled wait, coalesced, and the key is
+  handed out again once the running handler is done.
+
+Handlers are level-triggered (they read the current state of the key), so
+handling a key once for several events is both correct and cheaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from events.contract import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry handed to a handler."""
+
+    stream: str
+    entry_id: str
+    event: Event
+    fields: Mapping[bytes, bytes]
+    """The entry's raw fields, kept for the dead-letter stream."""
+
+
+class KeyQueue:
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[Delivery]] = {}
+        self._ready: deque[str] = deque()
+        self._processing: dict[str, list[Delivery]] = {}
+        self._has_ready = asyncio.Event()
+        self._has_space = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._count = 0
+
+    def __len__(self) -> int:
+        """Entries waiting or being handled."""
+        return self._count
+
+    def add(self, delivery: Delivery) -> None:
+        key = delivery.event.key
+        batch = self._waiting.get(key)
+        if batch is None:
+            self._waiting[key] = [delivery]
+            if key not in self._processing:
+                self._ready.append(key)
+                self._has_ready.set()
+        else:
+            batch.append(delivery)
+        self._count += 1
+        self._idle.clear()
+
+    async def get(self) -> tuple[str, list[Delivery]]:
+        """The next ready key and every event waiting for it."""
+        while not self._ready:
+            self._has_ready.clear()
+            await self._has_ready.wait()
+        key = self._ready.popleft()
+        batch = self._waiting.pop(key)
+        self._processing[key] = batch
+        return key, batch
+
+    def done(self, key: str) -> None:
+        """The handler for ``key`` finished (whatever its outcome)."""
+        batch = self._processing.pop(key)
+        self._count -= len(batch)
+        if key in self._waiting:
+            self._ready.append(key)
+            self._has_ready.set()
+        if self._count == 0:
+            self._idle.set()
+        self._has_space.set()
+
+    async def wait_for_space(self, limit: int) -> None:
+        while self._count >= limit:
+            self._has_space.clear()
+            await self._has_space.wait()
+
+    async def join(self) -> None:
+        """Wait until nothing is waiting or being handled."""
+        await self._idle.wait()
+
+    def take_all(self) -> list[Delivery]:
+        """Remove and return everything waiting or being handled (at shutdown)."""
+        out = [d for batch in self._processing.values() for d in batch]
+        out += [d for batch in self._waiting.values() for d in batch]
+        self._waiting.clear()
+        self._processing.clear()
+        self._ready.clear()
+        self._count = 0
+        self._idle.set()
+        return out

@@ -1,0 +1,112 @@
+"""Reclaiming the pending entries of dead consumers, and tidying the group.
+
+Every ``claim_interval_s`` the reclaimer XAUTOCLAIMs entries that have been
+pending for longer than ``claim_min_idle_s`` under any consumer (a crashed
+one, a stopped one's ``released`` entries, or a stuck one), reads their
+delivery count from XPENDING, and either queues them again or, past
+``max_deliveries``, dead-letters them.
+
+A consumer idle for ``consumer_gone_after_s`` is removed from the group only
+once it has no pending entries left: its entries are claimed first, on an
+earlier pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from redis.exceptions import ResponseError
+
+from consumers.deadletter import Failed
+from consumers.replies import is_nogroup, text
+from events import metrics
+from events.loops import HEARTBEATS
+
+if TYPE_CHECKING:
+    from consumers.runtime import GroupConsumer
+
+log = logging.getLogger(__name__)
+
+MAX_PAGES_PER_PASS = 20
+"""Bound on XAUTOCLAIM pages per stream per pass, so one pass never runs away."""
+
+
+class Reclaimer:
+    def __init__(self, consumer: GroupConsumer) -> None:
+        self._consumer = consumer
+        self._options = consumer.options
+        self._name = f"consumer:{self._options.group}:reclaim"
+
+    async def run(self) -> None:
+        stopped = self._consumer.stopped
+        while not stopped.is_set():
+            HEARTBEATS.beat(self._name)
+            try:
+                await asyncio.wait_for(stopped.wait(), timeout=self._options.claim_interval_s)
+                return
+            except TimeoutError:
+                pass
+            for stream in self._options.streams:
+                try:
+                    await self.reclaim(stream)
+                    await self.remove_gone_consumers(stream)
+                except ResponseError as e:
+                    if not is_nogroup(e):
+                        raise
+                    await self._consumer.ensure_groups()
+
+    async def reclaim(self, stream: str) -> int:
+        """Claim stale pending entries of ``stream``; returns how many were claimed."""
+        opts = self._options
+        redis = self._consumer.redis
+        start: bytes | str = "0-0"
+        total = 0
+        for _ in range(MAX_PAGES_PER_PASS):
+            reply = await redis.xautoclaim(
+                stream, opts.group, opts.consumer, int(opts.claim_min_idle_s * 1000),
+                start_id=start, count=opts.read_count,
+            )
+            start, claimed = reply[0], reply[1]
+            if claimed:
+                total += len(claimed)
+                await self._requeue(stream, claimed)
+            if text(start) == "0-0":
+                break
+        if total:
+            metrics.RECLAIMED.labels(opts.group).inc(total)
+            log.info("reclaimed %d stale entries from %s", total, stream,
+                     extra={"stream": stream, "group": opts.group})
+        return total
+
+    async def _requeue(self, stream: str, claimed: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        counts = await self._consumer.delivery_counts(stream, [text(i) for i, _ in claimed])
+        fresh, exhausted = [], []
+        for raw_id, fields in claimed:
+            count = counts.get(text(raw_id), 1)
+            if count > self._options.max_deliveries and fields is not None:
+                exhausted.append(Failed(stream, text(raw_id), fields, count))
+            else:
+                fresh.append((raw_id, fields))
+        await self._consumer.accept(stream, fresh)
+        if exhausted:
+            await self._consumer.dead_letter_entries(
+                exhausted, reason="max_deliveries",
+                error="delivered too often without being acked (consumers died or stalled)")
+
+    async def remove_gone_consumers(self, stream: str) -> list[str]:
+        """Remove consumers idle for long that hold nothing; returns their names."""
+        opts = self._options
+        redis = self._consumer.redis
+        gone_ms = int(opts.consumer_gone_after_s * 1000)
+        removed = []
+        for info in await redis.xinfo_consumers(stream, opts.group):
+            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            if name != opts.consumer and int(info["pending"]) == 0 and int(info["idle"]) > gone_ms:
+                await redis.xgroup_delconsumer(stream, opts.group, name)
+                removed.append(name)
+        if removed:
+            log.info("removed idle consumers %s from %s", removed, opts.group,
+                     extra={"stream": stream, "group": opts.group})
+        return removed

@@ -1,0 +1,384 @@
+"""The consumer-group runtime every group uses.
+
+One :class:`GroupConsumer` reads several streams with XREADGROUP (BLOCK,
+COUNT), hands events to a bounded pool of workers through a :class:`KeyQueue`
+(one key never handled twice at once; events for a busy key coalesced), and
+acks in batches after the handler's effects.
+
+The fate of an entry is decided by what the handler raised (see
+:mod:`consumers.errors`); the delivery count always comes from Redis
+(XPENDING), never from memory, so it survives restarts and crosses processes.
+Pending entries of dead consumers are reclaimed by :mod:`consumers.reclaim`.
+
+Shutdown: stop reading, let the workers finish what was read, and when the
+deadline comes hand anything unfinished back to the group (XCLAIM to a
+``released`` consumer with its idle time set, so live consumers claim it at
+once).  Nothing is left pending under this consumer's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from consumers.deadletter import Failed, dead_letter
+from consumers.errors import PermanentError, TemporaryError
+from consumers.keyqueue import Delivery, KeyQueue
+from consumers.reclaim import Reclaimer
+from consumers.replies import is_nogroup, is_unblocked, text
+from events import codec, metrics
+from events.contract import tag_of
+from events.errors import MalformedEntry
+from events.loops import HEARTBEATS, spawn
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, Sequence[Delivery]], Awaitable[None]]
+"""``handler(key, deliveries)``: reconcile one key; the deliveries are the events that woke it."""
+
+SHUTDOWN_GRACE_S = 2.0
+"""How long cancelled workers and stopping helpers get at the end of a shutdown."""
+
+RELEASED_CONSUMER = "released"
+"""Where entries go that a stopping consumer could not finish."""
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupOptions:
+    group: str
+    streams: tuple[str, ...]
+    deadletter_stream: str
+    consumer: str = field(default_factory=consumer_name)
+    read_count: int = 500
+    block_ms: int = 500
+    concurrency: int = 16
+    max_buffered: int = 5000
+    """Stop reading while this many entries wait or run (backpressure)."""
+    max_deliveries: int = 5
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 15.0
+    claim_min_idle_s: float = 30.0
+    claim_interval_s: float = 5.0
+    consumer_gone_after_s: float = 3600.0
+    ack_interval_s: float = 0.02
+    shutdown_deadline_s: float = 10.0
+    max_entry_bytes: int = codec.MAX_ENTRY_BYTES
+
+
+class GroupConsumer:
+    """Reads a consumer group's streams and runs a handler per key."""
+
+    def __init__(self, redis: Redis, options: GroupOptions, handler: Handler) -> None:
+        self.redis = redis
+        self.options = options
+        self._handler = handler
+        self._queue = KeyQueue()
+        self._tracked: set[tuple[str, str]] = set()
+        self._acks: dict[str, list[str]] = defaultdict(list)
+        self._ack_count = 0
+        self._ack_now = asyncio.Event()
+        self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        """Set when shutdown begins; helper loops return when they see it."""
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._loop_prefix = f"consumer:{options.group}"
+
+    # -- groups --------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        """Create the group on every stream if missing (MKSTREAM)."""
+        for stream in self.options.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.options.group, id="0", mkstream=True)
+                log.info("created group %s on %s", self.options.group, stream,
+                         extra={"stream": stream, "group": self.options.group})
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def _recreate_groups(self) -> None:
+        log.warning("group %s is gone (Redis restarted or was flushed); recreating it",
+                    self.options.group, extra={"group": self.options.group})
+        metrics.GROUPS_RECREATED.labels(self.options.group).inc()
+        await self.ensure_groups()
+
+    # -- run -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set, then shut down within the deadline."""
+        await self.ensure_groups()
+        prefix = self._loop_prefix
+        reader = spawn(f"{prefix}:reader", self._read_loop, stall_after_s=60)
+        workers = [
+            asyncio.create_task(self._work_loop(), name=f"{prefix}:worker-{n}")
+            for n in range(self.options.concurrency)
+        ]
+        acker = spawn(f"{prefix}:acker", self._ack_loop, stall_after_s=60)
+        reclaimer = spawn(f"{prefix}:reclaim", Reclaimer(self).run, stall_after_s=300)
+        await stop.wait()
+        await self._shutdown(reader, workers, [acker, reclaimer])
+
+    async def _shutdown(
+        self,
+        reader: asyncio.Task[None],
+        workers: list[asyncio.Task[None]],
+        helpers: list[asyncio.Task[None]],
+    ) -> None:
+        # Loops that talk to Redis are never cancelled mid-command (redis-py may
+        # not give the connection back); they see ``stopped`` and return by
+        # themselves.  Only idle workers, and workers past the deadline, are cancelled.
+        self._stopping = True
+        self.stopped.set()
+        deadline = time.monotonic() + self.options.shutdown_deadline_s
+        await asyncio.wait([reader], timeout=self.options.block_ms / 1000 + 1)
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.warning("shutdown deadline reached with %d entries unfinished", len(self._queue),
+                        extra={"group": self.options.group})
+        stragglers = [*workers, *self._retrying.values()]
+        for task in stragglers:
+            task.cancel()
+        await asyncio.wait(stragglers, timeout=SHUTDOWN_GRACE_S)
+        await asyncio.wait(helpers, timeout=SHUTDOWN_GRACE_S + self.options.claim_interval_s)
+        for task in (reader, *helpers):
+            task.cancel()
+        await self.flush_acks()
+        await self._release_own_pending()
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        await self.ensure_groups()  # again after every restart of this loop
+        opts = self.options
+        streams = {s: ">" for s in opts.streams}
+        names = {s.encode(): s for s in opts.streams}
+        name = f"{self._loop_prefix}:reader"
+        while not self._stopping:
+            HEARTBEATS.beat(name)
+            await self._queue.wait_for_space(opts.max_buffered)
+            try:
+                reply = await self.redis.xreadgroup(
+                    opts.group, opts.consumer, streams, count=opts.read_count, block=opts.block_ms
+                )
+            except ResponseError as e:
+                if not (is_nogroup(e) or is_unblocked(e)):
+                    raise
+                await self._recreate_groups()
+                continue
+            for raw_stream, entries in reply or ():
+                stream = names.get(raw_stream) or text(raw_stream)
+                await self.accept(stream, entries)
+
+    async def accept(
+        self, stream: str, entries: Sequence[tuple[bytes, Mapping[bytes, bytes] | None]]
+    ) -> None:
+        """Decode entries and queue them by key; dead-letter what does not decode."""
+        bad: dict[str, list[Failed]] = defaultdict(list)
+        for raw_id, fields in entries:
+            entry_id = text(raw_id)
+            if fields is None:  # deleted from the stream while pending
+                self.ack(stream, entry_id)
+                continue
+            marker = (stream, entry_id)
+            if marker in self._tracked:
+                continue
+            try:
+                event = codec.decode(fields, max_bytes=self.options.max_entry_bytes)
+            except MalformedEntry as e:
+                bad[f"{e.reason}: {e}"].append(Failed(stream, entry_id, fields))
+                continue
+            self._tracked.add(marker)
+            self._queue.add(Delivery(stream, entry_id, event, fields))
+        for error, failed in bad.items():
+            log.warning("dead-lettering %d malformed entries from %s: %s", len(failed), stream,
+                        error, extra={"stream": stream, "group": self.options.group})
+            await self.dead_letter_entries(failed, reason="malformed", error=error)
+
+    # -- handling ------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        group = self.options.group
+        duration = metrics.HANDLER_DURATION.labels(group)
+        while True:
+            key, batch = await self._queue.get()
+            started = time.perf_counter()
+            try:
+                await self._handler(key, batch)
+            except asyncio.CancelledError:
+                raise  # shutdown: the batch is released by _release_own_pending
+            except PermanentError as e:
+                self._count(batch, "dead_lettered")
+                log.error("permanent error for key %s: %s", key, e,
+                          extra={"group": group, "key": key, "stream": batch[-1].stream,
+                                 "message_id": batch[-1].entry_id,
+                                 "event_type": tag_of(type(batch[-1].event))})
+                await self.dead_letter_entries(
+                    [Failed(d.stream, d.entry_id, d.fields) for d in batch],
+                    reason="permanent", error=f"{type(e).__name__}: {e}")
+                self._untrack(batch)
+            except Exception as e:
+                log.warning("handler failed for key %s; will retry", key, exc_info=True,
+                            extra={"group": group, "key": key, "stream": batch[-1].stream,
+                                   "message_id": batch[-1].entry_id,
+                                   "event_type": tag_of(type(batch[-1].event))})
+                self._count(batch, "retried")
+                await self._retry_later(batch, e)
+            else:
+                self._count(batch, "handled")
+                for d in batch:
+                    self.ack(d.stream, d.entry_id)
+                self._untrack(batch)
+            finally:
+                duration.observe(time.perf_counter() - started)
+                self._queue.done(key)
+
+    def _count(self, batch: Sequence[Delivery], outcome: str) -> None:
+        for d in batch:
+            label = (tag_of(type(d.event)), outcome)
+            counter = self._counters.get(label)
+            if counter is None:
+                counter = metrics.EVENTS_CONSUMED.labels(self.options.group, *label)
+                self._counters[label] = counter
+            counter.inc()
+
+    def _untrack(self, batch: Sequence[Delivery]) -> None:
+        for d in batch:
+            self._tracked.discard((d.stream, d.entry_id))
+
+    async def delivery_counts(self, stream: str, entry_ids: Sequence[str]) -> dict[str, int]:
+        """How often Redis has delivered each entry (XPENDING)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.xpending_range(stream, self.options.group, entry_id, entry_id, 1)
+        counts: dict[str, int] = {}
+        for rows in await pipe.execute():
+            for row in rows:
+                counts[text(row["message_id"])] = int(row["times_delivered"])
+        return counts
+
+    async def _retry_later(self, batch: Sequence[Delivery], error: Exception) -> None:
+        delay_hint = error.delay if isinstance(error, TemporaryError) else None
+        by_stream: dict[str, list[Delivery]] = defaultdict(list)
+        for d in batch:
+            by_stream[d.stream].append(d)
+        for stream, deliveries in by_stream.items():
+            counts = await self.delivery_counts(stream, [d.entry_id for d in deliveries])
+            exhausted = []
+            for d in deliveries:
+                count = counts.get(d.entry_id)
+                if count is None:  # no longer pending: acked elsewhere or trimmed
+                    self._untrack([d])
+                elif count >= self.options.max_deliveries:
+                    exhausted.append(Failed(d.stream, d.entry_id, d.fields, count))
+                    self._untrack([d])
+                else:
+                    backoff = self.options.retry_backoff_s * 2 ** (count - 1)
+                    delay = delay_hint if delay_hint is not None else backoff
+                    self._schedule_retry(d, min(delay, self.options.retry_backoff_max_s))
+            await self.dead_letter_entries(
+                exhausted, reason="max_deliveries", error=f"{type(error).__name__}: {error}")
+
+    def _schedule_retry(self, delivery: Delivery, delay: float) -> None:
+        marker = (delivery.stream, delivery.entry_id)
+        self._retrying[marker] = asyncio.create_task(self._retry(delivery, delay))
+
+    async def _retry(self, delivery: Delivery, delay: float) -> None:
+        marker = (delivery.stream, delivery.entry_id)
+        try:
+            await asyncio.sleep(delay)
+            # XCLAIM to ourselves counts the new delivery in Redis.
+            claimed = await self.redis.xclaim(
+                delivery.stream, self.options.group, self.options.consumer, 0, [delivery.entry_id]
+            )
+            self._tracked.discard(marker)
+            if claimed and not self._stopping:
+                await self.accept(delivery.stream, claimed)
+        except ResponseError as e:
+            if not is_nogroup(e):
+                raise
+            self._tracked.discard(marker)
+        finally:
+            self._retrying.pop(marker, None)
+
+    async def dead_letter_entries(self, failed: Sequence[Failed], *, reason: str, error: str) -> None:
+        await dead_letter(
+            self.redis,
+            deadletter_stream=self.options.deadletter_stream,
+            group=self.options.group,
+            failed=failed,
+            reason=reason,
+            error=error,
+        )
+
+    # -- acks ----------------------------------------------------------------
+
+    def ack(self, stream: str, entry_id: str) -> None:
+        self._acks[stream].append(entry_id)
+        self._ack_count += 1
+        if self._ack_count >= self.options.read_count:
+            self._ack_now.set()
+
+    async def _ack_loop(self) -> None:
+        name = f"{self._loop_prefix}:acker"
+        while not self._stopping:
+            HEARTBEATS.beat(name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_now.wait(), timeout=self.options.ack_interval_s)
+            self._ack_now.clear()
+            await self.flush_acks()
+
+    async def flush_acks(self) -> None:
+        if not self._ack_count:
+            return
+        acks, self._acks, self._ack_count = self._acks, defaultdict(list), 0
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in acks.items():
+            pipe.xack(stream, self.options.group, *ids)
+        try:
+            await pipe.execute(raise_on_error=False)
+        except Exception:
+            for stream, ids in acks.items():  # keep them for the next flush
+                self._acks[stream].extend(ids)
+                self._ack_count += len(ids)
+            raise
+
+    # -- release -------------------------------------------------------------
+
+    async def _release_own_pending(self) -> None:
+        """Hand every entry still pending under our name to the group, then leave it."""
+        opts = self.options
+        idle_ms = int(opts.claim_min_idle_s * 1000)
+        for stream in opts.streams:
+            try:
+                while rows := await self.redis.xpending_range(
+                    stream, opts.group, "-", "+", 1000, consumername=opts.consumer
+                ):
+                    ids = [text(row["message_id"]) for row in rows]
+                    await self.redis.xclaim(
+                        stream, opts.group, RELEASED_CONSUMER, 0, ids, idle=idle_ms, justid=True
+                    )
+                    log.info("released %d unfinished entries of %s", len(ids), stream,
+                             extra={"stream": stream, "group": opts.group})
+                await self.redis.xgroup_delconsumer(stream, opts.group, opts.consumer)
+            except ResponseError as e:
+                if not is_nogroup(e):
+                    raise
+        self._queue.take_all()
+        self._tracked.clear()

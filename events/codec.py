@@ -1,0 +1,109 @@
+"""One codec: an event <-> the fields of a Redis stream entry.
+
+A stream entry has four fields::
+
+    v     schema version (``"1"``)
+    type  the event's wire tag, e.g. ``session.started``
+    key   the conversation key or session name (lets tools filter without decoding)
+    data  the event as JSON, validated against the tagged union
+
+Decoding is strict and never raises anything but :class:`MalformedEntry`
+subclasses, each naming what was wrong.  The encoder and decoder are built once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from events.contract import SCHEMA_VERSION, TAGS, Event, EventBase, tag_of
+from events.errors import (
+    EntryTooLarge,
+    InvalidPayload,
+    MissingField,
+    UnknownEventType,
+    UnsupportedVersion,
+)
+
+MAX_ENTRY_BYTES = 256 * 1024
+"""Largest ``data`` field accepted; an audit entry of dropped messages is the biggest."""
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Event)
+_VERSION = str(SCHEMA_VERSION).encode()
+
+EntryFields = Mapping[bytes, bytes] | Mapping[str, bytes] | Mapping[str, str]
+
+
+def encode(event: EventBase) -> dict[str, bytes]:
+    """The stream entry fields for an event."""
+    return {
+        "v": _VERSION,
+        "type": tag_of(type(event)).encode(),
+        "key": event.key.encode(),
+        "data": _encoder.encode(event),
+    }
+
+
+def encode_json(event: EventBase) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
+    """The event in a stream entry; raises a :class:`MalformedEntry` subclass."""
+    normal = _as_bytes(fields)
+    for name in (b"v", b"type", b"data"):
+        if name not in normal:
+            raise MissingField(f"entry has no {name.decode()!r} field")
+    if normal[b"v"] != _VERSION:
+        raise UnsupportedVersion(
+            f"schema version {_printable(normal[b'v'])} is not supported "
+            f"(this build reads {SCHEMA_VERSION})"
+        )
+    type_tag = normal[b"type"].decode("utf-8", "replace")
+    if type_tag not in TAGS:
+        raise UnknownEventType(f"unknown event type {_printable(normal[b'type'])}")
+    data = normal[b"data"]
+    if len(data) > max_bytes:
+        raise EntryTooLarge(f"payload of {len(data)} bytes is over the {max_bytes}-byte limit")
+    try:
+        event: Event = _decoder.decode(data)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        kind = MissingField if text.startswith("Object missing required field") else InvalidPayload
+        raise kind(f"{type_tag}: {text}") from e
+    except msgspec.DecodeError as e:
+        raise InvalidPayload(f"{type_tag}: {e}") from e
+    if tag_of(type(event)) != type_tag:
+        raise InvalidPayload(
+            f"entry type {type_tag!r} does not match payload type {tag_of(type(event))!r}"
+        )
+    return event
+
+
+def _as_bytes(fields: EntryFields) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for name, value in fields.items():
+        key = name if isinstance(name, bytes) else name.encode()
+        out[key] = value if isinstance(value, bytes) else value.encode()
+    return out
+
+
+def _printable(raw: bytes) -> str:
+    return repr(raw[:64].decode("utf-8", "replace"))
+
+
+def json_schema() -> dict[str, object]:
+    """The JSON Schema of the whole union, with the entry layout described."""
+    schema = msgspec.json.schema(Event)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "session-reconciler event",
+        "description": (
+            "The 'data' field of a Redis stream entry. The entry also carries "
+            "'v' (schema version), 'type' (equal to data.type) and 'key' (equal to data.key)."
+        ),
+        "x-schema-version": SCHEMA_VERSION,
+        **schema,
+    }

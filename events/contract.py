@@ -1,0 +1,309 @@
+"""The event contract: every event this project publishes, as one tagged union.
+
+Each event is a frozen, keyword-only msgspec Struct with an explicit wire tag
+(the ``type`` field), so renaming a class never changes the wire format.  All
+of them share the envelope fields of :class:`EventBase`:
+
+* ``id`` -- time-ordered (a ULID, see :mod:`events.ids`);
+* ``occurred_at`` -- when the change happened, UTC;
+* ``source`` -- which source saw it;
+* ``key`` -- a conversation key ``{phone}:{channel}`` or a session name;
+* ``cause_id`` -- the id of the event that caused this one, if any.
+
+Schema evolution: new fields get defaults, tags never change, and
+``SCHEMA_VERSION`` is raised only for a change old readers cannot decode.
+The checked-in JSON Schema (``events/events.schema.json``) is generated from
+this module; a test fails when the two drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+"""A timezone-aware timestamp; naive ones are rejected on decode."""
+
+BoundedText = Annotated[str, msgspec.Meta(max_length=512)]
+SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+
+Source = Literal["postgres", "folder", "gateway", "queues", "timers", "reconciler", "operator"]
+
+CONVERSATIONS = "conversations"
+SESSIONS = "sessions"
+AUDIT = "audit"
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Envelope fields shared by every event."""
+
+    stream: ClassVar[str] = CONVERSATIONS
+    """Logical stream the event is published to (see :mod:`events.keys`)."""
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    occurred_at: UtcDatetime
+    source: Source
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    cause_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL: one event per outbox row, carrying the old and new values.
+
+
+class ConversationRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The columns of a conversation this project cares about."""
+
+    id: str
+    phone: str
+    channel: str
+    """The ``phone_number_id`` column: which WhatsApp number the chat is on."""
+    status: str
+    assigned_to: str | None = None
+    bot_flow_id: str | None = None
+    bot_started_at: UtcDatetime | None = None
+
+
+class _RowChange(EventBase, frozen=True, kw_only=True):
+    outbox_id: int
+    """Position in the outbox; the relay publishes in this order."""
+    row: ConversationRow | None
+    """The new values (``None`` once deleted)."""
+    previous: ConversationRow | None = None
+    """The old values (``None`` for an insert)."""
+
+
+class ConversationCreated(_RowChange, frozen=True, kw_only=True, tag="conversation.created"):
+    """A row was inserted that is not (yet) waiting on the bot."""
+
+
+class ConversationBotAssigned(_RowChange, frozen=True, kw_only=True, tag="conversation.bot_assigned"):
+    """``assigned_to`` became ``'bot'`` on an active conversation."""
+
+
+class ConversationBotFlowCleared(
+    _RowChange, frozen=True, kw_only=True, tag="conversation.bot_flow_cleared"
+):
+    """``bot_flow_id`` went from a value to NULL."""
+
+
+class ConversationBotFieldsChanged(
+    _RowChange, frozen=True, kw_only=True, tag="conversation.bot_fields_changed"
+):
+    """Any other change of ``assigned_to``, ``bot_flow_id`` or ``bot_started_at``."""
+
+
+class ConversationClosed(_RowChange, frozen=True, kw_only=True, tag="conversation.closed"):
+    """``status`` became ``'closed'``."""
+
+
+class ConversationReopened(_RowChange, frozen=True, kw_only=True, tag="conversation.reopened"):
+    """``status`` went from ``'closed'`` back to ``'active'``."""
+
+
+class ConversationDeleted(_RowChange, frozen=True, kw_only=True, tag="conversation.deleted"):
+    """The row was deleted."""
+
+
+# --------------------------------------------------------------------------
+# Session folder.
+
+
+class SessionFileWritten(EventBase, frozen=True, kw_only=True, tag="session_file.written"):
+    """A session file was created or its content changed."""
+
+    name: BoundedText
+    flow_id: BoundedText | None
+    content_sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    size_bytes: int
+
+
+class SessionFileRemoved(EventBase, frozen=True, kw_only=True, tag="session_file.removed"):
+    """A session file is gone (deleted, or renamed away)."""
+
+    name: BoundedText
+
+
+RejectReason = Literal[
+    "invalid_json",
+    "oversized",
+    "not_ours",
+    "symlink",
+    "outside_folder",
+    "not_a_file",
+    "unreadable",
+]
+
+
+class SessionFileRejected(EventBase, frozen=True, kw_only=True, tag="session_file.rejected"):
+    """A file in the sessions folder that was not followed, and why."""
+
+    name: BoundedText
+    reason: RejectReason
+    detail: BoundedText = ""
+
+
+# --------------------------------------------------------------------------
+# Gateway sessions and their queues.
+
+
+class SessionStarted(EventBase, frozen=True, kw_only=True, tag="session.started"):
+    """A gateway announced a live session (its lease now exists)."""
+
+    stream: ClassVar[str] = SESSIONS
+    gateway: BoundedText | None = None
+    lease_ttl_s: int = 30
+
+
+class SessionStopped(EventBase, frozen=True, kw_only=True, tag="session.stopped"):
+    """A gateway said a session ended (its lease was removed)."""
+
+    stream: ClassVar[str] = SESSIONS
+    gateway: BoundedText | None = None
+
+
+class SessionExpired(EventBase, frozen=True, kw_only=True, tag="session.expired"):
+    """A session's lease ran out without a stop: the gateway died or restarted."""
+
+    stream: ClassVar[str] = SESSIONS
+
+
+class QueueObserved(EventBase, frozen=True, kw_only=True, tag="queue.observed"):
+    """Something was pushed to a session's outgoing queue (or a scan found one)."""
+
+    stream: ClassVar[str] = SESSIONS
+    queue: BoundedText
+    length: int | None = None
+
+
+# --------------------------------------------------------------------------
+# Deadlines fired by the timer wheel.
+
+
+class BotRunTimedOut(EventBase, frozen=True, kw_only=True, tag="conversation.bot_timed_out"):
+    """A bot run reached its deadline; close it only if it is still this run."""
+
+    flow_id: BoundedText | None
+    started_at: UtcDatetime | None
+    deadline: UtcDatetime
+
+
+class OrphanGraceElapsed(EventBase, frozen=True, kw_only=True, tag="session_file.grace_elapsed"):
+    """The grace period for a session file without a database row is over."""
+
+    deadline: UtcDatetime
+
+
+class ParkedRetentionDue(EventBase, frozen=True, kw_only=True, tag="session.parked_retention_due"):
+    """Parked messages of a session may have outlived their retention."""
+
+    stream: ClassVar[str] = SESSIONS
+    deadline: UtcDatetime
+
+
+# --------------------------------------------------------------------------
+# Markers, requests and the audit trail.
+
+
+class SnapshotStarted(EventBase, frozen=True, kw_only=True, tag="source.snapshot_started"):
+    """A source begins listing its store; events until the end marker are the snapshot."""
+
+    snapshot_id: BoundedText
+    scope: Literal["conversations", "sessions"] = "conversations"
+
+
+class SnapshotFinished(EventBase, frozen=True, kw_only=True, tag="source.snapshot_finished"):
+    """A source finished listing its store; ``items`` events were in the snapshot."""
+
+    snapshot_id: BoundedText
+    items: int
+    scope: Literal["conversations", "sessions"] = "conversations"
+
+
+class SourceResynced(EventBase, frozen=True, kw_only=True, tag="source.resynced"):
+    """A source reconnected or restarted and closed the gap by re-listing its store."""
+
+    reason: BoundedText
+    scope: Literal["conversations", "sessions"] = "conversations"
+
+
+class ReconcileRequested(EventBase, frozen=True, kw_only=True, tag="reconcile.requested"):
+    """An operator asked for a key to be reconciled through the normal path."""
+
+    scope: Literal["conversations", "sessions"]
+    reason: BoundedText = ""
+
+
+ActionOutcome = Literal["done", "planned", "skipped", "failed"]
+
+
+class ActionRecorded(EventBase, frozen=True, kw_only=True, tag="audit.action"):
+    """Something this project changed (or, in a dry run, would have changed)."""
+
+    stream: ClassVar[str] = AUDIT
+    action: BoundedText
+    target: BoundedText
+    outcome: ActionOutcome
+    dry_run: bool = False
+    reason: BoundedText = ""
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+Event = (
+    ConversationCreated
+    | ConversationBotAssigned
+    | ConversationBotFlowCleared
+    | ConversationBotFieldsChanged
+    | ConversationClosed
+    | ConversationReopened
+    | ConversationDeleted
+    | SessionFileWritten
+    | SessionFileRemoved
+    | SessionFileRejected
+    | SessionStarted
+    | SessionStopped
+    | SessionExpired
+    | QueueObserved
+    | BotRunTimedOut
+    | OrphanGraceElapsed
+    | ParkedRetentionDue
+    | SnapshotStarted
+    | SnapshotFinished
+    | SourceResynced
+    | ReconcileRequested
+    | ActionRecorded
+)
+"""Every event, as one tagged union: decode with ``type=Event``."""
+
+EVENT_TYPES: tuple[type[EventBase], ...] = Event.__args__
+
+ROW_CHANGES: tuple[type[_RowChange], ...] = tuple(
+    t for t in EVENT_TYPES if issubclass(t, _RowChange)
+)
+
+
+def tag_of(event_type: type[EventBase]) -> str:
+    """The wire tag of an event class."""
+    tag = event_type.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+TAGS: frozenset[str] = frozenset(tag_of(t) for t in EVENT_TYPES)
+
+
+def stream_of(event: EventBase) -> str:
+    """The logical stream an event belongs on.
+
+    Markers and requests carry their scope; everything else declares its
+    stream on the class.
+    """
+    scope = getattr(event, "scope", None)
+    if isinstance(scope, str):
+        return scope
+    return event.stream

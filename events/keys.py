@@ -1,0 +1,134 @@
+"""Every Redis key this project owns, in one place.
+
+All keys start with one configurable prefix.  Keys that a Lua script or a
+MULTI touches together share a hash tag, so they live in one slot of a Redis
+Cluster:
+
+* the event streams, the dead-letter stream, the audit stream and the timer
+  wheel all carry the tag ``{events}`` (the timer script pops deadlines and
+  XADDs in one step; a dead letter is written and acked in one MULTI);
+* a parked list carries the queue's own key as its tag, so moving messages
+  from ``queue:940740243`` to its parked list is one atomic script in the
+  slot of ``queue:940740243``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from events.contract import AUDIT, CONVERSATIONS, SESSIONS
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Names of the keys under one prefix."""
+
+    prefix: str = "reconciler:"
+    queue_pattern: str = "queue:{session}"
+
+    def __post_init__(self) -> None:
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ValueError("the key prefix may not contain braces (they are hash tags)")
+        if self.queue_pattern.count("{session}") != 1:
+            raise ValueError("the queue pattern must contain {session} exactly once")
+        leftover = self.queue_pattern.replace("{session}", "")
+        if "{" in leftover or "}" in leftover:
+            raise ValueError("the queue pattern may not contain braces besides {session}")
+
+    # -- streams (tag {events}) ------------------------------------------
+
+    def stream(self, name: str) -> str:
+        """The Redis key of a logical stream (``conversations``, ``sessions``, ...)."""
+        return f"{self.prefix}{{events}}:{name}"
+
+    @property
+    def conversations_stream(self) -> str:
+        return self.stream(CONVERSATIONS)
+
+    @property
+    def sessions_stream(self) -> str:
+        return self.stream(SESSIONS)
+
+    @property
+    def audit_stream(self) -> str:
+        return self.stream(AUDIT)
+
+    @property
+    def deadletter_stream(self) -> str:
+        return self.stream("deadletter")
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set of pending deadlines (score: due time in ms)."""
+        return self.stream("deadlines")
+
+    @property
+    def deadline_payloads(self) -> str:
+        """Hash: deadline member -> the encoded event to publish when it is due."""
+        return self.stream("deadline-payloads")
+
+    # -- gateway sessions and queues -------------------------------------
+
+    def lease(self, session: str) -> str:
+        """A session is live while this key exists (TTL refreshed by heartbeats)."""
+        return f"{self.prefix}lease:{checked_session(session)}"
+
+    @property
+    def lease_prefix(self) -> str:
+        return f"{self.prefix}lease:"
+
+    def session_of_lease(self, key: str) -> str | None:
+        if not key.startswith(self.lease_prefix):
+            return None
+        name = key[len(self.lease_prefix) :]
+        return name if SESSION_NAME.match(name) else None
+
+    def queue(self, session: str) -> str:
+        return self.queue_pattern.replace("{session}", checked_session(session))
+
+    @property
+    def queue_glob(self) -> str:
+        """A SCAN MATCH pattern for every queue key."""
+        return glob_escape(self.queue_pattern).replace(glob_escape("{session}"), "*")
+
+    def session_of_queue(self, key: str) -> str | None:
+        head, _, tail = self.queue_pattern.partition("{session}")
+        if not (key.startswith(head) and key.endswith(tail)) or len(key) <= len(head) + len(tail):
+            return None
+        name = key[len(head) : len(key) - len(tail)]
+        return name if SESSION_NAME.match(name) else None
+
+    def parked(self, session: str) -> str:
+        """Parked messages of a session, in the slot of its queue."""
+        return f"{self.prefix}parked:{{{self.queue(session)}}}"
+
+    def parked_meta(self, session: str) -> str:
+        """Hash with when and why a session's messages were parked (same slot)."""
+        return f"{self.prefix}parked-meta:{{{self.queue(session)}}}"
+
+    @property
+    def parked_glob(self) -> str:
+        return f"{glob_escape(self.prefix)}parked:*"
+
+    # -- projections and bookkeeping -------------------------------------
+
+    def projection(self, name: str, version: int, part: str) -> str:
+        return f"{self.prefix}{{projection:{name}}}:v{version}:{part}"
+
+    def source_state(self, source: str) -> str:
+        """Hash of a source's bookkeeping (last event, reconnects, gaps)."""
+        return f"{self.prefix}source:{source}"
+
+
+def checked_session(session: str) -> str:
+    """A session name, validated, since it becomes part of key names."""
+    if not SESSION_NAME.match(session):
+        raise ValueError(f"invalid session name {session!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return session
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

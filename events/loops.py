@@ -1,0 +1,123 @@
+"""Named, guarded background loops, visible to the health endpoint.
+
+Every long-running loop in this project runs under :func:`guarded`: when its
+body raises, the failure is logged with its traceback and counted, the loop
+backs off (``RESTART_BACKOFF_S``, doubling up to ``RESTART_BACKOFF_MAX_S``)
+and runs the body again -- which re-connects and re-lists, since every body
+starts with its snapshot.  A body that returns normally has finished its job.
+Cancellation is never swallowed.
+
+Loops report progress with :meth:`Heartbeats.beat`; ``/healthz`` reports a
+loop as stuck when it has not beaten within its ``stall_after_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from events import metrics
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class _Loop:
+    stall_after_s: float
+    last_beat: float = field(default_factory=time.monotonic)
+    failures: int = 0
+    last_error: str = ""
+
+
+class Heartbeats:
+    """Last-progress times of the loops of one process."""
+
+    def __init__(self) -> None:
+        self._loops: dict[str, _Loop] = {}
+
+    def register(self, name: str, stall_after_s: float) -> None:
+        self._loops[name] = _Loop(stall_after_s=stall_after_s)
+
+    def beat(self, name: str) -> None:
+        loop = self._loops.get(name)
+        if loop is not None:
+            loop.last_beat = time.monotonic()
+        metrics.LOOP_LAST_TICK.labels(name).set(time.time())
+
+    def failed(self, name: str, error: BaseException) -> None:
+        loop = self._loops.get(name)
+        if loop is not None:
+            loop.failures += 1
+            loop.last_error = f"{type(error).__name__}: {error}"
+        metrics.LOOP_FAILURES.labels(name).inc()
+
+    def unregister(self, name: str) -> None:
+        self._loops.pop(name, None)
+
+    def stuck(self) -> dict[str, float]:
+        """Loops that have not beaten in time, with seconds since their last beat."""
+        now = time.monotonic()
+        return {
+            name: now - loop.last_beat
+            for name, loop in self._loops.items()
+            if now - loop.last_beat > loop.stall_after_s
+        }
+
+    def report(self) -> dict[str, dict[str, object]]:
+        now = time.monotonic()
+        return {
+            name: {
+                "seconds_since_progress": round(now - loop.last_beat, 3),
+                "failures": loop.failures,
+                "last_error": loop.last_error,
+            }
+            for name, loop in self._loops.items()
+        }
+
+
+HEARTBEATS = Heartbeats()
+"""The process-wide registry read by the health endpoint."""
+
+
+async def guarded(
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    stall_after_s: float = 60.0,
+    heartbeats: Heartbeats = HEARTBEATS,
+    backoff_s: float = RESTART_BACKOFF_S,
+    backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+) -> None:
+    """Run ``body`` until it returns, restarting it with backoff when it fails."""
+    heartbeats.register(name, stall_after_s)
+    delay = backoff_s
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                await body()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                heartbeats.failed(name, error)
+                log.error("loop %s failed; restarting in %.1fs", name, delay,
+                          exc_info=True, extra={"loop": name})
+            if time.monotonic() - started > backoff_max_s:
+                delay = backoff_s  # it ran fine for a while: start the backoff over
+            await asyncio.sleep(delay)
+            heartbeats.beat(name)  # restarting counts as progress for the health check
+            delay = min(delay * 2, backoff_max_s)
+    finally:
+        heartbeats.unregister(name)
+
+
+def spawn(name: str, body: Callable[[], Awaitable[None]], **options: float) -> asyncio.Task[None]:
+    """Start ``body`` as a named, guarded task."""
+    return asyncio.create_task(guarded(name, body, **options), name=name)  # type: ignore[arg-type]

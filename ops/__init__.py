@@ -1,0 +1,1 @@
+"""Running it: configuration, the CLI, metrics and health, embedded servers, deployment."""

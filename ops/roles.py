@@ -1,0 +1,55 @@
+"""The roles a process can run, and running them until a signal arrives.
+
+A role is ``async def role(env, stop) -> None``: it works until ``stop`` is
+set, then shuts down within its own deadline.  ``run --role all`` runs every
+role in one process; several processes can each run some of them (see
+ARCHITECTURE.md for what may run many times and what runs once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from events.settings import Settings
+from ops.runtime_env import Environment, open_environment
+
+log = logging.getLogger(__name__)
+
+Role = Callable[[Environment, asyncio.Event], Coroutine[Any, Any, None]]
+
+ROLES: dict[str, str] = {
+    # role name -> "module:function"; imported only when the role runs
+}
+
+ROLE_NAMES: tuple[str, ...] = tuple(ROLES)
+
+
+def _load(name: str) -> Role:
+    module, _, function = ROLES[name].partition(":")
+    role: Role = getattr(importlib.import_module(module), function)
+    return role
+
+
+async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_environment(settings) as env:
+        log.info("running roles: %s", ", ".join(names) or "(none)")
+        tasks = [asyncio.create_task(_load(n)(env, stop), name=f"role:{n}") for n in names]
+        if not tasks:
+            await stop.wait()
+        done, _ = await asyncio.wait(
+            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                stop.set()
+                raise task.exception()  # type: ignore[misc]
+        stop.set()
+        await asyncio.gather(*tasks)

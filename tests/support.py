@@ -1,0 +1,64 @@
+"""Helpers shared by tests: making events, waiting for conditions, child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from events.contract import ReconcileRequested, SessionStarted
+from events.ids import new_event_id
+
+TESTS = Path(__file__).parent
+
+
+def request(key: str, scope: str = "conversations") -> ReconcileRequested:
+    """A small, valid event for a key (used where the event type does not matter)."""
+    return ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC),
+                              source="operator", key=key, scope=scope)  # type: ignore[arg-type]
+
+
+def session_started(name: str) -> SessionStarted:
+    return SessionStarted(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
+                          key=name)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05,
+    message: str = "condition",
+) -> None:
+    """Wait until ``check()`` is true; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+def spawn_python(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a Python child process running ``script`` with this interpreter.
+
+    Its output goes to a temporary file (a pipe nobody reads would fill up and
+    block the child); :func:`output_of` reads it.
+    """
+    log = tempfile.NamedTemporaryFile(prefix="child-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        env={**os.environ, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    process.log_path = log.name  # type: ignore[attr-defined]
+    return process
+
+
+def output_of(process: subprocess.Popen[bytes]) -> str:
+    return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
