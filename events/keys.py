@@ -132,3 +132,16 @@ def checked_session(session: str) -> str:
 
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def conversation_key(phone: str, channel: str) -> str:
+    """The key of a conversation: ``{phone}:{channel}`` (channel = phone_number_id)."""
+    return f"{phone}:{channel}"
+
+
+def split_conversation_key(key: str) -> tuple[str, str]:
+    """``(phone, channel)`` of a conversation key; raises ``ValueError`` if it is not one."""
+    phone, sep, channel = key.partition(":")
+    if not sep or not phone or not channel:
+        raise ValueError(f"not a conversation key: {key[:80]!r}")
+    return phone, channel

@@ -1,0 +1,130 @@
+"""Session file names and contents: parsing and safe reading.
+
+A session file is ``{sessions_dir}/whatsapp_{phone}_{channel}.json`` (the
+pattern is a setting) holding at least ``flowId``.  Everything here treats
+names and contents as untrusted input:
+
+* a name is ours only if it matches the pattern exactly, with phone and
+  channel made of safe characters -- so a path is never built from anything
+  else, and never contains a separator or ``..``;
+* a path is resolved and must stay inside the folder; symlinks are refused;
+* a file is read with a size limit, and bad JSON is an error value, not an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from events.contract import RejectReason
+
+SAFE_PART = r"[A-Za-z0-9+._-]{1,64}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileName:
+    """A parsed session file name."""
+
+    phone: str
+    channel: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.phone}:{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFile:
+    """What a session file says."""
+
+    flow_id: str | None
+    content_sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectReason
+    detail: str
+
+
+class FilePattern:
+    """``whatsapp_{phone}_{channel}.json`` as a matcher and a formatter."""
+
+    def __init__(self, pattern: str) -> None:
+        if "/" in pattern or "\\" in pattern:
+            raise ValueError("the file pattern must be a file name, not a path")
+        parts = re.split(r"(\{phone\}|\{channel\})", pattern)
+        regex = "".join(
+            f"(?P<{p[1:-1]}>{SAFE_PART.replace('_', '') if p == '{phone}' else SAFE_PART})"
+            if p in ("{phone}", "{channel}") else re.escape(p)
+            for p in parts
+        )
+        self.pattern = pattern
+        self._regex = re.compile(f"^{regex}$")
+
+    def parse(self, name: str) -> FileName | None:
+        """The phone and channel in ``name``, or ``None`` if the name is not ours."""
+        match = self._regex.match(name)
+        if match is None or ".." in name:
+            return None
+        return FileName(match["phone"], match["channel"])
+
+    def name_for(self, phone: str, channel: str) -> str:
+        name = self.pattern.replace("{phone}", phone).replace("{channel}", channel)
+        if self.parse(name) is None:
+            raise ValueError(f"phone {phone[:40]!r} / channel {channel[:40]!r} make no safe file name")
+        return name
+
+
+def path_inside(folder: Path, name: str) -> Path | Rejected:
+    """``folder/name`` if it is a plain entry of ``folder`` (no separators, no escape)."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+        return Rejected("outside_folder", "name contains a path separator or is . or ..")
+    base = folder.resolve()
+    candidate = base / name
+    if candidate.parent != base:
+        return Rejected("outside_folder", "name leaves the folder")
+    return candidate
+
+
+def read_session_file(path: Path, *, max_bytes: int) -> SessionFile | Rejected:
+    """Read ``flowId`` from a session file without following links or reading too much."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        return Rejected("unreadable", e.strerror or type(e).__name__)
+    if stat.S_ISLNK(info.st_mode):
+        return Rejected("symlink", "symbolic links are not followed")
+    if not stat.S_ISREG(info.st_mode):
+        return Rejected("not_a_file", "not a regular file")
+    if info.st_size > max_bytes:
+        return Rejected("oversized", f"{info.st_size} bytes is over the {max_bytes}-byte limit")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        return Rejected("unreadable", e.strerror or type(e).__name__)
+    with os.fdopen(fd, "rb") as handle:
+        raw = handle.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        return Rejected("oversized", f"over the {max_bytes}-byte limit")
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        content = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        return Rejected("invalid_json", str(e)[:200])
+    if not isinstance(content, dict):
+        return Rejected("invalid_json", "the top level is not an object")
+    flow = content.get("flowId")
+    if flow is not None and (not isinstance(flow, str) or len(flow) > 512):
+        return Rejected("invalid_json", "flowId is not a string of at most 512 characters")
+    return SessionFile(flow_id=flow or None, content_sha256=digest, size_bytes=len(raw))

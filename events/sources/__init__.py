@@ -1,0 +1,1 @@
+"""Sources: each lists its store, then watches it, and publishes what changed."""
