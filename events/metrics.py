@@ -47,3 +47,51 @@ LOOP_LAST_TICK = Gauge(
     "When a background loop last made progress (Unix time).",
     ["loop"],
 )
+
+# -- sources -----------------------------------------------------------------
+
+SOURCE_LAST_EVENT = Gauge(
+    "reconciler_source_last_event_timestamp_seconds",
+    "When a source last published an event (Unix time).",
+    ["source"],
+)
+SOURCE_RECONNECTS = Counter(
+    "reconciler_source_reconnects_total", "Times a source reconnected to its store.", ["source"]
+)
+SOURCE_RESYNCS = Counter(
+    "reconciler_source_resyncs_total",
+    "Times a source re-listed its store (start, reconnect, rescan).",
+    ["source"],
+)
+INVALID_INPUTS = Counter(
+    "reconciler_invalid_inputs_total",
+    "Inputs a source refused (bad file, foreign name, bad payload), by reason.",
+    ["source", "reason"],
+)
+
+# -- reactions ---------------------------------------------------------------
+
+ACTIONS = Counter(
+    "reconciler_actions_total",
+    "Actions taken (or planned in a dry run), by kind and outcome.",
+    ["action", "outcome"],
+)
+REACTION_LATENCY = Histogram(
+    "reconciler_reaction_latency_seconds",
+    "From the change that caused an action (event occurred_at) to the action done.",
+    ["action"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TIMERS_SCHEDULED = Gauge(
+    "reconciler_timers_scheduled", "Deadlines waiting in the timer wheel."
+)
+NEXT_DEADLINE = Gauge(
+    "reconciler_timers_next_deadline_timestamp_seconds",
+    "When the earliest deadline is due (Unix time; 0 when none).",
+)
+PARKED_MESSAGES = Gauge(
+    "reconciler_parked_messages", "Queue messages parked for sessions that are not live."
+)
+QUARANTINED_FILES = Gauge(
+    "reconciler_quarantined_files", "Session files waiting in the quarantine folder."
+)

@@ -22,6 +22,7 @@ from ops.redact import redact
 COMMAND_MODULES = (
     "run",
     "schema",
+    "bench",
 )
 
 EXIT_ERROR = 1

@@ -1,7 +1,10 @@
 """The roles a process can run, and running them until a signal arrives.
 
-A role is ``async def role(env, stop) -> None``: it works until ``stop`` is
-set, then shuts down within its own deadline.  ``run --role all`` runs every
+A role is ``async def role(settings, redis, stop) -> None``, defined next to
+the code it runs: it works until ``stop`` is set, then shuts down within its
+own deadline.  ``settings`` carries the resolved URLs (embedded servers
+included), so a role that needs PostgreSQL connects to
+``settings.database_url`` itself.  ``run --role all`` runs every
 role in one process; several processes can each run some of them (see
 ARCHITECTURE.md for what may run many times and what runs once).
 """
@@ -15,12 +18,14 @@ import signal
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+
 from events.settings import Settings
-from ops.runtime_env import Environment, open_environment
+from ops.runtime_env import open_environment
 
 log = logging.getLogger(__name__)
 
-Role = Callable[[Environment, asyncio.Event], Coroutine[Any, Any, None]]
+Role = Callable[[Settings, Redis, asyncio.Event], Coroutine[Any, Any, None]]
 
 ROLES: dict[str, str] = {
     # role name -> "module:function"; imported only when the role runs
@@ -42,7 +47,8 @@ async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Even
         loop.add_signal_handler(sig, stop.set)
     async with open_environment(settings) as env:
         log.info("running roles: %s", ", ".join(names) or "(none)")
-        tasks = [asyncio.create_task(_load(n)(env, stop), name=f"role:{n}") for n in names]
+        tasks = [asyncio.create_task(_load(n)(env.settings, env.redis, stop), name=f"role:{n}")
+                 for n in names]
         if not tasks:
             await stop.wait()
         done, _ = await asyncio.wait(

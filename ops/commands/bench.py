@@ -1,0 +1,24 @@
+"""``reconciler bench NAME``: run a benchmark from ``ops/bench`` and print its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+BENCHES: dict[str, str] = {
+    # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
+}
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark and print its figures as JSON")
+    parser.add_argument("name", choices=sorted(BENCHES) or ["(none)"])
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"ops.bench.{BENCHES[args.name]}")
+    result: int = module.main(args.args)
+    return result
