@@ -95,3 +95,38 @@ PARKED_MESSAGES = Gauge(
 QUARANTINED_FILES = Gauge(
     "reconciler_quarantined_files", "Session files waiting in the quarantine folder."
 )
+
+# -- consumer groups (read from XINFO / XPENDING by ops.group_metrics) --------
+
+GROUP_LAG = Gauge(
+    "reconciler_group_lag_entries",
+    "Entries in a stream not yet delivered to a consumer group (XINFO GROUPS lag).",
+    ["stream", "group"],
+)
+GROUP_PENDING = Gauge(
+    "reconciler_group_pending_entries",
+    "Entries delivered to a consumer group and not yet acked (XPENDING).",
+    ["stream", "group"],
+)
+GROUP_OLDEST_PENDING_AGE = Gauge(
+    "reconciler_group_oldest_pending_age_seconds",
+    "Age of the oldest pending entry of a group, from its stream id (0 when none).",
+    ["stream", "group"],
+)
+GROUP_CONSUMERS = Gauge(
+    "reconciler_group_consumers", "Consumers registered in a consumer group.", ["stream", "group"]
+)
+DEADLETTER_ENTRIES = Gauge(
+    "reconciler_deadletter_entries", "Entries waiting in the dead-letter stream (XLEN)."
+)
+
+# -- inconsistencies (set by the projection that tracks them) ----------------
+
+INCONSISTENCIES = Gauge(
+    "reconciler_inconsistencies", "Keys currently inconsistent across the stores, by kind.", ["kind"]
+)
+OLDEST_INCONSISTENCY_AGE = Gauge(
+    "reconciler_oldest_inconsistency_age_seconds",
+    "How long the oldest current inconsistency of a kind has lasted (0 when none).",
+    ["kind"],
+)

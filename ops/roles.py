@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events.settings import Settings
+from ops.health import operations
 from ops.runtime_env import open_environment
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Even
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_environment(settings) as env:
+    async with open_environment(settings) as env, operations(env.settings, env.redis):
         log.info("running roles: %s", ", ".join(names) or "(none)")
         tasks = [asyncio.create_task(_load(n)(env.settings, env.redis, stop), name=f"role:{n}")
                  for n in names]
