@@ -70,6 +70,21 @@ class KeySpace:
         """Hash: deadline member -> the encoded event to publish when it is due."""
         return self.stream("deadline-payloads")
 
+    @property
+    def deadlines_wake(self) -> str:
+        """Pub/sub channel: a deadline earlier than every other one was scheduled."""
+        return self.stream("deadlines-wake")
+
+    # -- conversation bookkeeping ----------------------------------------
+
+    def first_seen(self, kind: str, key: str) -> str:
+        """When a conversation was first seen in a state that starts a clock (Unix time)."""
+        return f"{self.prefix}first-seen:{kind}:{key}"
+
+    def planned(self, digest: str) -> str:
+        """A dry-run action already recorded as planned for the same observed state."""
+        return f"{self.prefix}planned:{digest}"
+
     # -- gateway sessions and queues -------------------------------------
 
     def lease(self, session: str) -> str:
@@ -113,10 +128,37 @@ class KeySpace:
     def parked_glob(self) -> str:
         return f"{glob_escape(self.prefix)}parked:*"
 
+    def session_noted(self, session: str) -> str:
+        """The last orphaned-queue state reported (or planned) for a session, so a
+        duplicate event does not report it twice."""
+        return f"{self.prefix}noted:{checked_session(session)}"
+
+    @property
+    def lease_glob(self) -> str:
+        """A SCAN MATCH pattern for every lease key."""
+        return f"{glob_escape(self.lease_prefix)}*"
+
+    @property
+    def leases_seen(self) -> str:
+        """Set of session names whose lease the sessions source last saw live.
+
+        A name in it whose lease is gone at the next scan expired while nobody
+        was watching.
+        """
+        return f"{self.prefix}source:sessions:leases"
+
     # -- projections and bookkeeping -------------------------------------
 
     def projection(self, name: str, version: int, part: str) -> str:
         return f"{self.prefix}{{projection:{name}}}:v{version}:{part}"
+
+    def projection_pointer(self, name: str) -> str:
+        """The version of a projection that readers and the live runner use."""
+        return f"{self.prefix}{{projection:{name}}}:current"
+
+    def projection_versions(self, name: str) -> str:
+        """Counter handing out a projection's version numbers."""
+        return f"{self.prefix}{{projection:{name}}}:versions"
 
     def source_state(self, source: str) -> str:
         """Hash of a source's bookkeeping (last event, reconnects, gaps)."""

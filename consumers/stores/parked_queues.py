@@ -1,0 +1,300 @@
+"""Parked queues: the Redis adapter that moves a session's messages aside and back.
+
+A gateway queue ``queue:{s}`` is a Redis list: producers RPUSH, the gateway
+pops from the head (index 0).  When its session is not live the messages are
+*parked*, never deleted:
+
+* **park** moves every message of the queue, in order, to the tail of the
+  parked list ``{prefix}parked:{queue:{s}}`` and appends a batch record
+  (when, how many, which event) to the hash ``{prefix}parked-meta:{queue:{s}}``;
+* **restore** puts every parked message back at the *head* of the queue in
+  its original order, ahead of anything pushed since, and forgets the batches;
+* **take expired** removes the oldest batches parked before a cutoff and
+  returns their messages, so the caller can audit their content.
+
+Each of these is one Lua script: the three keys share the queue key as their
+hash tag (see :mod:`events.keys`), so the script runs in one Cluster slot and
+no message is ever in two places or in none.  Lists are moved in chunks of
+``CHUNK`` arguments to stay below Lua's argument limit.
+
+The lease key lives in another slot, so no script reads it; the handler
+(:mod:`consumers.sessions`) explains how races with a returning session are
+closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from events.keys import KeySpace
+
+CHUNK = 1000
+"""Messages per RPUSH/LPUSH inside a script (Lua's unpack has a limit)."""
+
+_CHUNK = f"local CHUNK = {CHUNK}\n"
+
+_PUSH_HEAD = _CHUNK + """
+local function push_head(key, items, n)
+  local hi = n
+  while hi >= 1 do
+    local lo = math.max(hi - CHUNK + 1, 1)
+    local args = {}
+    for i = hi, lo, -1 do args[#args + 1] = items[i] end
+    redis.call('LPUSH', key, unpack(args))
+    hi = lo - 1
+  end
+end
+"""
+
+PARK = _CHUNK + """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local n = #items
+if n == 0 then return 0 end
+for i = 1, n, CHUNK do
+  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + CHUNK - 1, n)))
+end
+redis.call('DEL', KEYS[1])
+local raw = redis.call('HGET', KEYS[3], 'batches')
+local batches = {}
+if raw then batches = cjson.decode(raw) end
+batches[#batches + 1] = {at = tonumber(ARGV[1]), count = n, cause = ARGV[2]}
+redis.call('HSET', KEYS[3], 'batches', cjson.encode(batches))
+return n
+"""
+
+RESTORE = _PUSH_HEAD + """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+local n = #items
+if n > 0 then push_head(KEYS[1], items, n) end
+redis.call('DEL', KEYS[2], KEYS[3])
+return n
+"""
+
+TAKE_QUEUE = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"""
+
+TAKE_EXPIRED = """
+local raw = redis.call('HGET', KEYS[2], 'batches')
+if not raw then return {'[]'} end
+local batches = cjson.decode(raw)
+local expired, kept, total = {}, {}, 0
+for _, b in ipairs(batches) do
+  if #kept == 0 and b.at <= tonumber(ARGV[1]) then
+    expired[#expired + 1] = b
+    total = total + b.count
+  else
+    kept[#kept + 1] = b
+  end
+end
+if #expired == 0 then return {'[]'} end
+total = math.min(total, redis.call('LLEN', KEYS[1]))
+local items = {}
+if total > 0 then
+  items = redis.call('LRANGE', KEYS[1], 0, total - 1)
+  redis.call('LTRIM', KEYS[1], total, -1)
+end
+if #kept == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+else
+  redis.call('HSET', KEYS[2], 'batches', cjson.encode(kept))
+end
+local out = {cjson.encode(expired)}
+for _, item in ipairs(items) do out[#out + 1] = item end
+return out
+"""
+
+PUT_BACK = _PUSH_HEAD + """
+local n = #ARGV - 1
+if n > 0 then
+  local items = {}
+  for i = 2, #ARGV do items[#items + 1] = ARGV[i] end
+  push_head(KEYS[1], items, n)
+end
+if ARGV[1] ~= '' then
+  local back = cjson.decode(ARGV[1])
+  local raw = redis.call('HGET', KEYS[2], 'batches')
+  if raw then
+    for _, b in ipairs(cjson.decode(raw)) do back[#back + 1] = b end
+  end
+  redis.call('HSET', KEYS[2], 'batches', cjson.encode(back))
+end
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedBatch:
+    """Messages parked together: when (Unix seconds), how many, and the event that caused it."""
+
+    at: float
+    count: int
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What the stores hold for one session right now."""
+
+    session: str
+    live: bool
+    queue_length: int
+    parked_length: int
+    batches: tuple[ParkedBatch, ...]
+    noted: str | None = None
+    """The last report signature recorded for this session (see the handler)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedSummary:
+    session: str
+    queue: str
+    parked: int
+    oldest_at: float | None
+    queue_length: int
+    live: bool
+
+
+class ParkedQueues:
+    """Park, restore, list and expire the parked messages of gateway sessions."""
+
+    def __init__(self, redis: Redis, keys: KeySpace) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._park = redis.register_script(PARK)
+        self._restore = redis.register_script(RESTORE)
+        self._take_queue = redis.register_script(TAKE_QUEUE)
+        self._take_expired = redis.register_script(TAKE_EXPIRED)
+        self._put_back = redis.register_script(PUT_BACK)
+
+    def _slot_keys(self, session: str) -> list[str]:
+        k = self._keys
+        return [k.queue(session), k.parked(session), k.parked_meta(session)]
+
+    async def observe(self, session: str) -> SessionState:
+        """Lease, queue length, parked length and batches, read in one round trip."""
+        k = self._keys
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.exists(k.lease(session))
+        pipe.llen(k.queue(session))
+        pipe.llen(k.parked(session))
+        pipe.hget(k.parked_meta(session), "batches")
+        pipe.get(k.session_noted(session))
+        live, queue_length, parked_length, raw, noted = await pipe.execute()
+        return SessionState(
+            session=session, live=bool(live), queue_length=int(queue_length),
+            parked_length=int(parked_length), batches=decode_batches(raw),
+            noted=noted.decode() if isinstance(noted, bytes) else noted)
+
+    async def lease_exists(self, session: str) -> bool:
+        return bool(await self._redis.exists(self._keys.lease(session)))
+
+    async def park(self, session: str, *, now: float, cause: str) -> int:
+        """Move every queued message to the parked list; returns how many moved."""
+        moved = await self._park(keys=self._slot_keys(session), args=[int(now * 1000), cause])
+        return int(moved)
+
+    async def restore(self, session: str) -> int:
+        """Put every parked message back at the head of the queue, in order."""
+        return int(await self._restore(keys=self._slot_keys(session)))
+
+    async def take_queue(self, session: str) -> list[bytes]:
+        """Remove and return every queued message (the ``drop`` policy)."""
+        return list(await self._take_queue(keys=[self._keys.queue(session)]))
+
+    async def take_expired(self, session: str, *, cutoff: float) -> tuple[list[ParkedBatch], list[bytes]]:
+        """Remove and return the oldest batches parked at or before ``cutoff``."""
+        k = self._keys
+        reply = await self._take_expired(
+            keys=[k.parked(session), k.parked_meta(session)], args=[int(cutoff * 1000)])
+        return list(decode_batches(reply[0])), list(reply[1:])
+
+    async def put_back_queue(self, session: str, items: list[bytes]) -> None:
+        """Undo :meth:`take_queue`: the messages go back to the head, in order."""
+        k = self._keys
+        await self._put_back(keys=[k.queue(session), k.parked_meta(session)], args=["", *items])
+
+    async def put_back_parked(self, session: str, batches: list[ParkedBatch], items: list[bytes]) -> None:
+        """Undo :meth:`take_expired`: messages and batch records go back to the front."""
+        k = self._keys
+        await self._put_back(keys=[k.parked(session), k.parked_meta(session)],
+                             args=[encode_batches(batches), *items])
+
+    async def queued(self, session: str) -> list[bytes]:
+        return list(await self._redis.lrange(self._keys.queue(session), 0, -1))
+
+    async def parked(self, session: str, count: int = -1) -> list[bytes]:
+        stop = -1 if count < 0 else count - 1
+        if stop < -1 or count == 0:
+            return []
+        return list(await self._redis.lrange(self._keys.parked(session), 0, stop))
+
+    async def note(self, session: str, signature: str | None, *, ttl_s: int) -> None:
+        key = self._keys.session_noted(session)
+        if signature is None:
+            await self._redis.delete(key)
+        else:
+            await self._redis.set(key, signature, ex=ttl_s)
+
+    async def list_parked(self) -> list[ParkedSummary]:
+        """Every session with parked messages, oldest batch first."""
+        out: list[ParkedSummary] = []
+        async for raw_key in self._redis.scan_iter(match=self._keys.parked_glob, count=1000):
+            session = self.session_of_parked(raw_key.decode() if isinstance(raw_key, bytes)
+                                             else raw_key)
+            if session is None:
+                continue
+            state = await self.observe(session)
+            if state.parked_length == 0:
+                continue
+            oldest = state.batches[0].at if state.batches else None
+            out.append(ParkedSummary(session=session, queue=self._keys.queue(session),
+                                     parked=state.parked_length, oldest_at=oldest,
+                                     queue_length=state.queue_length, live=state.live))
+        out.sort(key=lambda s: (s.oldest_at or 0.0, s.session))
+        return out
+
+    def session_of_parked(self, key: str) -> str | None:
+        head = f"{self._keys.prefix}parked:{{"
+        if not key.startswith(head) or not key.endswith("}"):
+            return None
+        return self._keys.session_of_queue(key[len(head):-1])
+
+
+def decode_batches(raw: bytes | str | None) -> tuple[ParkedBatch, ...]:
+    """Batch records as stored by the scripts (``at`` in milliseconds)."""
+    if not raw:
+        return ()
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        return ()
+    if not isinstance(items, list):  # cjson encodes an empty table as {}
+        return ()
+    return tuple(ParkedBatch(at=float(b["at"]) / 1000, count=int(b["count"]),
+                             cause=str(b.get("cause", ""))) for b in items)
+
+
+def encode_batches(batches: list[ParkedBatch]) -> str:
+    if not batches:
+        return ""
+    return json.dumps([{"at": int(b.at * 1000), "count": b.count, "cause": b.cause}
+                       for b in batches])
+
+
+def describe_messages(items: list[bytes]) -> list[Any]:
+    """Message contents for an audit entry: text as is, other bytes as base64."""
+    out: list[Any] = []
+    for item in items:
+        try:
+            out.append(item.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append({"base64": base64.b64encode(item).decode("ascii")})
+    return out
