@@ -8,6 +8,7 @@ from typing import Any
 
 BENCHES: dict[str, str] = {
     # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
+    "consumer-throughput": "consumer_throughput",
 }
 
 

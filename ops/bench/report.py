@@ -1,0 +1,181 @@
+"""Write ``BENCHMARKS.md`` from the results every bench wrote with ``--out``.
+
+``python -m ops.bench.report`` reads ``ops/bench/results/*.json`` (one file
+per bench, the shape :func:`ops.bench.common.emit` writes) and renders, for
+each: the command, its parameters, a table of figures and a table of ratios
+against their targets.  The machine and versions are taken from the results
+themselves, so the report says where the figures came from.  When any result
+carries ``distributions`` (label -> latency samples in ms), one PNG compares
+them: event-driven against polling, on a log scale.
+
+Results are read as plain JSON and rendered generically, so a new bench needs
+no change here as long as it uses ``common.emit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ops.bench.common import RESULTS_DIR, percentiles
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_NAME = "latency.png"
+
+
+def load(folder: Path) -> list[dict[str, Any]]:
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"skipping {path}: {e}", file=sys.stderr)
+            continue
+        if isinstance(document, dict) and "bench" in document:
+            results.append(document)
+    return results
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, list) and len(value) <= 5:
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, list):
+        return f"{len(value)} values"
+    return str(value)
+
+
+def table(rows: Mapping[str, Any], first: str) -> list[str]:
+    """A Markdown table: one row per entry, one column per scalar field."""
+    columns: list[str] = []
+    for row in rows.values():
+        for name in row if isinstance(row, Mapping) else ["value"]:
+            if name not in columns:
+                columns.append(name)
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        values = row if isinstance(row, Mapping) else {"value": row}
+        lines.append(f"| {name} | " + " | ".join(_cell(values.get(c, "")) for c in columns) + " |")
+    return lines
+
+
+def machine_section(results: list[dict[str, Any]]) -> list[str]:
+    latest = max(results, key=lambda r: r.get("finished_at", ""))
+    m = latest.get("machine", {})
+    versions: dict[str, str] = {}
+    for r in results:
+        versions.update(r.get("versions", {}))
+    lines = [
+        "## Machine",
+        "",
+        f"* {m.get('cores')} cores, {m.get('cpu_model')}, {m.get('memory_gib')} GiB memory",
+        f"* {m.get('os')}, Python {m.get('python')}",
+        "* " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        "",
+        "Other work may share the machine; that is why every bench compares its",
+        "variants side by side in one run and the ratios matter more than the rates.",
+        "",
+    ]
+    return lines
+
+
+def bench_section(result: dict[str, Any]) -> list[str]:
+    lines = [f"## {result['bench']}", "", f"Run {result.get('finished_at', '?')}:", "",
+             "```sh", str(result.get("command", "")).strip(), "```", ""]
+    if result.get("parameters"):
+        lines += ["Parameters: " + ", ".join(
+            f"{k} = {_cell(v)}" for k, v in result["parameters"].items()), ""]
+    if result.get("figures"):
+        lines += [*table(result["figures"], "variant"), ""]
+    if result.get("ratios"):
+        lines += ["Ratios against their targets:", "", *table(result["ratios"], "comparison"), ""]
+    if result.get("distributions"):
+        summaries = {label: _summary(samples) for label, samples in result["distributions"].items()}
+        lines += [*table(summaries, "latency (ms)"), ""]
+    notes = [f"* {note}" for note in result.get("notes", [])]
+    return [*lines, *notes, ""] if notes else lines
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in percentiles(samples, (50, 90, 99)).items() if k != "mean"}
+
+
+def distributions(results: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in results:
+        for label, samples in (r.get("distributions") or {}).items():
+            if samples:
+                out[f"{r['bench']}: {label}"] = [float(s) for s in samples]
+    return out
+
+
+def draw(series: dict[str, list[float]], path: Path) -> bool:
+    """One PNG: the latency distributions (ECDF, log-scale ms); polling dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'); no figure drawn",
+              file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for label, samples in sorted(series.items()):
+        ordered = sorted(max(s, 1e-3) for s in samples)
+        ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
+        ax.step(ordered, ys, where="post", label=label, linestyle="--" if "poll" in label else "-")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of changes handled")
+    ax.set_title("Reaction latency: event-driven (solid) vs polling (dashed)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render(results: list[dict[str, Any]], figure: str | None) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `python -m ops.bench.report` from `ops/bench/results/*.json`;",
+             "each bench writes its result there with `reconciler bench NAME --out`.", ""]
+    if not results:
+        return "\n".join([*lines, "No results yet.", ""])
+    lines += machine_section(results)
+    if figure:
+        lines += ["## Latency distributions", "", f"![latency distributions]({figure})", ""]
+    for result in sorted(results, key=lambda r: str(r["bench"])):
+        lines += bench_section(result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ops.bench.report", description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of bench JSON files")
+    p.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = p.parse_args(argv)
+    results = load(args.results)
+    figure = None
+    series = distributions(results)
+    png = args.results / PNG_NAME
+    if series and draw(series, png):
+        figure = os.path.relpath(png.resolve(), args.output.resolve().parent)
+    args.output.write_text(render(results, figure))
+    print(f"wrote {args.output}" + (f" and {png}" if figure else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
