@@ -1,0 +1,201 @@
+"""The hash tags, proven on a real three-node Redis Cluster.
+
+The test starts three ``redis-server --cluster-enabled yes`` on free
+127.0.0.1 ports in temporary folders, joins them with ``redis-cli --cluster
+create``, and runs the real code with ``redis.asyncio.cluster.RedisCluster``:
+publishing, a consumer group reading several streams in one XREADGROUP, a
+dead letter written and acked in one MULTI, the parked-queue Lua scripts
+(queue and parked list in one slot) and the timer script (deadlines and
+streams in one slot).  A key outside its slot would fail with CROSSSLOT.
+Every server is stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from consumers.errors import PermanentError
+from consumers.keyqueue import Delivery
+from consumers.runtime import GroupConsumer, GroupOptions
+from events.keys import KeySpace
+from events.publisher import Publisher
+from ops.group_metrics import GroupCollector
+from tests.support import eventually, request
+
+NODES = 3
+CLUSTER_READY_TIMEOUT_S = 60.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def redis_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.fail("redis-server and redis-cli are needed on PATH for the cluster test")
+    ports = free_ports(NODES)
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            folder = tmp_path_factory.mktemp(f"cluster-{port}")
+            servers.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                 "--dir", str(folder), "--save", "", "--appendonly", "no",
+                 "--logfile", str(folder / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in ports:
+            wait_for(lambda p=port: redis_cli("-p", str(p), "ping").stdout.strip() == "PONG",
+                     f"redis-server on port {port}")
+        created = redis_cli("--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                            "--cluster-replicas", "0", "--cluster-yes")
+        assert created.returncode == 0, created.stdout + created.stderr
+        for port in ports:
+            wait_for(lambda p=port: "cluster_state:ok" in redis_cli("-p", str(p), "cluster", "info").stdout,
+                     f"cluster state ok on port {port}")
+        yield ports
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def wait_for(check: object, what: str) -> None:
+    deadline = time.monotonic() + CLUSTER_READY_TIMEOUT_S
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+async def client(cluster: list[int]) -> AsyncIterator[RedisCluster]:
+    redis = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False)
+    await redis.initialize()
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+KEYS = KeySpace(prefix="cluster:", queue_pattern="queue:{session}")
+
+
+def _keyslot(key: str) -> int:
+    from redis.crc import key_slot
+
+    return int(key_slot(key.encode()))
+
+
+async def test_the_streams_share_a_slot_and_other_keys_are_spread() -> None:
+    tagged = {_keyslot(KEYS.stream(n)) for n in ("conversations", "sessions", "audit", "deadletter")}
+    tagged |= {_keyslot(KEYS.deadlines), _keyslot(KEYS.deadline_payloads)}
+    assert len(tagged) == 1
+    assert _keyslot(KEYS.queue("940740243")) == _keyslot(KEYS.parked("940740243"))
+    assert len({_keyslot(KEYS.queue(f"s{n}")) for n in range(20)}) > 1
+
+
+async def test_a_consumer_group_runs_on_the_cluster(client: RedisCluster) -> None:
+    handled: set[str] = set()
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        if key == "poison":
+            raise PermanentError("this key cannot be handled")
+        handled.add(key)
+
+    options = GroupOptions(group="cluster-test", streams=(KEYS.conversations_stream, KEYS.sessions_stream),
+                           deadletter_stream=KEYS.deadletter_stream, concurrency=4,
+                           claim_interval_s=0.5, shutdown_deadline_s=5)
+    consumer = GroupConsumer(client, options, handler)
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        keys = [f"k{n}" for n in range(50)]
+        await Publisher(client, KEYS).publish_many([request(k) for k in [*keys, "poison"]])
+        await Publisher(client, KEYS).publish_many([request("s1", scope="sessions")])
+
+        async def all_done() -> bool:
+            return handled >= {*keys, "s1"} and await client.xlen(KEYS.deadletter_stream) == 1
+
+        await eventually(all_done, timeout=60, message="every key handled and one dead letter")
+        letter = (await client.xrange(KEYS.deadletter_stream))[0][1]
+        assert letter[b"key"] == b"poison" and letter[b"dl_reason"] == b"permanent"
+
+        async def nothing_pending() -> bool:
+            summary = await client.xpending(KEYS.conversations_stream, "cluster-test")
+            return int(summary["pending"]) == 0
+
+        await eventually(nothing_pending, timeout=30, message="every entry acked")
+        states = {s.stream: s for s in await GroupCollector(client, KEYS).collect()}
+        assert states["conversations"].lag == 0 and states["conversations"].pending == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("consumers.stores.parked_queues") is None,
+                    reason="the parked-queue store is not in this tree")
+async def test_parking_and_restoring_a_queue_on_the_cluster(client: RedisCluster) -> None:
+    from consumers.stores.parked_queues import ParkedQueues
+
+    queue = KEYS.queue("940740243")
+    await client.delete(queue, KEYS.parked("940740243"), KEYS.parked_meta("940740243"))
+    await client.rpush(queue, b"m1", b"m2", b"m3")
+    parked = ParkedQueues(client, KEYS)
+    assert await parked.park("940740243", now=time.time(), cause="cluster-test") == 3
+    assert await client.llen(queue) == 0
+    assert await parked.parked("940740243") == [b"m1", b"m2", b"m3"]
+    await client.rpush(queue, b"m4")
+    assert await parked.restore("940740243") == 3
+    assert await client.lrange(queue, 0, -1) == [b"m1", b"m2", b"m3", b"m4"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("events.timers") is None,
+                    reason="the timer wheel is not in this tree")
+async def test_a_due_timer_fires_into_its_stream_on_the_cluster(client: RedisCluster) -> None:
+    from events.timers import TimerWheel
+
+    wheel = TimerWheel(client, KEYS)
+    before = await client.xlen(KEYS.conversations_stream)
+    event = request("timer-key")
+    await wheel.schedule("cluster-test:timer-key", time.time() - 1, event)
+    fired = await wheel.fire_due()
+    assert fired.fired == 1
+    last = (await client.xrevrange(KEYS.conversations_stream, count=1))[0][1]
+    assert last[b"key"] == b"timer-key"
+    assert await client.xlen(KEYS.conversations_stream) == before + 1
+    assert (await wheel.fire_due()).fired == 0  # exactly once
+
