@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "run",
     "schema",
     "bench",
+    "session",
 )
 
 EXIT_ERROR = 1

@@ -1,0 +1,243 @@
+"""The sessions source: expired gateway leases and discovered queues, as events.
+
+A gateway announces starts and stops itself (:mod:`events.gateway`), but a
+gateway that crashes says nothing: its lease simply runs out.  This source
+turns that silence into a ``session.expired`` event, and it discovers the
+outgoing queues (``queue:{session}``) that hold messages, so a queue of a
+session nobody serves is noticed even when nothing else happens.
+
+It follows "list, then watch":
+
+1. make sure keyspace notifications are on (``CONFIG SET
+   notify-keyspace-events``, adding ``K`` keyspace, ``x`` expired and ``l``
+   list flags to whatever is set already);
+2. subscribe (one dedicated pubsub connection, the client's own db -- the
+   notifications are per database) to the lease keys and the queue keys;
+3. only then list: SCAN the leases (a name seen live at the last scan whose
+   lease is gone expired while nobody watched) and the queues; then publish a
+   ``source.resynced`` marker;
+4. watch: an ``expired`` lease becomes ``session.expired``; pushes to a queue
+   are coalesced (:mod:`events.sources.queues`) into ``queue.observed``.
+
+Steps 2-3 run again after every reconnect or restart, and a slow rescan
+(``rescan_interval_s``) repeats step 3 without the marker, which also catches
+notifications Redis dropped (pubsub is fire-and-forget).  Where CONFIG is
+disabled (managed Redis) the source says so in one WARNING and relies on the
+scans alone.  Redis reports an expiry when it evicts the key (lazily or by
+its active cycle), up to about 100 ms after the TTL ran out; that is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from events import metrics
+from events.contract import EventBase, SessionExpired, SourceResynced
+from events.ids import new_event_id
+from events.keys import KeySpace
+from events.loops import HEARTBEATS, guarded
+from events.publisher import Publisher, Retention
+from events.settings import Settings
+from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
+
+log = logging.getLogger(__name__)
+
+LOOP = "source:sessions"
+REQUIRED_FLAGS = "Kxl"
+"""Keyspace events (K) for expired keys (x) and list commands (l)."""
+ALL_FLAGS_ALIAS = "g$lshzxetd"
+"""What the ``A`` flag of ``notify-keyspace-events`` stands for."""
+IDLE_WAIT_S = 1.0
+"""Longest wait for a notification before the loop beats its heartbeat."""
+EXPIRY_EVENTS = frozenset({b"expired", b"evicted"})
+
+_warned_no_notifications = False
+
+
+def merged_flags(current: str, required: str = REQUIRED_FLAGS) -> str:
+    """``current`` plus whichever of ``required`` it lacks (``A`` covers most)."""
+    have = set(current.replace("A", ALL_FLAGS_ALIAS))
+    return current + "".join(flag for flag in required if flag not in have)
+
+
+async def enable_notifications(redis: Any, *, rescan_interval_s: float) -> bool:
+    """Turn on the keyspace notifications this source needs; ``False`` if Redis refuses.
+
+    The first refusal in a process is logged as one WARNING; later ones are not.
+    """
+    global _warned_no_notifications
+    try:
+        reply = await redis.config_get("notify-keyspace-events")
+        current = next(iter(reply.values()), b"")
+        current = current.decode() if isinstance(current, bytes) else str(current)
+        wanted = merged_flags(current)
+        if wanted != current:
+            await redis.config_set("notify-keyspace-events", wanted)
+            log.info("keyspace notifications set to %r (were %r)", wanted, current)
+        return True
+    except ResponseError as e:
+        if not _warned_no_notifications:
+            _warned_no_notifications = True
+            rescan = f"every {rescan_interval_s:g}s" if rescan_interval_s > 0 else "(turned off)"
+            log.warning("cannot set notify-keyspace-events (%s): expired leases and queue pushes "
+                        "are found only by the start-up scan and the slow rescan %s",
+                        e, rescan, extra={"source": SOURCE})
+        return False
+
+
+def channel_prefix(redis: Any) -> str:
+    db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+    return f"__keyspace@{db}__:"
+
+
+class _ReconnectWatch:
+    """Notices when redis-py silently reconnects (and re-subscribes) the pubsub."""
+
+    def __init__(self) -> None:
+        self.reconnected = False
+
+    async def on_connect(self, connection: Any) -> None:
+        self.reconnected = True
+
+
+class SessionsSource:
+    """One process's watch over leases and queues."""
+
+    def __init__(self, settings: Settings, redis: Any, *,
+                 coalesce_window_s: float | None = None) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._keys: KeySpace = settings.keys
+        self._publisher = Publisher(redis, self._keys, Retention(
+            max_len=settings.stream_max_len, max_age_s=settings.stream_retention_s))
+        self._coalescer = QueueCoalescer(redis, self._keys, self._publisher)
+        if coalesce_window_s is not None:
+            self._coalescer.window_s = coalesce_window_s
+        self._channels = channel_prefix(redis)
+        self._runs = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Subscribe, list, then watch until ``stop`` is set; raises on a lost connection."""
+        reason = "start" if self._runs == 0 else "restart"
+        if self._runs:
+            metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
+        self._runs += 1
+        notifying = await enable_notifications(
+            self._redis, rescan_interval_s=self._settings.rescan_interval_s)
+        pubsub = self._redis.pubsub()
+        watch = _ReconnectWatch()
+        try:
+            if notifying:
+                await pubsub.psubscribe(self._channels + self._keys.lease_glob,
+                                        self._channels + self._keys.queue_glob)
+                pubsub.connection.register_connect_callback(watch.on_connect)
+            await self.resync(reason)
+            await self._watch(pubsub if notifying else None, watch, stop)
+        finally:
+            await pubsub.aclose()
+
+    async def _watch(self, pubsub: Any, watch: _ReconnectWatch, stop: asyncio.Event) -> None:
+        interval = self._settings.rescan_interval_s
+        next_rescan = time.monotonic() + interval if interval > 0 else float("inf")
+        while not stop.is_set():
+            HEARTBEATS.beat(LOOP)
+            wait = self._coalescer.seconds_until_due() if self._coalescer.pending else IDLE_WAIT_S
+            wait = min(wait, max(0.0, next_rescan - time.monotonic()))
+            if pubsub is None:
+                await _wait(stop, wait)
+            else:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                if message is not None:
+                    await self._on_message(message)
+            if self._coalescer.pending and self._coalescer.seconds_until_due() == 0:
+                await self._coalescer.flush()
+            if watch.reconnected:
+                watch.reconnected = False
+                metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
+                await self.resync("reconnect")
+            if time.monotonic() >= next_rescan:
+                next_rescan = time.monotonic() + interval
+                if pubsub is not None:
+                    await enable_notifications(self._redis, rescan_interval_s=interval)
+                await self.scan()
+        if self._coalescer.pending:
+            await self._coalescer.flush()
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel", b"")
+        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        key = channel[len(self._channels):]
+        data = message.get("data", b"")
+        action = data if isinstance(data, bytes) else str(data).encode()
+        session = self._keys.session_of_lease(key)
+        if session is not None:
+            if action in EXPIRY_EVENTS:
+                await self._redis.srem(self._keys.leases_seen, session)
+                await self._publish([self._expired(session, "lease expired")])
+            return
+        if action not in PUSH_EVENTS:
+            return
+        session = self._keys.session_of_queue(key)
+        if session is None:
+            metrics.INVALID_INPUTS.labels(SOURCE, "bad_session_name").inc()
+            return
+        self._coalescer.note(session)
+
+    async def resync(self, reason: str) -> None:
+        """List leases and queues, then publish the ``source.resynced`` marker."""
+        await self.scan()
+        marker = SourceResynced(id=new_event_id(), occurred_at=datetime.now(UTC),
+                                source="gateway", key="sessions", reason=reason,
+                                scope="sessions")
+        await self._publish([marker])
+        log.info("sessions source resynced (%s)", reason, extra={"source": SOURCE})
+
+    async def scan(self) -> None:
+        """Publish expiries missed while unwatched and every non-empty queue."""
+        metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
+        events: list[EventBase] = [*await self._scan_leases(), *await scan_queues(
+            self._redis, self._keys)]
+        await self._publish(events)
+
+    async def _scan_leases(self) -> list[SessionExpired]:
+        live: set[str] = set()
+        async for raw in self._redis.scan_iter(match=self._keys.lease_glob, count=SCAN_COUNT):
+            session = self._keys.session_of_lease(raw.decode() if isinstance(raw, bytes) else raw)
+            if session is not None:
+                live.add(session)
+        seen = {m.decode() if isinstance(m, bytes) else str(m)
+                for m in await self._redis.smembers(self._keys.leases_seen)}
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(self._keys.leases_seen)
+        if live:
+            pipe.sadd(self._keys.leases_seen, *sorted(live))
+        await pipe.execute()
+        return [self._expired(s, "lease gone while unwatched") for s in sorted(seen - live)]
+
+    def _expired(self, session: str, why: str) -> SessionExpired:
+        log.info("session %s: %s", session, why, extra={"key": session, "source": SOURCE})
+        return SessionExpired(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
+                              key=session)
+
+    async def _publish(self, events: list[EventBase]) -> None:
+        if events:
+            await self._publisher.publish_many(events)
+            metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_sessions_source(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
+    """The ``sessions`` role: watch leases and queues until ``stop`` is set."""
+    source = SessionsSource(settings, redis)
+    await guarded(LOOP, lambda: source.run(stop), stall_after_s=max(60.0, 10 * IDLE_WAIT_S))

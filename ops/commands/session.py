@@ -1,0 +1,62 @@
+"""``reconciler session start|heartbeat|stop NAME``: announce a gateway session by hand.
+
+For gateways that cannot embed a client (a shell script around a process, a
+cron job), and for operators: the same protocol as :mod:`events.gateway`,
+against ``REDIS_URL``.  It needs no PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from events.gateway import GatewaySessions
+from events.keys import checked_session
+from events.publisher import Retention
+from ops.runtime_env import open_environment, settings_from_args
+
+ACTIONS = ("start", "heartbeat", "stop")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "session", help="start, heartbeat or stop a gateway session (its lease and events)")
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("name", help="the session name, e.g. 940740243 or default")
+    parser.add_argument("--gateway", default=None, help="id of the gateway holding the session")
+    parser.add_argument("--ttl", type=float, default=None, metavar="S",
+                        help="lease TTL in seconds (default: RECONCILER_SESSION_TTL_S)")
+    parser.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    checked_session(args.name)
+    if args.ttl is not None and args.ttl <= 0:
+        raise ValueError("--ttl must be positive")
+    settings = settings_from_args(args.config)
+    async with open_environment(settings, need_pg=False) as env:
+        sessions = GatewaySessions(
+            env.redis, env.settings.keys, gateway=args.gateway,
+            ttl_s=args.ttl if args.ttl is not None else env.settings.session_ttl_s,
+            retention=Retention(max_len=env.settings.stream_max_len,
+                                max_age_s=env.settings.stream_retention_s))
+        outcome = await _act(sessions, args.action, args.name)
+    if args.json:
+        print(json.dumps({"session": args.name, "action": args.action, "outcome": outcome,
+                          "lease_ttl_s": sessions.ttl_s}))
+    else:
+        print(f"session {args.name}: {outcome}")
+    return 0
+
+
+async def _act(sessions: GatewaySessions, action: str, name: str) -> str:
+    if action == "start":
+        await sessions.start(name)
+        return f"started (lease TTL {sessions.ttl_s}s)"
+    if action == "heartbeat":
+        if await sessions.heartbeat(name):
+            return f"lease refreshed ({sessions.ttl_s}s)"
+        return f"lease had expired: started again (lease TTL {sessions.ttl_s}s)"
+    await sessions.stop(name)
+    return "stopped"
