@@ -3,7 +3,9 @@
 Only ``ops`` configures handlers.  Every record passes through
 :func:`ops.redact.redact`, so a URL with a password never reaches a log.
 Context given in ``extra`` (stream, message id, event type, key, group,
-loop) is kept as fields of the JSON line.
+loop, source) is kept as fields of the JSON line and appended to a text
+line; any other ``extra`` is left out, so a message body handed to a log
+call by mistake never reaches the output.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class JsonFormatter(logging.Formatter):
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                line[name] = value
+                line[name] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             line["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
