@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "schema",
     "bench",
     "session",
+    "migrate",
 )
 
 EXIT_ERROR = 1

@@ -31,6 +31,7 @@ Role = Callable[[Settings, Redis, asyncio.Event], Coroutine[Any, Any, None]]
 ROLES: dict[str, str] = {
     # role name -> "module:function"; imported only when the role runs
     "sessions": "events.sources.sessions:run_sessions_source",
+    "relay": "events.sources.postgres:run_relay",
 }
 
 ROLE_NAMES: tuple[str, ...] = tuple(ROLES)

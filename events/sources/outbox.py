@@ -1,0 +1,178 @@
+"""The outbox: its object names, and turning one outbox row into one event.
+
+The trigger installed by ``reconciler migrate`` writes one row per captured
+change: the operation (``INSERT``/``UPDATE``/``DELETE``) and the old and new
+values of the columns we care about, as JSON objects with our own field names
+(``id, phone, channel, status, assigned_to, bot_flow_id, bot_started_at``),
+whatever the columns are called in the user's table.
+
+Everything here is pure: :func:`outbox_names` derives every object name from
+the table name (so several tables, and many test tables, can coexist in one
+database), and :func:`classify` / :func:`event_from_row` decide which semantic
+event a row is, tested on plain values.  A row that cannot be read raises
+:class:`BadOutboxRow`; the relay reports it and moves on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+
+from events.codec import MAX_ENTRY_BYTES, encode_json
+from events.contract import (
+    ConversationBotAssigned,
+    ConversationBotFieldsChanged,
+    ConversationBotFlowCleared,
+    ConversationClosed,
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationReopened,
+    ConversationRow,
+    EventBase,
+)
+from events.errors import ReconcilerError
+from events.ids import derived_id
+from events.keys import conversation_key
+
+SCHEMA = "reconciler"
+"""The PostgreSQL schema holding everything this project installs."""
+
+MAX_IDENTIFIER = 63
+
+Operation = Literal["INSERT", "UPDATE", "DELETE"]
+RowChangeType = type[
+    ConversationCreated
+    | ConversationBotAssigned
+    | ConversationBotFlowCleared
+    | ConversationBotFieldsChanged
+    | ConversationClosed
+    | ConversationReopened
+    | ConversationDeleted
+]
+
+
+class BadOutboxRow(ReconcilerError):
+    """An outbox row that cannot become an event; ``reason`` is a short, stable word."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, double-quoted (embedded quotes doubled)."""
+    if not name or "\x00" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(table: str) -> str:
+    """``schema.table`` or ``table``, each part quoted."""
+    return ".".join(quote_ident(part) for part in table.split(".", 1))
+
+
+def _name(prefix: str, table: str) -> str:
+    """``prefix`` + the table name, shortened with a hash when over 63 bytes."""
+    base = prefix + table.replace(".", "__")
+    if len(base.encode()) <= MAX_IDENTIFIER:
+        return base
+    digest = hashlib.blake2b(table.encode(), digest_size=4).hexdigest()
+    return base.encode()[: MAX_IDENTIFIER - 9].decode(errors="ignore") + "_" + digest
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxNames:
+    """Names of the objects installed for one conversations table (unquoted)."""
+
+    table: str
+    outbox: str
+    function: str
+    trigger: str
+    update_trigger: str
+    channel: str
+
+    @property
+    def qualified_outbox(self) -> str:
+        return f"{quote_ident(SCHEMA)}.{quote_ident(self.outbox)}"
+
+    @property
+    def qualified_function(self) -> str:
+        return f"{quote_ident(SCHEMA)}.{quote_ident(self.function)}"
+
+
+def outbox_names(table: str) -> OutboxNames:
+    return OutboxNames(
+        table=table,
+        outbox=_name("outbox_", table),
+        function=_name("capture_", table),
+        trigger=_name("reconciler_capture_", table),
+        update_trigger=_name("reconciler_capture_upd_", table),
+        channel=_name("reconciler_", table),
+    )
+
+
+# --------------------------------------------------------------------------
+# Classification.
+
+_row_decoder = msgspec.json.Decoder(ConversationRow)
+
+
+def classify(op: str, old: ConversationRow | None, new: ConversationRow | None) -> RowChangeType:
+    """Which semantic event a change is; the first rule that matches wins."""
+    if op == "DELETE":
+        return ConversationDeleted
+    if new is None:
+        raise BadOutboxRow("missing_row", f"{op} without new values")
+    waiting_on_bot = new.status == "active" and new.assigned_to == "bot"
+    if op == "INSERT" or old is None:
+        return ConversationBotAssigned if waiting_on_bot else ConversationCreated
+    if new.status != old.status and new.status == "closed":
+        return ConversationClosed
+    if new.status != old.status and old.status == "closed":
+        return ConversationReopened
+    if waiting_on_bot and old.assigned_to != "bot":
+        return ConversationBotAssigned
+    if old.bot_flow_id is not None and new.bot_flow_id is None:
+        return ConversationBotFlowCleared
+    return ConversationBotFieldsChanged
+
+
+def _row(raw: str | bytes | None, which: str) -> ConversationRow | None:
+    if raw is None:
+        return None
+    try:
+        return _row_decoder.decode(raw)
+    except msgspec.DecodeError as e:
+        raise BadOutboxRow("invalid_row", f"{which} values: {e}") from e
+
+
+def event_from_row(
+    *, table: str, outbox_id: int, op: str, old: str | bytes | None, new: str | bytes | None,
+    created_at: datetime,
+) -> EventBase:
+    """The one event an outbox row becomes; raises :class:`BadOutboxRow`."""
+    if op not in ("INSERT", "UPDATE", "DELETE"):
+        raise BadOutboxRow("invalid_op", f"operation {op[:20]!r}")
+    previous, row = _row(old, "old"), _row(new, "new")
+    kind = classify(op, previous, row)
+    current = row if row is not None else previous
+    if current is None:
+        raise BadOutboxRow("missing_row", f"{op} without values")
+    if not current.phone or not current.channel:
+        raise BadOutboxRow("invalid_row", "empty phone or channel")
+    event = kind(
+        id=derived_id(created_at, f"outbox:{table}:{outbox_id}"),
+        occurred_at=created_at,
+        source="postgres",
+        key=conversation_key(current.phone, current.channel),
+        outbox_id=outbox_id,
+        row=row,
+        previous=previous,
+    )
+    if len(event.key) > 256 or len(encode_json(event)) > MAX_ENTRY_BYTES:
+        raise BadOutboxRow("oversized", f"event of outbox row {outbox_id} is too large")
+    return event

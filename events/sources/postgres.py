@@ -1,0 +1,224 @@
+"""The PostgreSQL relay: outbox rows -> events on the conversations stream.
+
+NOTIFY is only a doorbell; the outbox is the truth.  The relay holds one
+dedicated connection and, on every (re)connect, first LISTENs, then drains
+the whole backlog, then publishes a ``SourceResynced`` marker, then waits for
+the bell.  LISTEN comes before the drain so a change committed during the
+drain rings the bell and is read by the next pass.
+
+A connection can die without a word (asyncpg listeners are known to go
+quiet), so two things watch it: the termination listener, and a keepalive --
+every ``keepalive_s`` of silence the relay reads the outbox anyway, with a
+timeout.  The keepalive read also picks up rows another relay had locked
+when it died.  A lost connection is counted (``SOURCE_RECONNECTS``) and
+re-opened with backoff.
+
+One batch is one transaction: ``SELECT ... ORDER BY id FOR UPDATE SKIP
+LOCKED LIMIT n``, XADD of the events in outbox order, then DELETE of those
+rows, then COMMIT.  So rows are deleted only after Redis has them, two relays
+never publish the same row at the same time, and a crash between XADD and
+COMMIT re-publishes rows under the same derived event ids.  A row that
+cannot become an event is marked ``failed`` (kept for inspection), counted
+and logged, and never read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import asyncpg
+from redis.asyncio import Redis
+
+from events import metrics
+from events.contract import SourceResynced
+from events.errors import ReconcilerError
+from events.ids import new_event_id
+from events.loops import HEARTBEATS, guarded
+from events.publisher import Publisher, Retention
+from events.settings import Settings
+from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
+
+log = logging.getLogger(__name__)
+
+SOURCE: Final = "postgres"
+APPLICATION_NAME = "reconciler-relay"
+"""Shown in ``pg_stat_activity``, so an operator can find the relay's connection."""
+
+
+class ConnectionLost(ReconcilerError):
+    """The relay's database connection died or stopped answering."""
+
+
+class OutboxMissing(ReconcilerError):
+    """The outbox is not installed for the table: run ``reconciler migrate``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelayOptions:
+    batch: int = 500
+    """Outbox rows per transaction (and per Redis pipeline)."""
+    keepalive_s: float = 5.0
+    """Silence after which the relay reads the outbox anyway, to prove the connection."""
+    query_timeout_s: float = 10.0
+    """A query that takes longer means the connection is gone."""
+    connect_timeout_s: float = 10.0
+    backoff_s: float = 0.2
+    backoff_max_s: float = 10.0
+
+
+DISCONNECTS: tuple[type[BaseException], ...] = (
+    ConnectionLost,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+"""Errors that mean "reconnect", as opposed to a bug or a missing outbox."""
+
+
+class OutboxRelay:
+    """Publishes the outbox of one conversations table."""
+
+    def __init__(self, settings: Settings, publisher: Publisher,
+                 options: RelayOptions | None = None) -> None:
+        if settings.database_url is None:
+            raise ReconcilerError("the relay needs DATABASE_URL")
+        self._dsn = settings.database_url
+        self._table = settings.table
+        self._names = outbox_names(settings.table)
+        self._publisher = publisher
+        self._options = options or RelayOptions()
+        self.loop_name = f"relay:{settings.table}"
+        outbox = self._names.qualified_outbox
+        self._select = (f"SELECT id, op, old_row::text, new_row::text, created_at FROM {outbox} "
+                        "WHERE failed IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1")
+        self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
+        self._mark_failed = f"UPDATE {outbox} SET failed = $2 WHERE id = $1"
+
+    @property
+    def options(self) -> RelayOptions:
+        return self._options
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Connect, drain, listen; reconnect with backoff; return once ``stop`` is set."""
+        delay, reason = self._options.backoff_s, "start"
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await self._session(stop, reason)
+                return
+            except DISCONNECTS as e:
+                metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
+                if time.monotonic() - started > self._options.keepalive_s:
+                    delay = self._options.backoff_s
+                log.warning("database connection lost (%s: %s); reconnecting in %.1fs",
+                            type(e).__name__, e, delay, extra={"source": SOURCE, "table": self._table})
+                reason = "reconnect"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, self._options.backoff_max_s)
+
+    async def _session(self, stop: asyncio.Event, reason: str) -> None:
+        conn = await asyncpg.connect(self._dsn, timeout=self._options.connect_timeout_s,
+                                     server_settings={"application_name": APPLICATION_NAME})
+        lost, doorbell = asyncio.Event(), asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        try:
+            await conn.add_listener(self._names.channel, lambda *_args: doorbell.set())
+            backlog = await self.drain(conn)
+            await self._resynced(reason, backlog)
+            while not stop.is_set():
+                HEARTBEATS.beat(self.loop_name)
+                await _wait_any((stop, lost, doorbell), timeout=self._options.keepalive_s)
+                if lost.is_set():
+                    raise ConnectionLost("the server closed the connection")
+                if not stop.is_set():
+                    doorbell.clear()
+                    await self.drain(conn)
+        finally:
+            if lost.is_set() or conn.is_closed():
+                conn.terminate()
+            else:
+                with contextlib.suppress(*DISCONNECTS):
+                    await conn.close(timeout=self._options.query_timeout_s)
+
+    async def drain(self, conn: Any) -> int:
+        """Publish every row not locked by another relay; the number of rows handled."""
+        total = 0
+        while True:
+            handled = await self._batch(conn)
+            total += handled
+            if handled < self._options.batch:
+                return total
+
+    async def _batch(self, conn: Any) -> int:
+        timeout = self._options.query_timeout_s
+        async with conn.transaction():
+            try:
+                rows = await conn.fetch(self._select, self._options.batch, timeout=timeout)
+            except asyncpg.UndefinedTableError as e:
+                raise OutboxMissing(f"no outbox for table {self._table!r}: run `reconciler migrate`") from e
+            if not rows:
+                return 0
+            events, published, failed = [], [], []
+            for row in rows:
+                try:
+                    events.append(event_from_row(
+                        table=self._table, outbox_id=row["id"], op=row["op"], old=row["old_row"],
+                        new=row["new_row"], created_at=row["created_at"]))
+                    published.append(row["id"])
+                except BadOutboxRow as e:
+                    failed.append((row["id"], e.reason))
+                    self._report(row["id"], e)
+            if events:
+                await self._publisher.publish_many(events)
+                metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
+            await conn.execute(self._delete, published, timeout=timeout)
+            if failed:
+                await conn.executemany(self._mark_failed, failed, timeout=timeout)
+        return len(rows)
+
+    def _report(self, outbox_id: int, error: BadOutboxRow) -> None:
+        metrics.INVALID_INPUTS.labels(SOURCE, error.reason).inc()
+        log.error("outbox row %d of %s skipped: %s", outbox_id, self._table, error,
+                  extra={"source": SOURCE, "table": self._table, "outbox_id": outbox_id,
+                         "reason": error.reason})
+
+    async def _resynced(self, reason: str, backlog: int) -> None:
+        await self._publisher.publish(SourceResynced(
+            id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE,
+            key=f"{SOURCE}:{self._table}"[:256], reason=reason))
+        metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
+        log.info("relay for %s %s: %d backlog row(s) handled, listening", self._table,
+                 "started" if reason == "start" else "reconnected", backlog,
+                 extra={"source": SOURCE, "table": self._table})
+
+
+async def _wait_any(events: Iterable[asyncio.Event], *, timeout: float) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def publisher_for(settings: Settings, redis: Redis) -> Publisher:
+    return Publisher(redis, settings.keys, Retention(max_len=settings.stream_max_len,
+                                                     max_age_s=settings.stream_retention_s))
+
+
+async def run_relay(settings: Settings, redis: Redis, stop: asyncio.Event,
+                    options: RelayOptions | None = None) -> None:
+    """The ``relay`` role: publish the outbox of ``settings.table`` until ``stop`` is set."""
+    relay = OutboxRelay(settings, publisher_for(settings, redis), options)
+    await guarded(relay.loop_name, lambda: relay.serve(stop),
+                  stall_after_s=max(60.0, 4 * relay.options.keepalive_s))

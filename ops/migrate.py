@@ -1,0 +1,168 @@
+"""Installing and removing the change capture in the user's database.
+
+The SQL lives in ``ops/migrations/`` as numbered files (``0001_outbox.sql``,
+...) plus ``uninstall.sql``; each is a template whose ``{placeholders}`` are
+filled with identifiers quoted here, never with raw setting values.  The
+version installed for each table is a row in ``reconciler.schema_version``,
+so ``install`` applies only the files above it and running it again changes
+nothing.  Every run holds one advisory lock for its whole transaction: two
+``reconciler migrate`` at once take turns, and a failed one leaves nothing
+half-done.
+
+``uninstall`` removes the triggers, the function, the outbox and the version
+row, and the schema itself once no table uses it.  It refuses while the
+outbox still holds changes the relay has not published, unless forced.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from events.errors import ReconcilerError
+from events.settings import Settings
+from events.sources.outbox import SCHEMA, outbox_names, quote_ident, quote_table
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+"""Shipped as package data next to this module."""
+MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+VERSION_TABLE = f"{quote_ident(SCHEMA)}.schema_version"
+LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('reconciler.migrate'))"
+
+
+class MigrationError(ReconcilerError):
+    """The database refused a migration; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    template: str
+
+
+@dataclass
+class Outcome:
+    """What ``install`` or ``uninstall`` did (or, in a dry run, would do)."""
+
+    table: str
+    before: int | None
+    after: int | None
+    applied: list[str] = field(default_factory=list)
+    sql: str = ""
+    pending_rows: int = 0
+    dry_run: bool = False
+
+
+def migrations() -> list[Migration]:
+    """The numbered migrations shipped with the package, in order."""
+    found = []
+    for entry in MIGRATIONS_DIR.iterdir():
+        match = MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def render(template: str, settings: Settings) -> str:
+    """A migration template with every name filled in, quoted."""
+    names = outbox_names(settings.table)
+    columns = {f"c_{name}": quote_ident(getattr(settings.columns, name))
+               for name in ("id", "phone", "channel", "status", "assigned_to",
+                            "bot_flow_id", "bot_started_at")}
+    return template.format(
+        table=quote_table(settings.table),
+        outbox=names.qualified_outbox,
+        function=names.qualified_function,
+        trigger=quote_ident(names.trigger),
+        update_trigger=quote_ident(names.update_trigger),
+        channel_literal="'" + names.channel.replace("'", "''") + "'",
+        **columns,
+    )
+
+
+async def installed_version(conn: Any, table: str) -> int | None:
+    """The version installed for ``table``, or ``None``."""
+    if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.schema_version") is None:
+        return None
+    version: int | None = await conn.fetchval(
+        f"SELECT version FROM {VERSION_TABLE} WHERE target = $1", table)
+    return version
+
+
+async def install(conn: Any, settings: Settings, *, dry_run: bool = False) -> Outcome:
+    """Apply the migrations not yet applied to ``settings.table``."""
+    async with conn.transaction():
+        await conn.execute(LOCK_SQL)
+        if await conn.fetchval("SELECT to_regclass($1)", settings.table) is None:
+            raise MigrationError(f"table {settings.table!r} does not exist (RECONCILER_TABLE)")
+        before = await installed_version(conn, settings.table)
+        pending = [m for m in migrations() if m.version > (before or 0)]
+        outcome = Outcome(table=settings.table, before=before, dry_run=dry_run,
+                          after=pending[-1].version if pending else before,
+                          applied=[m.name for m in pending],
+                          sql="\n".join(render(m.template, settings) for m in pending))
+        if dry_run or not pending:
+            return outcome
+        await _run(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(SCHEMA)}", "create schema")
+        await _run(conn, f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
+                         "target text PRIMARY KEY, version integer NOT NULL, "
+                         "installed_at timestamptz NOT NULL DEFAULT now())", "version table")
+        for migration in pending:
+            await _run(conn, render(migration.template, settings), migration.name)
+        await conn.execute(
+            f"INSERT INTO {VERSION_TABLE} (target, version) VALUES ($1, $2) "
+            "ON CONFLICT (target) DO UPDATE SET version = EXCLUDED.version, installed_at = now()",
+            settings.table, outcome.after)
+        return outcome
+
+
+async def uninstall(
+    conn: Any, settings: Settings, *, dry_run: bool = False, force: bool = False
+) -> Outcome:
+    """Remove everything installed for ``settings.table``."""
+    names = outbox_names(settings.table)
+    async with conn.transaction():
+        await conn.execute(LOCK_SQL)
+        before = await installed_version(conn, settings.table)
+        pending_rows = 0
+        if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.{names.outbox}") is not None:
+            pending_rows = await conn.fetchval(
+                f"SELECT count(*) FROM {names.qualified_outbox} WHERE failed IS NULL")
+        sql = render((MIGRATIONS_DIR / "uninstall.sql").read_text(), settings)
+        outcome = Outcome(table=settings.table, before=before, after=None, sql=sql,
+                          pending_rows=pending_rows, dry_run=dry_run)
+        if dry_run:
+            return outcome
+        if pending_rows and not force:
+            raise MigrationError(
+                f"the outbox of {settings.table} holds {pending_rows} unpublished change(s): "
+                "run the relay until it is empty, or pass --force to drop them")
+        await _run(conn, sql, "uninstall.sql")
+        await _drop_version_and_schema(conn, settings.table)
+        return outcome
+
+
+async def _drop_version_and_schema(conn: Any, table: str) -> None:
+    if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.schema_version") is None:
+        return
+    await conn.execute(f"DELETE FROM {VERSION_TABLE} WHERE target = $1", table)
+    if await conn.fetchval(f"SELECT count(*) FROM {VERSION_TABLE}") == 0:
+        await conn.execute(f"DROP TABLE {VERSION_TABLE}")
+        # RESTRICT, in a savepoint: anything else a user put in the schema keeps it.
+        try:
+            async with conn.transaction():
+                await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(SCHEMA)} RESTRICT")
+        except asyncpg.DependentObjectsStillExistError:
+            pass
+
+
+async def _run(conn: Any, sql: str, what: str) -> None:
+    try:
+        await conn.execute(sql)
+    except asyncpg.PostgresError as e:
+        raise MigrationError(f"{what}: {type(e).__name__}: {e}") from e

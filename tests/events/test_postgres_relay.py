@@ -1,0 +1,283 @@
+"""The PostgreSQL relay against a real database and Redis, and the row classification."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from events import codec
+from events.contract import (
+    ConversationBotAssigned,
+    ConversationBotFieldsChanged,
+    ConversationBotFlowCleared,
+    ConversationClosed,
+    ConversationCreated,
+    ConversationDeleted,
+    ConversationReopened,
+    ConversationRow,
+    SourceResynced,
+    _RowChange,
+)
+from events.ids import derived_id
+from events.settings import Settings
+from events.sources.outbox import BadOutboxRow, classify, event_from_row, outbox_names
+from events.sources.postgres import APPLICATION_NAME, RelayOptions, run_relay
+from ops import migrate
+from tests.support import create_conversations_table, eventually
+
+FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_timeout_s=5.0)
+
+
+@pytest.fixture
+async def table(pg: Any, settings: Settings) -> AsyncIterator[str]:
+    await create_conversations_table(pg, settings.table)
+    await migrate.install(pg, settings)
+    yield settings.table
+    await migrate.uninstall(pg, settings, force=True)
+    await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
+
+
+@contextlib.asynccontextmanager
+async def relay(settings: Settings, redis: Redis) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_relay(settings, redis, stop, FAST))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def stream(redis: Redis, settings: Settings) -> list[Any]:
+    entries = await redis.xrange(settings.keys.conversations_stream)
+    return [codec.decode(fields) for _, fields in entries]
+
+
+async def changes(redis: Redis, settings: Settings) -> list[_RowChange]:
+    return [e for e in await stream(redis, settings) if isinstance(e, _RowChange)]
+
+
+async def outbox_count(pg: Any, table: str) -> int:
+    count: int = await pg.fetchval(f"SELECT count(*) FROM {outbox_names(table).qualified_outbox}")
+    return count
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def insert_rows(pg: Any, table: str, n: int) -> list[int]:
+    rows = await pg.fetch(
+        f'INSERT INTO "{table}" (phone, phone_number_id) '
+        "SELECT '55' || g, 'chan' FROM generate_series(1, $1) g RETURNING id", n)
+    return [r["id"] for r in rows]
+
+
+async def test_backlog_written_while_stopped_is_published_in_commit_order(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    ids = await insert_rows(pg, table, 10)
+    for i in range(1000):
+        await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[i % 10])
+    async with relay(settings, redis):
+        async def all_published() -> bool:
+            return len(await changes(redis, settings)) == 1010
+        await eventually(all_published, message="1,010 changes on the stream")
+        await eventually(lambda: _zero(outbox_count(pg, table)), message="an empty outbox")
+    published = await changes(redis, settings)
+    outbox_ids = [e.outbox_id for e in published]
+    assert outbox_ids == sorted(outbox_ids) and len(set(outbox_ids)) == 1010
+    updates = [e for e in published if e.previous is not None]
+    assert [e.row.bot_flow_id for e in updates if e.row] == [f"f{i}" for i in range(1000)]
+    assert all(e.key == f"{e.row.phone}:chan" for e in updates if e.row)
+    first = published[0]
+    assert first.id == derived_id(first.occurred_at, f"outbox:{table}:{first.outbox_id}")
+    markers = [e for e in await stream(redis, settings) if isinstance(e, SourceResynced)]
+    assert [m.reason for m in markers] == ["start"]
+
+
+async def _zero(count: Any) -> bool:
+    return bool(await count == 0)
+
+
+async def test_killed_connection_is_noticed_and_nothing_is_lost(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    ids = await insert_rows(pg, table, 5)
+    reconnects = metric("reconciler_source_reconnects_total", source="postgres")
+    async with relay(settings, redis):
+        async def write() -> None:
+            writer_conn = await asyncpg.connect(settings.database_url)
+            try:
+                await _write(writer_conn)
+            finally:
+                await writer_conn.close()
+
+        async def _write(conn: Any) -> None:
+            for i in range(600):
+                await conn.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2',
+                                 f"f{i}", ids[i % 5])
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+
+        writer = asyncio.create_task(write())
+        for _ in range(2):
+            await eventually(lambda: _relay_connected(pg), message="the relay's connection")
+            killed = await pg.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = $1 AND datname = current_database()", APPLICATION_NAME)
+            assert killed >= 1
+            await asyncio.sleep(0.2)
+        await writer
+
+        async def all_published() -> bool:
+            flows = {e.row.bot_flow_id for e in await changes(redis, settings) if e.row}
+            return {f"f{i}" for i in range(600)} <= flows
+        await eventually(all_published, message="every update on the stream")
+        await eventually(lambda: _zero(outbox_count(pg, table)), message="an empty outbox")
+    assert metric("reconciler_source_reconnects_total", source="postgres") >= reconnects + 2
+    markers = [e.reason for e in await stream(redis, settings) if isinstance(e, SourceResynced)]
+    assert markers.count("reconnect") >= 2
+
+
+async def _relay_connected(pg: Any) -> bool:
+    return bool(await pg.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 "
+        "AND datname = current_database()", APPLICATION_NAME))
+
+
+async def test_a_large_row_commits_and_a_notes_only_update_is_not_captured(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    big = "x" * 1_000_000
+    row_id = await pg.fetchval(
+        f'INSERT INTO "{table}" (phone, phone_number_id, notes) VALUES ($1, $2, $3) RETURNING id',
+        "5511", "chan", big)
+    await pg.execute(f'UPDATE "{table}" SET assigned_to = $1, bot_flow_id = $2, notes = $3 '
+                     "WHERE id = $4", "bot", "flow-" + "y" * 200, big + "z", row_id)
+    assert await pg.fetchval(f'SELECT length(notes) FROM "{table}" WHERE id = $1', row_id) == 1_000_001
+    assert await outbox_count(pg, table) == 2
+    await pg.execute(f'UPDATE "{table}" SET notes = $1 WHERE id = $2', "short", row_id)
+    assert await outbox_count(pg, table) == 2
+    async with relay(settings, redis):
+        async def published() -> bool:
+            return len(await changes(redis, settings)) == 2
+        await eventually(published, message="two changes on the stream")
+    created, assigned = await changes(redis, settings)
+    assert isinstance(created, ConversationCreated)
+    assert isinstance(assigned, ConversationBotAssigned)
+    assert assigned.key == "5511:chan" and assigned.row and assigned.row.assigned_to == "bot"
+
+
+async def test_two_relays_publish_every_change(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    ids = await insert_rows(pg, table, 20)
+    for i in range(300):
+        await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"a{i}", ids[i % 20])
+    async with relay(settings, redis), relay(settings, redis):
+        for i in range(700):
+            await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2',
+                             f"b{i}", ids[i % 20])
+
+        async def all_published() -> bool:
+            return len({e.outbox_id for e in await changes(redis, settings)}) == 1020
+        await eventually(all_published, message="1,020 distinct changes on the stream")
+        await eventually(lambda: _zero(outbox_count(pg, table)), message="an empty outbox")
+    by_outbox: dict[int, set[str]] = {}
+    for event in await changes(redis, settings):
+        by_outbox.setdefault(event.outbox_id, set()).add(event.id)
+    assert all(len(event_ids) == 1 for event_ids in by_outbox.values())
+    markers = [e for e in await stream(redis, settings) if isinstance(e, SourceResynced)]
+    assert len(markers) == 2
+
+
+async def test_a_bad_outbox_row_is_reported_and_skipped(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    outbox = outbox_names(table).qualified_outbox
+    await pg.execute(f"INSERT INTO {outbox} (op, old_row, new_row) VALUES "
+                     """('UPDATE', '{"nope": 1}', '{"nope": 2}')""")
+    await insert_rows(pg, table, 1)
+    before = metric("reconciler_invalid_inputs_total", source="postgres", reason="invalid_row")
+    async with relay(settings, redis):
+        async def published() -> bool:
+            return len(await changes(redis, settings)) == 1
+        await eventually(published, message="the good row on the stream")
+        await insert_rows(pg, table, 1)
+
+        async def second() -> bool:
+            return len(await changes(redis, settings)) == 2
+        await eventually(second, message="the relay still publishing")
+    assert metric("reconciler_invalid_inputs_total", source="postgres",
+                  reason="invalid_row") == before + 1
+    assert await pg.fetchval(f"SELECT failed FROM {outbox}") == "invalid_row"
+
+
+# -- classification, on plain values ------------------------------------------
+
+def row(**changes: Any) -> ConversationRow:
+    base: dict[str, Any] = {"id": "1", "phone": "5511", "channel": "chan", "status": "active"}
+    return ConversationRow(**{**base, **changes})
+
+
+BOT = {"assigned_to": "bot", "bot_flow_id": "f1", "bot_started_at": datetime(2024, 1, 1, tzinfo=UTC)}
+
+
+@pytest.mark.parametrize(("op", "old", "new", "expected"), [
+    ("INSERT", None, row(), ConversationCreated),
+    ("INSERT", None, row(**BOT), ConversationBotAssigned),
+    ("INSERT", None, row(status="closed", **BOT), ConversationCreated),
+    ("UPDATE", row(), row(**BOT), ConversationBotAssigned),
+    ("UPDATE", row(assigned_to="agent"), row(assigned_to="bot"), ConversationBotAssigned),
+    ("UPDATE", row(**BOT), row(**{**BOT, "bot_flow_id": None}), ConversationBotFlowCleared),
+    ("UPDATE", row(**BOT), row(**{**BOT, "bot_flow_id": "f2"}), ConversationBotFieldsChanged),
+    ("UPDATE", row(**BOT), row(**{**BOT, "assigned_to": "agent"}), ConversationBotFieldsChanged),
+    ("UPDATE", row(**{**BOT, "bot_flow_id": None}), row(**BOT), ConversationBotFieldsChanged),
+    ("UPDATE", row(**BOT), row(status="closed", **BOT), ConversationClosed),
+    ("UPDATE", row(status="closed"), row(), ConversationReopened),
+    ("UPDATE", row(status="closed"), row(**BOT), ConversationReopened),
+    ("DELETE", row(**BOT), None, ConversationDeleted),
+])
+def test_classification(op: str, old: ConversationRow | None, new: ConversationRow | None,
+                        expected: type) -> None:
+    assert classify(op, old, new) is expected
+
+
+def test_event_from_row_carries_both_images_and_a_derived_id() -> None:
+    at = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    old, new = row(**BOT), row(**{**BOT, "bot_flow_id": None})
+    event = event_from_row(table="t", outbox_id=7, op="UPDATE", old=msgspec.json.encode(old),
+                           new=msgspec.json.encode(new), created_at=at)
+    assert isinstance(event, ConversationBotFlowCleared)
+    assert (event.row, event.previous, event.key) == (new, old, "5511:chan")
+    assert event.id == derived_id(at, "outbox:t:7") and event.occurred_at == at
+    deleted = event_from_row(table="t", outbox_id=8, op="DELETE", old=msgspec.json.encode(old),
+                             new=None, created_at=at)
+    assert isinstance(deleted, ConversationDeleted) and deleted.row is None and deleted.key == "5511:chan"
+
+
+@pytest.mark.parametrize(("op", "old", "new", "reason"), [
+    ("TRUNCATE", None, b"{}", "invalid_op"),
+    ("UPDATE", b"not json", b"{}", "invalid_row"),
+    ("INSERT", None, b'{"id": "1", "phone": null, "channel": "c", "status": "active"}', "invalid_row"),
+    ("INSERT", None, b'{"id": "1", "phone": "", "channel": "c", "status": "active"}', "invalid_row"),
+    ("INSERT", None, None, "missing_row"),
+    ("INSERT", None, b'{"id": "1", "phone": "1", "channel": "c", "status": "active", "bot_flow_id": "'
+     + b"f" * 300_000 + b'"}', "oversized"),
+])
+def test_bad_rows_raise_a_typed_error(op: str, old: bytes | None, new: bytes | None,
+                                      reason: str) -> None:
+    with pytest.raises(BadOutboxRow) as caught:
+        event_from_row(table="t", outbox_id=1, op=op, old=old, new=new,
+                       created_at=datetime.now(UTC))
+    assert caught.value.reason == reason
