@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "run",
     "schema",
     "bench",
+    "parked",
     "session",
     "migrate",
 )
