@@ -205,6 +205,15 @@ class ParkedRetentionDue(EventBase, frozen=True, kw_only=True, tag="session.park
     deadline: UtcDatetime
 
 
+class QuarantineRetentionDue(
+    EventBase, frozen=True, kw_only=True, tag="session_file.quarantine_retention_due"
+):
+    """A quarantined session file may have outlived its retention; ``name`` is its quarantine name."""
+
+    name: BoundedText
+    deadline: UtcDatetime
+
+
 # --------------------------------------------------------------------------
 # Markers, requests and the audit trail.
 
@@ -272,6 +281,7 @@ Event = (
     | BotRunTimedOut
     | OrphanGraceElapsed
     | ParkedRetentionDue
+    | QuarantineRetentionDue
     | SnapshotStarted
     | SnapshotFinished
     | SourceResynced

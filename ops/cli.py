@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "parked",
     "session",
     "migrate",
+    "quarantine",
 )
 
 EXIT_ERROR = 1

@@ -1,0 +1,87 @@
+"""The ``consumers`` role: the ``conversations`` and ``sessions`` consumer groups in one process.
+
+It opens what the handlers share (an asyncpg pool, the publisher and the
+auditor, the timer wheel), purges quarantine entries past their retention
+(the list before the watch: deadlines cover the rest), and runs one
+:class:`GroupConsumer` per group until ``stop``.  Several processes may run
+this role; the groups split the keys between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from consumers.audit import Auditor
+from consumers.conversations import ConversationsHandler
+from consumers.runtime import GroupConsumer, GroupOptions, Handler
+from consumers.stores.conversations_sql import ConversationsSql
+from consumers.stores.session_files import SessionFiles
+from events.publisher import Publisher, Retention
+from events.settings import Settings
+from events.timers import TimerWheel
+
+log = logging.getLogger(__name__)
+
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+
+
+async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
+    """Role ``consumers``: react to conversation and session events until ``stop``."""
+    if settings.database_url is None:
+        raise ValueError("DATABASE_URL is needed by the consumers role")
+    keys = settings.keys
+    publisher = Publisher(redis, keys, Retention(max_len=settings.stream_max_len,
+                                                 max_age_s=settings.stream_retention_s))
+    auditor = Auditor(publisher, dry_run=settings.dry_run)
+    timers = TimerWheel(redis, keys, max_len=settings.stream_max_len)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=POOL_MIN_SIZE,
+                                     max_size=max(POOL_MIN_SIZE, min(POOL_MAX_SIZE,
+                                                                     settings.concurrency)))
+    try:
+        conversations = ConversationsHandler(
+            settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
+            redis=redis, auditor=auditor, timers=timers)
+        purged = await conversations.purge_expired()
+        if purged:
+            log.info("purged %d quarantine entries past their retention", purged)
+        groups = [GroupConsumer(redis, _options(settings, "conversations",
+                                                keys.conversations_stream), conversations)]
+        sessions = _sessions_handler(settings, redis, auditor, timers)
+        if sessions is not None:
+            groups.append(GroupConsumer(redis, _options(settings, "sessions",
+                                                        keys.sessions_stream), sessions))
+        await asyncio.gather(*(group.run(stop) for group in groups))
+    finally:
+        await pool.close()
+
+
+def _options(settings: Settings, group: str, stream: str) -> GroupOptions:
+    return GroupOptions(
+        group=group,
+        streams=(stream,),
+        deadletter_stream=settings.keys.deadletter_stream,
+        concurrency=settings.concurrency,
+        max_deliveries=settings.max_deliveries,
+        claim_min_idle_s=settings.claim_min_idle_s,
+    )
+
+
+def _sessions_handler(settings: Settings, redis: Any, auditor: Auditor,
+                      timers: TimerWheel) -> Handler | None:
+    """The ``sessions`` group's handler, when this build has it."""
+    try:
+        module = importlib.import_module("consumers.sessions")
+    except ModuleNotFoundError as e:
+        if e.name != "consumers.sessions":
+            raise
+        log.warning("consumers.sessions is not installed; the sessions group does not run")
+        return None
+    handler: Handler = module.SessionsHandler(settings=settings, redis=redis, auditor=auditor,
+                                              timers=timers)
+    return handler

@@ -1,0 +1,150 @@
+"""The timer wheel: deadlines as events, fired exactly once.
+
+A deadline is a member of a sorted set (score: due time in milliseconds) and
+the encoded event to publish when it is due, kept in a hash beside it.  Both
+keys, the wake-up channel and the event streams carry the ``{events}`` hash
+tag, so one Lua script can take every due deadline and XADD its event in one
+atomic step: however many timer loops run, a deadline is removed by exactly
+one script call, and its event is appended exactly once.
+
+Scheduling is idempotent per member: scheduling a member again replaces its
+due time and event, never adds a second deadline.  Callers name members after
+what they time (``bot:{key}:{started_at}``), so a repeated schedule of the same
+run is a no-op.  When a schedule makes a member the earliest deadline, the
+script publishes on a channel so sleeping timer loops wake up early.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from events import codec
+from events.contract import CONVERSATIONS, SESSIONS, EventBase, stream_of
+from events.keys import KeySpace
+
+FIRE_BATCH = 500
+"""Deadlines fired per script call (a long backlog is fired in several calls)."""
+
+_SCHEDULE = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local first = redis.call('ZRANGE', KEYS[1], 0, 0)
+if first[1] == ARGV[1] then
+  redis.call('PUBLISH', KEYS[3], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: deadlines, payloads, then every stream a payload may name.
+# ARGV: now (ms), batch size, max stream length (0: no cap).
+_FIRE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local allowed = {}
+for i = 3, #KEYS do allowed[KEYS[i]] = true end
+local fired = 0
+local lost = 0
+for _, member in ipairs(due) do
+  local raw = redis.call('HGET', KEYS[2], member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('HDEL', KEYS[2], member)
+  local ok, p = pcall(cjson.decode, raw or '')
+  if ok and type(p) == 'table' and allowed[p.stream] then
+    if tonumber(ARGV[3]) > 0 then
+      redis.call('XADD', p.stream, 'MAXLEN', '~', ARGV[3], '*',
+                 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
+    else
+      redis.call('XADD', p.stream, '*', 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
+    end
+    fired = fired + 1
+  else
+    lost = lost + 1
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {fired, lost, nxt[2] or '', redis.call('ZCARD', KEYS[1])}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What one :meth:`TimerWheel.fire_due` call did."""
+
+    fired: int
+    """Events appended to their streams."""
+    unreadable: int
+    """Deadlines dropped because their stored payload could not be read."""
+    next_due: float | None
+    """Unix time of the earliest remaining deadline."""
+    scheduled: int
+    """Deadlines still waiting."""
+
+
+class TimerWheel:
+    """Schedules, cancels and fires deadlines in Redis."""
+
+    def __init__(self, redis: Any, keys: KeySpace, *, max_len: int = 1_000_000) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._max_len = max_len
+        self._schedule = redis.register_script(_SCHEDULE)
+        self._fire = redis.register_script(_FIRE)
+        self._streams = (keys.stream(CONVERSATIONS), keys.stream(SESSIONS))
+
+    @property
+    def wake_channel(self) -> str:
+        return self._keys.deadlines_wake
+
+    async def schedule(self, member: str, due_unix: float, event: EventBase) -> None:
+        """Publish ``event`` at ``due_unix``; replaces an earlier schedule of ``member``."""
+        stream = self._keys.stream(stream_of(event))
+        if stream not in self._streams:
+            raise ValueError(f"the timer wheel does not publish to {stream_of(event)!r}")
+        fields = codec.encode(event)
+        payload = msgspec.json.encode({
+            "stream": stream,
+            **{name: value.decode() for name, value in fields.items()},
+        })
+        await self._schedule(
+            keys=[self._keys.deadlines, self._keys.deadline_payloads, self._keys.deadlines_wake],
+            args=[member, int(due_unix * 1000), payload],
+        )
+
+    async def cancel(self, member: str) -> bool:
+        """Forget a deadline; ``True`` if it was waiting."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrem(self._keys.deadlines, member)
+        pipe.hdel(self._keys.deadline_payloads, member)
+        removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def fire_due(self, now: float | None = None, *, batch: int = FIRE_BATCH) -> Fired:
+        """Take the deadlines due at ``now`` (default: the clock) and publish their events."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        reply = await self._fire(
+            keys=[self._keys.deadlines, self._keys.deadline_payloads, *self._streams],
+            args=[now_ms, batch, self._max_len],
+        )
+        fired, lost, next_ms, count = reply
+        next_text = next_ms.decode() if isinstance(next_ms, bytes) else str(next_ms)
+        return Fired(
+            fired=int(fired),
+            unreadable=int(lost),
+            next_due=float(next_text) / 1000 if next_text else None,
+            scheduled=int(count),
+        )
+
+    async def due_time(self, member: str) -> float | None:
+        """When ``member`` is due (Unix time), or ``None`` if it is not waiting."""
+        score = await self._redis.zscore(self._keys.deadlines, member)
+        return None if score is None else float(score) / 1000
+
+    async def next_due(self) -> float | None:
+        first = await self._redis.zrange(self._keys.deadlines, 0, 0, withscores=True)
+        return float(first[0][1]) / 1000 if first else None
+
+    async def count(self) -> int:
+        return int(await self._redis.zcard(self._keys.deadlines))

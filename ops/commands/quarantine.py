@@ -1,0 +1,79 @@
+"""``reconciler quarantine list|restore NAME``: see and bring back moved-aside session files.
+
+``list`` reads the quarantine folder's records (no servers needed).
+``restore`` moves a file back to the sessions folder -- never over a file
+that is there again -- and records ``restore_file`` in the audit stream;
+``--dry-run`` checks everything and records the restore as planned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from consumers.audit import Auditor
+from consumers.stores.session_files import QuarantineRecord, SessionFiles
+from events.contract import ReconcileRequested
+from events.ids import new_event_id
+from events.publisher import Publisher, Retention
+from ops.runtime_env import open_environment, settings_from_args
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("quarantine", help="list or restore quarantined session files")
+    actions = parser.add_subparsers(dest="quarantine_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="quarantined files, oldest first")
+    listing.set_defaults(handler=run_list)
+    restore = actions.add_parser("restore", help="move a quarantined file back (audited)")
+    restore.add_argument("name", help="the name shown by `reconciler quarantine list`")
+    restore.add_argument("--dry-run", action="store_true",
+                         help="check and record the restore as planned, move nothing")
+    restore.set_defaults(handler=run_restore)
+
+
+def _row(record: QuarantineRecord) -> dict[str, Any]:
+    return {"name": record.name, "original_path": record.original_path, "key": record.key,
+            "reason": record.reason, "cause_id": record.cause_id, "cause_type": record.cause_type,
+            "quarantined_at": record.quarantined_at.isoformat(), "flow_id": record.flow_id}
+
+
+def run_list(args: argparse.Namespace) -> int:
+    files = SessionFiles(settings_from_args(args.config))
+    records = files.entries()
+    if args.json:
+        print(json.dumps([_row(r) for r in records]))
+        return 0
+    if not records:
+        print(f"no quarantined files in {files.quarantine_dir}")
+    for r in records:
+        print(f"{r.name}\t{r.quarantined_at:%Y-%m-%d %H:%M:%S}Z\t{r.reason}\t{r.key}\t"
+              f"from {r.original_path}")
+    return 0
+
+
+async def run_restore(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args.config, dry_run=True if args.dry_run else None)
+    files = SessionFiles(settings)
+    record = files.record(args.name)
+    async with open_environment(settings, need_pg=False) as env:
+        publisher = Publisher(env.redis, env.settings.keys,
+                              Retention(max_len=settings.stream_max_len,
+                                        max_age_s=settings.stream_retention_s))
+        auditor = Auditor(publisher, dry_run=settings.dry_run, source="operator")
+        files.restore(args.name, dry_run=settings.dry_run)
+        cause = ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC),
+                                   source="operator", key=record.key, scope="conversations",
+                                   reason="quarantine restore")
+        await auditor.record(
+            action="restore_file", target=record.original_path, key=record.key, outcome="done",
+            cause=cause, reason="operator restore",
+            before={"path": str(files.quarantine_dir / record.name)},
+            after={"path": record.original_path})
+    verb = "would restore" if settings.dry_run else "restored"
+    if args.json:
+        print(json.dumps({**_row(record), "outcome": "planned" if settings.dry_run else "done"}))
+    else:
+        print(f"{verb} {record.name} -> {record.original_path}")
+    return 0
