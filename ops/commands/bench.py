@@ -9,6 +9,7 @@ from typing import Any
 BENCHES: dict[str, str] = {
     # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
     "consumer-throughput": "consumer_throughput",
+    "park-latency": "park_latency",
 }
 
 
