@@ -20,6 +20,9 @@ from ops import logs
 from ops.redact import redact
 
 COMMAND_MODULES = (
+    "replay",
+    "status",
+    "dlq",
     "run",
     "schema",
     "bench",

@@ -32,6 +32,7 @@ ROLES: dict[str, str] = {
     # role name -> "module:function"; imported only when the role runs
     "sessions": "events.sources.sessions:run_sessions_source",
     "relay": "events.sources.postgres:run_relay",
+    "watcher": "events.sources.folder:run_watcher",
     "consumers": "consumers.run:run_consumers",
     "timers": "events.sources.timers:run_timers",
 }

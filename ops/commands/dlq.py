@@ -1,0 +1,103 @@
+"""``reconciler dlq list|retry ID|drop ID``: the dead-letter stream, from the CLI.
+
+``retry`` re-publishes the entry to its origin stream (the consumers see it
+again) and removes the dead letter; ``drop`` removes it for good.  Both are
+written to the audit stream by the operator, ``drop`` with the whole entry in
+``before`` so it can be put back; ``--dry-run`` records the planned action
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from consumers.audit import Auditor
+from consumers.deadletter import (
+    DeadLetter,
+    drop_dead_letter,
+    list_dead_letters,
+    retry_dead_letter,
+)
+from events.keys import KeySpace
+from events.publisher import Publisher, Retention
+from events.settings import Settings
+from ops.runtime_env import open_environment, settings_from_args
+from ops.tables import emit
+
+ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+LIST_COLUMNS = ("entry_id", "group", "type", "key", "reason", "deliveries", "failed_at", "error")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("dlq", help="list, retry or drop dead letters")
+    actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="the dead letters, oldest first")
+    listing.add_argument("--limit", type=int, default=100)
+    for name, text in (("retry", "re-publish to its origin stream and remove it"),
+                       ("drop", "remove it for good (audited, with the entry)")):
+        sub = actions.add_parser(name, help=text)
+        sub.add_argument("entry_id", metavar="ID")
+        sub.add_argument("--dry-run", action="store_true", help="audit the plan, change nothing")
+    parser.set_defaults(handler=run)
+
+
+def row(letter: DeadLetter) -> dict[str, Any]:
+    return {"entry_id": letter.entry_id, "group": letter.group,
+            "type": letter.fields.get("type", ""), "key": letter.fields.get("key", ""),
+            "reason": letter.reason, "deliveries": letter.deliveries,
+            "failed_at": datetime.fromtimestamp(letter.failed_at, UTC), "error": letter.error,
+            "origin": f"{letter.origin_stream} {letter.origin_id}"}
+
+
+async def find(redis: Redis, keys: KeySpace, entry_id: str) -> dict[str, str]:
+    """The fields of one dead letter (``dl_*`` included)."""
+    if not ENTRY_ID.match(entry_id):
+        raise ValueError(f"not a stream entry id: {entry_id[:40]!r} (expected e.g. 1714564800000-0)")
+    entries = await redis.xrange(keys.deadletter_stream, entry_id, entry_id)
+    if not entries:
+        raise LookupError(f"no dead letter {entry_id}")
+    return {_text(k): _text(v) for k, v in entries[0][1].items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_run: bool,
+              ) -> dict[str, Any]:
+    """Retry or drop one dead letter (or, in a dry run, only audit the plan)."""
+    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    fields = await find(redis, keys, entry_id)
+    publisher = Publisher(redis, keys, Retention(settings.stream_max_len, settings.stream_retention_s))
+    auditor = Auditor(publisher, dry_run=dry_run, source="operator")
+    result: dict[str, Any] = {"action": action, "entry_id": entry_id, "dry_run": dry_run,
+                              "origin_stream": fields.get("dl_stream", "")}
+    if not dry_run:
+        if action == "retry":
+            result["new_id"] = await retry_dead_letter(redis, keys.deadletter_stream, entry_id)
+        else:
+            await drop_dead_letter(redis, keys.deadletter_stream, entry_id)
+    await auditor.record(action=f"dlq_{action}", target=f"{keys.deadletter_stream} {entry_id}",
+                         key=f"deadletter/{entry_id}", outcome="done", cause=None,
+                         reason="operator request", before=fields if action == "drop" else None,
+                         after={k: v for k, v in result.items() if k in ("origin_stream", "new_id")})
+    return result
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args.config)
+    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    async with open_environment(settings, need_pg=False) as env:
+        if args.dlq_action == "list":
+            letters = await list_dead_letters(env.redis, keys.deadletter_stream, count=args.limit)
+            emit({"dead_letters": [row(x) for x in letters]}, as_json=args.json,
+                 columns={"dead_letters": LIST_COLUMNS})
+            return 0
+        result = await act(env.redis, settings, args.dlq_action, args.entry_id, args.dry_run)
+    emit(result, as_json=args.json)
+    return 0

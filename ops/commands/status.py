@@ -1,0 +1,120 @@
+"""``reconciler status``: is everything flowing? One screen, read-only.
+
+* per consumer group: consumers, pending, lag, age of the oldest pending
+  entry, dead letters (from XINFO / XPENDING, :mod:`ops.group_metrics`);
+* per source: when it last published, reconnects and resyncs (gaps it
+  closed by re-listing), from its bookkeeping hash when it keeps one and from
+  the newest ``STATUS_SCAN`` entries of the event streams;
+* timers: deadlines scheduled and already due;
+* projections: current version, items, inconsistencies by kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import Counter
+from typing import Any
+
+from redis.asyncio import Redis
+
+from events import codec
+from events.contract import SnapshotFinished, SourceResynced
+from events.errors import MalformedEntry
+from events.keys import KeySpace
+from ops.group_metrics import GroupCollector
+from ops.runtime_env import open_environment, settings_from_args
+from ops.tables import emit
+from projections.models import models
+from projections.runner import inconsistency_counts
+from projections.store import ProjectionStore
+
+STATUS_SCAN = 5000
+"""Newest entries per stream looked at for per-source figures."""
+DEADLETTER_SCAN = 10_000
+SOURCES = ("postgres", "folder", "gateway", "queues", "timers")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+async def dead_letters_by_group(redis: Redis, keys: KeySpace) -> Counter[str]:
+    entries = await redis.xrevrange(keys.deadletter_stream, count=DEADLETTER_SCAN)
+    return Counter(_text(fields.get(b"dl_group", b"?")) for _, fields in entries)
+
+
+async def groups(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
+    letters = await dead_letters_by_group(redis, keys)
+    return [{"stream": s.stream, "group": s.group, "consumers": s.consumers, "pending": s.pending,
+             "lag": s.lag, "oldest_pending_s": round(s.oldest_pending_age_s, 1),
+             "dead_letters": letters.get(s.group, 0)}
+            for s in await GroupCollector(redis, keys).collect()]
+
+
+def _source_row(name: str) -> dict[str, Any]:
+    return {"source": name, "last_event_s_ago": None, "resyncs": 0, "last_snapshot": None}
+
+
+async def sources(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {name: _source_row(name) for name in SOURCES}
+    now_ms = time.time() * 1000
+    for stream in (keys.conversations_stream, keys.sessions_stream):
+        for entry_id, fields in await redis.xrevrange(stream, count=STATUS_SCAN):
+            try:
+                event = codec.decode(fields)
+            except MalformedEntry:
+                continue
+            row = rows.setdefault(event.source, _source_row(event.source))
+            if row["last_event_s_ago"] is None:
+                age = (now_ms - int(_text(entry_id).partition("-")[0])) / 1000
+                row["last_event_s_ago"] = round(max(0.0, age), 1)
+            if isinstance(event, SourceResynced):
+                row["resyncs"] += 1
+            elif isinstance(event, SnapshotFinished) and row["last_snapshot"] is None:
+                row["last_snapshot"] = event.occurred_at
+    for name, row in rows.items():
+        state = await redis.hgetall(keys.source_state(name))
+        row.update({_text(k): _text(v) for k, v in state.items()})
+    return list(rows.values())
+
+
+async def projections(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
+    out = []
+    for name in models():
+        store = ProjectionStore(redis, keys, name)
+        version = await store.current_version()
+        row: dict[str, Any] = {"projection": name, "version": version, "items": 0,
+                               "inconsistent": None}
+        if version is not None:
+            row["items"] = int(await redis.hlen(store.key(version, "items")))
+            if name == "conversations":
+                counts = await inconsistency_counts(store, version)
+                row["inconsistent"] = {k: n for k, (n, _) in counts.items() if n}
+        out.append(row)
+    return out
+
+
+async def collect(redis: Redis, keys: KeySpace) -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
+    return {
+        "timers_scheduled": int(await redis.zcard(keys.deadlines)),
+        "timers_due": int(await redis.zcount(keys.deadlines, "-inf", now_ms)),
+        "dead_letters": int(await redis.xlen(keys.deadletter_stream)),
+        "groups": await groups(redis, keys),
+        "sources": await sources(redis, keys),
+        "projections": await projections(redis, keys),
+    }
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("status", help="consumer groups, sources, timers (read-only)")
+    parser.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args.config)
+    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    async with open_environment(settings, need_pg=False) as env:
+        emit(await collect(env.redis, keys), as_json=args.json)
+    return 0
