@@ -193,17 +193,14 @@ class SessionsHandler:
 
     async def _already_noted(self, state: SessionState, actions: list[Action]) -> bool:
         """Reports and dry-run plans change nothing: say them once per state."""
-        if state.live and state.noted is not None:
-            await self._store.note(state.session, None, ttl_s=NOTED_TTL_S)
-            return False
         says = [a for a in actions if not isinstance(a, ScheduleRetention | CancelRetention)]
-        if not says or not (self._auditor.dry_run
-                            or all(isinstance(a, ReportOrphanQueue) for a in says)):
-            return False
-        signature = f"{says}|queue={state.queue_length}|parked={state.parked_length}"
-        if signature == state.noted:
-            return True
-        await self._store.note(state.session, signature, ttl_s=NOTED_TTL_S)
+        if says and (self._auditor.dry_run or all(isinstance(a, ReportOrphanQueue) for a in says)):
+            signature = f"{says}|queue={state.queue_length}|parked={state.parked_length}"
+            if signature == state.noted:
+                return True
+            await self._store.note(state.session, signature, ttl_s=NOTED_TTL_S)
+        elif state.noted is not None:  # the episode is over: a later one is said again
+            await self._store.note(state.session, None, ttl_s=NOTED_TTL_S)
         return False
 
     async def _apply(self, action: Action, state: SessionState, cause: EventBase) -> None:

@@ -52,7 +52,10 @@ def queue_observed(keys: KeySpace, session: str) -> EventBase:
 
 
 async def publish_twice(redis: Redis, keys: KeySpace, *events: EventBase) -> None:
-    await Publisher(redis, keys).publish_many([e for e in events for _ in range(2)])
+    """Publish the events, let the group handle them, then publish them again (a replay)."""
+    for _ in range(2):
+        await Publisher(redis, keys).publish_many(events)
+        await drained(redis, keys)
 
 
 class RecordingTimers:
