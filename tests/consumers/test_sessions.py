@@ -125,7 +125,7 @@ async def test_nine_orphaned_messages_are_parked_and_return_in_order_ahead_of_ne
         await publish_twice(redis, keys, event(SessionStarted, SESSION))
 
         async def restored() -> bool:
-            return await redis.lrange(queue, 0, -1) == [*messages, b"pushed meanwhile"]
+            return bool(await redis.lrange(queue, 0, -1) == [*messages, b"pushed meanwhile"])
         await eventually(restored, message="the nine messages back ahead of the newer one")
         await drained(redis, keys)
 
