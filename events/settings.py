@@ -67,6 +67,8 @@ class Settings:
     max_file_bytes: int = 1_048_576
     rescan_interval_s: float = 600.0
     """Slow full rescan of the sessions folder; 0 turns it off."""
+    watch_polling: bool = False
+    """Watch the sessions folder by polling instead of inotify (network file systems)."""
 
     # consumer runtime
     max_deliveries: int = 5

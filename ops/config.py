@@ -135,6 +135,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_PARKED_RETENTION_S", "parked_retention_s", _seconds),
     _Var("RECONCILER_MAX_FILE_BYTES", "max_file_bytes", _positive_int),
     _Var("RECONCILER_RESCAN_INTERVAL_S", "rescan_interval_s", _seconds),
+    _Var("RECONCILER_WATCH_POLLING", "watch_polling", _bool),
     _Var("RECONCILER_MAX_DELIVERIES", "max_deliveries", _positive_int),
     _Var("RECONCILER_CLAIM_MIN_IDLE_S", "claim_min_idle_s", _seconds),
     _Var("RECONCILER_CONCURRENCY", "concurrency", _positive_int),

@@ -30,6 +30,7 @@ Role = Callable[[Settings, Redis, asyncio.Event], Coroutine[Any, Any, None]]
 
 ROLES: dict[str, str] = {
     # role name -> "module:function"; imported only when the role runs
+    "projections": "projections.runner:run_projections",
     "sessions": "events.sources.sessions:run_sessions_source",
     "relay": "events.sources.postgres:run_relay",
     "watcher": "events.sources.folder:run_watcher",
