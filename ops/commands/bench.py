@@ -9,6 +9,8 @@ from typing import Any
 BENCHES: dict[str, str] = {
     # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
     "consumer-throughput": "consumer_throughput",
+    "db-capture": "db_capture",
+    "trigger-cost": "trigger_cost",
     "park-latency": "park_latency",
 }
 
