@@ -48,21 +48,24 @@ def _load(name: str) -> Role:
 
 
 async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Event | None = None) -> None:
+    """Open the environment (starting embedded servers if needed) and run roles until a signal."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_environment(settings) as env, operations(env.settings, env.redis):
-        log.info("running roles: %s", ", ".join(names) or "(none)")
-        tasks = [asyncio.create_task(_load(n)(env.settings, env.redis, stop), name=f"role:{n}")
-                 for n in names]
-        if not tasks:
-            await stop.wait()
-        done, _ = await asyncio.wait(
-            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task in tasks and task.exception() is not None:
-                stop.set()
-                raise task.exception()  # type: ignore[misc]
-        stop.set()
-        await asyncio.gather(*tasks)
+        await serve_roles(env.settings, env.redis, names, stop)
+
+
+async def serve_roles(settings: Settings, redis: Redis, names: Sequence[str], stop: asyncio.Event) -> None:
+    """Run roles in this process until ``stop`` is set or one of them fails."""
+    log.info("running roles: %s", ", ".join(names) or "(none)")
+    tasks = [asyncio.create_task(_load(n)(settings, redis, stop), name=f"role:{n}") for n in names]
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stopping.cancel()
+    for task in done:
+        if task in tasks and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
