@@ -51,7 +51,14 @@ from consumers.stores.parked_queues import (
     describe_messages,
 )
 from events import metrics
-from events.contract import ActionOutcome, EventBase, ParkedRetentionDue
+from events.contract import (
+    ActionOutcome,
+    EventBase,
+    ParkedRetentionDue,
+    SnapshotFinished,
+    SnapshotStarted,
+    SourceResynced,
+)
 from events.ids import new_event_id
 from events.keys import checked_session
 from events.settings import OrphanQueuePolicy, Settings
@@ -60,6 +67,9 @@ log = logging.getLogger(__name__)
 
 NOTED_TTL_S = 86_400
 """A report (or dry-run plan) of an unchanged state is repeated after this long."""
+
+MARKERS = (SnapshotStarted, SnapshotFinished, SourceResynced)
+"""Events on the sessions stream that mark a source's progress, not a session's change."""
 
 AUDIT_CONTENT_BYTES = 128 * 1024
 """Message content per audit entry; a larger drop is audited in several parts."""
@@ -178,7 +188,10 @@ class SessionsHandler:
             checked_session(key)
         except ValueError as e:
             raise PermanentError(str(e)) from e
-        cause = deliveries[-1].event
+        events = [d.event for d in deliveries if not isinstance(d.event, MARKERS)]
+        if not events:  # a source's snapshot or resync marker: its key is not a session
+            return
+        cause = events[-1]
         state = await self._store.observe(key)
         observed = Observed(
             session=key, live=state.live, queue_length=state.queue_length,

@@ -32,6 +32,7 @@ from events.contract import (
     SessionExpired,
     SessionStarted,
     SessionStopped,
+    SourceResynced,
 )
 from events.ids import new_event_id
 from events.keys import KeySpace
@@ -258,3 +259,15 @@ async def test_an_invalid_session_name_is_dead_lettered(
         async def dead() -> bool:
             return bool(await redis.xlen(keys.deadletter_stream))
         await eventually(dead, message="the bad entry in the dead-letter stream")
+
+
+async def test_source_markers_are_not_taken_for_a_session(
+    redis: Redis, settings: Settings, keys: KeySpace
+) -> None:
+    await redis.rpush(keys.queue("sessions"), b"m")
+    marker = SourceResynced(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
+                            key="sessions", reason="start", scope="sessions")
+    async with sessions_group(redis, settings):
+        await publish_twice(redis, keys, marker)
+    assert await redis.lrange(keys.queue("sessions"), 0, -1) == [b"m"]
+    assert await audits(redis, keys) == []
