@@ -12,6 +12,7 @@ BENCHES: dict[str, str] = {
     "db-capture": "db_capture",
     "trigger-cost": "trigger_cost",
     "park-latency": "park_latency",
+    "file-capture": "file_capture",
 }
 
 
