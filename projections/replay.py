@@ -35,7 +35,7 @@ from projections.models import model as model_named
 from projections.runner import read_after, stream_keys
 from projections.store import ProjectionStore
 
-REPLAY_READ_COUNT = 5000
+REPLAY_READ_COUNT = 50_000
 
 
 @dataclass(frozen=True, slots=True)

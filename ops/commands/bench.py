@@ -8,6 +8,7 @@ from typing import Any
 
 BENCHES: dict[str, str] = {
     # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
+    "replay": "replay",
     "consumer-throughput": "consumer_throughput",
     "db-capture": "db_capture",
     "trigger-cost": "trigger_cost",
