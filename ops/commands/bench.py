@@ -10,6 +10,7 @@ BENCHES: dict[str, str] = {
     # name -> module under ops.bench exposing ``main(argv: list[str]) -> int``
     "replay": "replay",
     "consumer-throughput": "consumer_throughput",
+    "reaction-latency": "reaction_latency",
     "db-capture": "db_capture",
     "trigger-cost": "trigger_cost",
     "park-latency": "park_latency",
