@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+
+import msgspec
 
 from events.contract import Event
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stream entry handed to a handler."""
+class Delivery(msgspec.Struct, frozen=True, gc=False):
+    """One stream entry handed to a handler.
+
+    A frozen msgspec Struct rather than a frozen dataclass: one is built per
+    entry read, and a Struct is built about ten times faster.  It holds no
+    reference cycles, so it need not be tracked by the garbage collector.
+    """
 
     stream: str
     entry_id: str
@@ -46,23 +51,36 @@ class KeyQueue:
         return self._count
 
     def add(self, delivery: Delivery) -> None:
-        key = delivery.event.key
-        batch = self._waiting.get(key)
-        if batch is None:
-            self._waiting[key] = [delivery]
-            if key not in self._processing:
-                self._ready.append(key)
-                self._has_ready.set()
-        else:
-            batch.append(delivery)
-        self._count += 1
+        self.add_many((delivery,))
+
+    def add_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Queue deliveries in order (one read's worth at a time, to keep the per-entry cost low)."""
+        if not deliveries:
+            return
+        waiting, processing, ready = self._waiting, self._processing, self._ready
+        for delivery in deliveries:
+            key = delivery.event.key
+            batch = waiting.get(key)
+            if batch is None:
+                waiting[key] = [delivery]
+                if key not in processing:
+                    ready.append(key)
+            else:
+                batch.append(delivery)
+        self._count += len(deliveries)
         self._idle.clear()
+        if ready:
+            self._has_ready.set()
 
     async def get(self) -> tuple[str, list[Delivery]]:
         """The next ready key and every event waiting for it."""
         while not self._ready:
             self._has_ready.clear()
             await self._has_ready.wait()
+        return self.get_nowait()
+
+    def get_nowait(self) -> tuple[str, list[Delivery]]:
+        """Like :meth:`get` when a key is ready; raises ``IndexError`` when none is."""
         key = self._ready.popleft()
         batch = self._waiting.pop(key)
         self._processing[key] = batch

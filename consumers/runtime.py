@@ -97,6 +97,7 @@ class GroupConsumer:
         self.stopped = asyncio.Event()
         """Set when shutdown begins; helper loops return when they see it."""
         self._counters: dict[tuple[str, str], Any] = {}
+        self._tallies: dict[tuple[type, str], int] = {}
         self._loop_prefix = f"consumer:{options.group}"
 
     # -- groups --------------------------------------------------------------
@@ -191,21 +192,24 @@ class GroupConsumer:
     ) -> None:
         """Decode entries and queue them by key; dead-letter what does not decode."""
         bad: dict[str, list[Failed]] = defaultdict(list)
+        tracked, decode, max_bytes = self._tracked, codec.decode, self.options.max_entry_bytes
+        accepted: list[Delivery] = []
         for raw_id, fields in entries:
-            entry_id = text(raw_id)
+            entry_id = raw_id.decode() if type(raw_id) is bytes else text(raw_id)
             if fields is None:  # deleted from the stream while pending
                 self.ack(stream, entry_id)
                 continue
             marker = (stream, entry_id)
-            if marker in self._tracked:
+            if marker in tracked:
                 continue
             try:
-                event = codec.decode(fields, max_bytes=self.options.max_entry_bytes)
+                event = decode(fields, max_bytes=max_bytes)
             except MalformedEntry as e:
                 bad[f"{e.reason}: {e}"].append(Failed(stream, entry_id, fields))
                 continue
-            self._tracked.add(marker)
-            self._queue.add(Delivery(stream, entry_id, event, fields))
+            tracked.add(marker)
+            accepted.append(Delivery(stream, entry_id, event, fields))
+        self._queue.add_many(accepted)
         for error, failed in bad.items():
             log.warning("dead-lettering %d malformed entries from %s: %s", len(failed), stream,
                         error, extra={"stream": stream, "group": self.options.group})
@@ -216,9 +220,13 @@ class GroupConsumer:
     async def _work_loop(self) -> None:
         group = self.options.group
         duration = metrics.HANDLER_DURATION.labels(group)
+        queue, clock = self._queue, time.perf_counter
         while True:
-            key, batch = await self._queue.get()
-            started = time.perf_counter()
+            try:
+                key, batch = queue.get_nowait()
+            except IndexError:
+                key, batch = await queue.get()
+            started = clock()
             try:
                 await self._handler(key, batch)
             except asyncio.CancelledError:
@@ -241,22 +249,44 @@ class GroupConsumer:
                 self._count(batch, "retried")
                 await self._retry_later(batch, e)
             else:
-                self._count(batch, "handled")
-                for d in batch:
-                    self.ack(d.stream, d.entry_id)
-                self._untrack(batch)
+                self._handled(batch)
             finally:
-                duration.observe(time.perf_counter() - started)
-                self._queue.done(key)
+                duration.observe(clock() - started)
+                queue.done(key)
+
+    def _handled(self, batch: Sequence[Delivery]) -> None:
+        """Count, ack and untrack a batch whose handler returned: one pass, no awaits."""
+        acks, tracked, tallies = self._acks, self._tracked, self._tallies
+        for d in batch:
+            acks[d.stream].append(d.entry_id)
+            tracked.discard((d.stream, d.entry_id))
+            label = (type(d.event), "handled")
+            tallies[label] = tallies.get(label, 0) + 1
+        self._ack_count += len(batch)
+        if self._ack_count >= self.options.read_count:
+            self._ack_now.set()
 
     def _count(self, batch: Sequence[Delivery], outcome: str) -> None:
+        tallies = self._tallies
         for d in batch:
-            label = (tag_of(type(d.event)), outcome)
+            label = (type(d.event), outcome)
+            tallies[label] = tallies.get(label, 0) + 1
+
+    def flush_counts(self) -> None:
+        """Add the outcomes tallied since the last flush to ``EVENTS_CONSUMED``.
+
+        Workers tally in a plain dict (the Prometheus counters take a lock per
+        call); the acker flushes every ``ack_interval_s``, so the metric lags
+        by at most that much.
+        """
+        tallies, self._tallies = self._tallies, {}
+        for (event_type, outcome), n in tallies.items():
+            label = (tag_of(event_type), outcome)
             counter = self._counters.get(label)
             if counter is None:
                 counter = metrics.EVENTS_CONSUMED.labels(self.options.group, *label)
                 self._counters[label] = counter
-            counter.inc()
+            counter.inc(n)
 
     def _untrack(self, batch: Sequence[Delivery]) -> None:
         for d in batch:
@@ -345,6 +375,7 @@ class GroupConsumer:
             await self.flush_acks()
 
     async def flush_acks(self) -> None:
+        self.flush_counts()
         if not self._ack_count:
             return
         acks, self._acks, self._ack_count = self._acks, defaultdict(list), 0

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from events.contract import SCHEMA_VERSION, TAGS, Event, EventBase, tag_of
+from events.contract import EVENT_TYPES, SCHEMA_VERSION, TAGS, Event, EventBase, tag_of
 from events.errors import (
     EntryTooLarge,
     InvalidPayload,
@@ -32,6 +32,8 @@ MAX_ENTRY_BYTES = 256 * 1024
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
 _VERSION = str(SCHEMA_VERSION).encode()
+_TYPE_OF_TAG = {tag_of(t): t for t in EVENT_TYPES}
+_TAG_OF_BYTES = {tag.encode(): tag for tag in TAGS}
 
 EntryFields = Mapping[bytes, bytes] | Mapping[str, bytes] | Mapping[str, str]
 
@@ -52,19 +54,15 @@ def encode_json(event: EventBase) -> bytes:
 
 def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
     """The event in a stream entry; raises a :class:`MalformedEntry` subclass."""
-    normal = _as_bytes(fields)
-    for name in (b"v", b"type", b"data"):
-        if name not in normal:
-            raise MissingField(f"entry has no {name.decode()!r} field")
-    if normal[b"v"] != _VERSION:
+    version, raw_type, data = _fields(fields)
+    if version != _VERSION:
         raise UnsupportedVersion(
-            f"schema version {_printable(normal[b'v'])} is not supported "
+            f"schema version {_printable(version)} is not supported "
             f"(this build reads {SCHEMA_VERSION})"
         )
-    type_tag = normal[b"type"].decode("utf-8", "replace")
-    if type_tag not in TAGS:
-        raise UnknownEventType(f"unknown event type {_printable(normal[b'type'])}")
-    data = normal[b"data"]
+    type_tag = _TAG_OF_BYTES.get(raw_type)
+    if type_tag is None:
+        raise UnknownEventType(f"unknown event type {_printable(raw_type)}")
     if len(data) > max_bytes:
         raise EntryTooLarge(f"payload of {len(data)} bytes is over the {max_bytes}-byte limit")
     try:
@@ -75,11 +73,28 @@ def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
         raise kind(f"{type_tag}: {text}") from e
     except msgspec.DecodeError as e:
         raise InvalidPayload(f"{type_tag}: {e}") from e
-    if tag_of(type(event)) != type_tag:
+    if type(event) is not _TYPE_OF_TAG[type_tag]:
         raise InvalidPayload(
             f"entry type {type_tag!r} does not match payload type {tag_of(type(event))!r}"
         )
     return event
+
+
+def _fields(fields: EntryFields) -> tuple[bytes, bytes, bytes]:
+    """``v``, ``type`` and ``data`` as bytes, or :class:`MissingField`.
+
+    Entries read from Redis have bytes names and values; that path does three
+    lookups and no copy.  Anything else is normalised first.
+    """
+    get = fields.get
+    version, raw_type, data = get(b"v"), get(b"type"), get(b"data")  # type: ignore[call-overload]
+    if type(version) is not bytes or type(raw_type) is not bytes or type(data) is not bytes:
+        normal = _as_bytes(fields)
+        version, raw_type, data = normal.get(b"v"), normal.get(b"type"), normal.get(b"data")
+        for name, value in ((b"v", version), (b"type", raw_type), (b"data", data)):
+            if value is None:
+                raise MissingField(f"entry has no {name.decode()!r} field")
+    return version, raw_type, data  # type: ignore[return-value]
 
 
 def _as_bytes(fields: EntryFields) -> dict[bytes, bytes]:
