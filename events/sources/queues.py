@@ -5,8 +5,9 @@ notifications of list pushes (``lpush``, ``rpush``, ``linsert``, ...) and a
 SCAN of the queue keys (never KEYS) at start, after a reconnect, and on the
 slow rescan.  A gateway may push thousands of messages a second to one queue,
 and one event per push would flood the sessions stream, so pushes are
-coalesced: a queue noted several times within ``window_s`` becomes one
-``queue.observed`` event carrying the queue's length when it was flushed.
+coalesced: a queue yields at most two ``queue.observed`` events per
+``window_s`` (the first push at once, the rest at the window's end), each
+carrying the queue's length when it was flushed.
 Consumers are level-triggered, so the length is a hint, never a count.
 """
 
@@ -47,7 +48,14 @@ def queue_event(keys: KeySpace, session: str, length: int) -> QueueObserved:
 
 
 class QueueCoalescer:
-    """Collects the sessions whose queues were pushed to and publishes them in bursts."""
+    """Collects the sessions whose queues were pushed to and publishes them in bursts.
+
+    Leading and trailing edge: a queue not published within the last
+    ``window_s`` is due at once (an isolated push costs no wait); pushes to a
+    queue published less than ``window_s`` ago wait for the window's end and
+    become one more event.  So a queue yields at most two events per window,
+    and the last event always follows the last push.
+    """
 
     def __init__(self, redis: Any, keys: KeySpace, publisher: Publisher,
                  *, window_s: float = COALESCE_WINDOW_S) -> None:
@@ -55,28 +63,36 @@ class QueueCoalescer:
         self._keys = keys
         self._publisher = publisher
         self.window_s = window_s
-        self._pending: set[str] = set()
-        self._first_noted = 0.0
+        self._due: dict[str, float] = {}
+        self._published: dict[str, float] = {}
 
     def note(self, session: str) -> None:
-        if not self._pending:
-            self._first_noted = time.monotonic()
-        self._pending.add(session)
+        if session in self._due:
+            return
+        now = time.monotonic()
+        last = self._published.get(session)
+        self._due[session] = now if last is None else max(now, last + self.window_s)
 
     @property
     def pending(self) -> bool:
-        return bool(self._pending)
+        return bool(self._due)
 
     def seconds_until_due(self) -> float:
-        """How long until the pending queues should be flushed (0 when due)."""
-        return max(0.0, self._first_noted + self.window_s - time.monotonic())
+        """How long until the next pending queue is due (0 when one is)."""
+        if not self._due:
+            return float("inf")
+        return max(0.0, min(self._due.values()) - time.monotonic())
 
-    async def flush(self) -> int:
-        """Publish one event per pending, non-empty queue; returns how many."""
-        sessions = sorted(self._pending)
-        self._pending.clear()
+    async def flush(self, *, everything: bool = False) -> int:
+        """Publish one event per due (or, with ``everything``, pending) non-empty queue."""
+        now = time.monotonic()
+        sessions = sorted(s for s, due in self._due.items() if everything or due <= now)
+        for session in sessions:
+            del self._due[session]
+        self._published = {s: t for s, t in self._published.items() if now - t < self.window_s}
         if not sessions:
             return 0
+        self._published.update(dict.fromkeys(sessions, now))
         lengths = await queue_lengths(self._redis, self._keys, sessions)
         events = [queue_event(self._keys, s, n) for s, n in lengths.items() if n > 0]
         if events:

@@ -148,15 +148,15 @@ class SessionsSource:
         next_rescan = time.monotonic() + interval if interval > 0 else float("inf")
         while not stop.is_set():
             HEARTBEATS.beat(LOOP)
-            wait = self._coalescer.seconds_until_due() if self._coalescer.pending else IDLE_WAIT_S
-            wait = min(wait, max(0.0, next_rescan - time.monotonic()))
+            wait = min(IDLE_WAIT_S, self._coalescer.seconds_until_due(),
+                       max(0.0, next_rescan - time.monotonic()))
             if pubsub is None:
                 await _wait(stop, wait)
             else:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
                 if message is not None:
                     await self._on_message(message)
-            if self._coalescer.pending and self._coalescer.seconds_until_due() == 0:
+            if self._coalescer.seconds_until_due() == 0:
                 await self._coalescer.flush()
             if watch.reconnected:
                 watch.reconnected = False
@@ -167,8 +167,7 @@ class SessionsSource:
                 if pubsub is not None:
                     await enable_notifications(self._redis, rescan_interval_s=interval)
                 await self.scan()
-        if self._coalescer.pending:
-            await self._coalescer.flush()
+        await self._coalescer.flush(everything=True)  # stopping: publish what is pending
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         channel = message.get("channel", b"")
