@@ -259,12 +259,12 @@ class ConversationsHandler:
                 await self.redis.delete(self.keys.first_seen(action.kind, o.key))
             elif isinstance(action, ScheduleBotTimeout):
                 await self.timers.schedule(action.member, action.due, BotRunTimedOut(
-                    **_envelope(o.key, cause), flow_id=action.flow_id,
+                    **_envelope(o.key, cause, action.due), flow_id=action.flow_id,
                     started_at=o.row.bot_started_at if o.row else None,
                     deadline=_utc(action.due)))
             elif isinstance(action, ScheduleOrphanGrace):
                 await self.timers.schedule(action.member, action.due, OrphanGraceElapsed(
-                    **_envelope(o.key, cause), deadline=_utc(action.due)))
+                    **_envelope(o.key, cause, action.due), deadline=_utc(action.due)))
             elif await self.change(o, action, name, cause) and not self.auditor.dry_run:
                 return True
         return False
@@ -325,7 +325,7 @@ class ConversationsHandler:
             after={"quarantined_as": str(self.files.quarantine_dir / record.name)})
         due = record.quarantined_at.timestamp() + self.settings.quarantine_retention_s
         await self.timers.schedule(f"purge:{record.name}", due, QuarantineRetentionDue(
-            **_envelope(o.key, cause), name=record.name, deadline=_utc(due)))
+            **_envelope(o.key, cause, due), name=record.name, deadline=_utc(due)))
         return True
 
     async def plan(self, verb: str, target: str, key: str, cause: EventBase,
@@ -349,7 +349,7 @@ class ConversationsHandler:
         target = str(self.files.quarantine_dir / qname)
         if due > time.time():  # the retention was raised since it was scheduled
             await self.timers.schedule(f"purge:{qname}", due, QuarantineRetentionDue(
-                **_envelope(record.key, cause), name=qname, deadline=_utc(due)))
+                **_envelope(record.key, cause, due), name=qname, deadline=_utc(due)))
             return False
         before = {"path": target, "original_path": record.original_path,
                   "quarantined_at": record.quarantined_at.isoformat()}
@@ -369,8 +369,11 @@ class ConversationsHandler:
         return sum([await self.purge_entry(r.name, cause=None) for r in expired])
 
 
-def _envelope(key: str, cause: EventBase | None) -> dict[str, Any]:
-    return {"id": new_event_id(), "occurred_at": datetime.now(UTC), "source": "timers",
+def _envelope(key: str, cause: EventBase | None, due: float | None = None) -> dict[str, Any]:
+    """Envelope of an event the timer wheel will publish: it occurs at its deadline,
+    so its id and time say when it was due, not when it was scheduled."""
+    at = _utc(due) if due is not None else datetime.now(UTC)
+    return {"id": new_event_id(at), "occurred_at": at, "source": "timers",
             "key": key, "cause_id": cause.id if cause is not None else None}
 
 

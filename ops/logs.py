@@ -67,3 +67,5 @@ def configure(level: str | None = None, fmt: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # watchfiles logs every batch of changes at INFO; our watcher reports what matters.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
