@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "session",
     "migrate",
     "quarantine",
+    "demo",
 )
 
 EXIT_ERROR = 1
