@@ -192,17 +192,21 @@ class SessionsHandler:
         if not events:  # a source's snapshot or resync marker: its key is not a session
             return
         cause = events[-1]
-        state = await self._store.observe(key)
-        observed = Observed(
-            session=key, live=state.live, queue_length=state.queue_length,
-            parked_length=state.parked_length, batches=state.batches, now=time.time(),
-            policy=self._settings.orphan_queue_policy,
-            retention_s=self._settings.parked_retention_s)
+        state, observed = await self.observe(key)
         actions = decide(observed)
         if await self._already_noted(state, actions):
             return
         for action in actions:
             await self._apply(action, state, cause)
+
+    async def observe(self, key: str) -> tuple[SessionState, Observed]:
+        """What the stores say about session ``key`` now, as :func:`decide` reads it."""
+        state = await self._store.observe(key)
+        return state, Observed(
+            session=key, live=state.live, queue_length=state.queue_length,
+            parked_length=state.parked_length, batches=state.batches, now=time.time(),
+            policy=self._settings.orphan_queue_policy,
+            retention_s=self._settings.parked_retention_s)
 
     async def _already_noted(self, state: SessionState, actions: list[Action]) -> bool:
         """Reports and dry-run plans change nothing: say them once per state."""

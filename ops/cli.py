@@ -31,6 +31,8 @@ COMMAND_MODULES = (
     "migrate",
     "quarantine",
     "demo",
+    "audit",
+    "inspect",
 )
 
 EXIT_ERROR = 1

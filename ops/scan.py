@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.stores.conversations_sql import quote_ident
 from events.contract import ConversationRow
 from events.keys import conversation_key
 from events.sessionfiles import FilePattern, Rejected, read_session_file
@@ -40,11 +41,13 @@ class Inconsistency:
 def row_select(settings: Settings) -> str:
     """``SELECT`` of the watched columns, renamed to the names of :class:`ConversationRow`."""
     c = settings.columns
+    q = {name: quote_ident(getattr(c, name)) for name in
+         ("id", "phone", "channel", "status", "assigned_to", "bot_flow_id", "bot_started_at")}
     return (
-        f'SELECT "{c.id}"::text AS id, "{c.phone}" AS phone, "{c.channel}" AS channel, '
-        f'"{c.status}" AS status, "{c.assigned_to}" AS assigned_to, '
-        f'"{c.bot_flow_id}" AS bot_flow_id, "{c.bot_started_at}" AS bot_started_at '
-        f"FROM {settings.table}"
+        f"SELECT {q['id']}::text AS id, {q['phone']} AS phone, {q['channel']} AS channel, "
+        f"{q['status']} AS status, {q['assigned_to']} AS assigned_to, "
+        f"{q['bot_flow_id']} AS bot_flow_id, {q['bot_started_at']} AS bot_started_at "
+        f"FROM {quote_ident(settings.table)}"
     )
 
 

@@ -1,0 +1,171 @@
+"""``reconciler inspect KEY``: why is this chat (or session) stuck?
+
+For a conversation key ``{phone}:{channel}`` or a gateway session name it
+shows, read-only:
+
+* the current state in each store (database row, session file, quarantined
+  copies; or lease, queue and parked messages);
+* what the rule table says: the rules it breaks and the actions the
+  consumers would take now;
+* the timeline across all sources: every event for the key on the streams
+  and every action taken, with its cause, oldest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import asyncpg
+
+from consumers import conversations, sessions
+from consumers.audit import Auditor
+from consumers.stores.conversations_sql import ConversationsSql
+from consumers.stores.session_files import SessionFiles
+from events import codec
+from events.contract import ActionRecorded, ConversationRow, EventBase, tag_of
+from events.errors import MalformedEntry
+from events.ids import id_time
+from events.keys import SESSION_NAME, split_conversation_key
+from events.publisher import Publisher
+from events.settings import Settings
+from events.timers import TimerWheel
+from ops.runtime_env import open_environment, settings_from_args
+from ops.tables import emit
+from projections.rules import FileView, broken_rules
+
+SCAN_PAGE = 5000
+SCAN_LIMIT = 200_000
+"""Newest entries per stream searched for the key (the streams are retention-trimmed anyway)."""
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect", help="timeline, current state and rule-table verdict of one conversation or session")
+    parser.add_argument("key", help="a conversation key PHONE:CHANNEL, or a gateway session name")
+    parser.add_argument("--limit", type=int, default=50, help="timeline entries shown (newest)")
+    parser.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args.config)
+    conversation = ":" in args.key
+    if conversation:
+        split_conversation_key(args.key)
+    elif not SESSION_NAME.match(args.key):
+        raise ValueError(f"{args.key[:80]!r} is neither PHONE:CHANNEL nor a session name")
+    async with open_environment(settings, need_pg=conversation) as env:
+        keys = env.settings.keys
+        if conversation:
+            state = await _conversation_state(env.settings, env.redis, args.key)
+            streams = [keys.conversations_stream, keys.audit_stream]
+        else:
+            state = await _session_state(env.settings, env.redis, args.key)
+            streams = [keys.sessions_stream, keys.audit_stream]
+        timeline = await _timeline(env.redis, streams, args.key)
+    data = {"key": args.key, "kind": "conversation" if conversation else "session", **state,
+            "timeline": timeline[-args.limit:]}
+    emit(data, as_json=args.json,
+         columns={"timeline": ("at", "what", "source", "detail", "id", "cause")})
+    return 0
+
+
+async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[str, Any]:
+    phone, channel = split_conversation_key(key)
+    pg = await asyncpg.connect(settings.database_url)
+    try:
+        handler = conversations.ConversationsHandler(
+            settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),
+            redis=redis, auditor=Auditor(Publisher(redis, settings.keys), dry_run=True),
+            timers=TimerWheel(redis, settings.keys))
+        name = handler.files.name_for(phone, channel)
+        observed = await handler.observe(key, phone, channel, name)
+    finally:
+        await pg.close()
+    row, file = observed.row, observed.file
+    view = FileView(present=file is not None, flow_id=file.flow_id if file else None)
+    quarantined = [r.name for r in handler.files.entries() if r.key == key]
+    contract_row = ConversationRow(
+        id=str(row.id), phone=phone, channel=channel, status=row.status, assigned_to=row.assigned_to,
+        bot_flow_id=row.bot_flow_id, bot_started_at=row.bot_started_at) if row else None
+    return {
+        "database": ", ".join(f"{k}={v}" for k, v in row.as_dict().items()) if row else "no row",
+        "session_file": f"{name}: flowId={file.flow_id}" if file else f"{name}: absent",
+        "quarantined_copies": ", ".join(quarantined) or "none",
+        "broken_rules": ", ".join(broken_rules(contract_row, view)) or "none",
+        "rule_table_says": _actions(conversations.decide(observed)),
+    }
+
+
+async def _session_state(settings: Settings, redis: Any, name: str) -> dict[str, Any]:
+    handler = sessions.SessionsHandler(
+        settings=settings, redis=redis, auditor=Auditor(Publisher(redis, settings.keys), dry_run=True))
+    state, observed = await handler.observe(name)
+    ttl = await redis.ttl(settings.keys.lease(name))
+    return {
+        "lease": f"live, expires in {ttl} s" if state.live else "none (session not live)",
+        "queue_length": state.queue_length,
+        "parked_messages": state.parked_length,
+        "rule_table_says": _actions(sessions.decide(observed)),
+    }
+
+
+def _actions(actions: list[Any]) -> str:
+    return "; ".join(type(a).__name__ for a in actions) or "nothing to do"
+
+
+async def _timeline(redis: Any, streams: list[str], key: str) -> list[dict[str, Any]]:
+    wanted = key.encode()
+    found: list[tuple[str, EventBase]] = []
+    for stream in streams:
+        async for entry_id, fields in _newest(redis, stream):
+            if fields.get(b"key") != wanted:
+                continue
+            try:
+                found.append((entry_id, codec.decode(fields)))
+            except MalformedEntry:
+                continue
+    found.sort(key=lambda item: (item[1].occurred_at, item[0]))
+    return [_line(event) for _, event in found]
+
+
+async def _newest(redis: Any, stream: str) -> Any:
+    last = "+"
+    seen = 0
+    while seen < SCAN_LIMIT:
+        page = await redis.xrevrange(stream, max=last, min="-", count=SCAN_PAGE)
+        if not page:
+            return
+        for entry_id, fields in page:
+            yield entry_id, fields
+        seen += len(page)
+        last = "(" + (page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0])
+
+
+def _line(event: EventBase) -> dict[str, Any]:
+    if isinstance(event, ActionRecorded):
+        what = f"action {event.action} ({event.outcome})"
+        detail = event.reason or event.target
+    else:
+        what = tag_of(type(event))
+        detail = _event_detail(event)
+    cause = event.cause_id
+    return {"at": event.occurred_at, "what": what, "source": event.source, "detail": detail,
+            "id": event.id, "cause": f"{cause} (+{_since(cause, event):.3f}s)" if cause else None}
+
+
+def _event_detail(event: EventBase) -> str:
+    row = getattr(event, "row", None)
+    if row is not None:
+        return (f"status={row.status} assigned_to={row.assigned_to} flow={row.bot_flow_id}")
+    flow = getattr(event, "flow_id", None)
+    if flow is not None:
+        return f"flowId={flow}"
+    length = getattr(event, "length", None)
+    return f"length={length}" if length is not None else ""
+
+
+def _since(cause_id: str, event: EventBase) -> float:
+    return event.occurred_at.timestamp() - id_time(cause_id)
+
+
