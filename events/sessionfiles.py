@@ -70,7 +70,7 @@ class FilePattern:
 
     def parse(self, name: str) -> FileName | None:
         """The phone and channel in ``name``, or ``None`` if the name is not ours."""
-        match = self._regex.match(name)
+        match = self._regex.fullmatch(name)  # not match: "$" also matches before a final newline
         if match is None or ".." in name:
             return None
         return FileName(match["phone"], match["channel"])
