@@ -14,6 +14,7 @@ from pathlib import Path
 
 from events.contract import ReconcileRequested, SessionStarted
 from events.ids import new_event_id
+from ops.demo.stage import create_table
 
 TESTS = Path(__file__).parent
 
@@ -64,20 +65,6 @@ def output_of(process: subprocess.Popen[bytes]) -> str:
     return Path(process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
 
-CONVERSATIONS_DDL = """
-CREATE TABLE IF NOT EXISTS {table} (
-    id              bigserial PRIMARY KEY,
-    phone           text NOT NULL,
-    phone_number_id text NOT NULL,
-    status          text NOT NULL DEFAULT 'active',
-    assigned_to     text,
-    bot_flow_id     text,
-    bot_started_at  timestamptz,
-    notes           text
-)
-"""
-
-
 async def create_conversations_table(pg: object, table: str) -> None:
     """The users' table, as a CRM has it (plus a free-text column we do not care about)."""
-    await pg.execute(CONVERSATIONS_DDL.format(table=table))  # type: ignore[attr-defined]
+    await create_table(pg, table)
