@@ -12,6 +12,8 @@ the versions.  One module, so the benches and the report agree on the shape:
 * ``ratios`` -- ``"a/b"`` -> ``{"ratio": r, "target": t, "met": bool}``;
 * ``distributions`` -- label -> latency samples in ms; the report draws them,
   labels with ``poll`` in them as polling (dashed);
+* ``targets`` -- figure -> ``{"value": v, "target": "<= 5 ms", "met": bool}`` for
+  targets that are absolute figures (latency bounds), made with :func:`target`;
 * ``notes`` -- sentences the report prints under the tables (what bounds a figure).
 """
 
@@ -70,6 +72,13 @@ def percentiles(values: Sequence[float], points: Sequence[float] = (50, 90, 99, 
 
 def ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 3) if denominator else None
+
+
+def target(value: float | None, limit: float, *, at_most: bool = True, unit: str = "ms") -> dict[str, Any]:
+    """One absolute target: ``value`` against ``limit`` (at most, or at least)."""
+    sign = "<=" if at_most else ">="
+    met = value is not None and (value <= limit if at_most else value >= limit)
+    return {"value": value, "target": f"{sign} {limit:g} {unit}".rstrip(), "met": met}
 
 
 def machine() -> dict[str, Any]:

@@ -151,10 +151,7 @@ async def _delete_keys(redis: Redis, prefix: str) -> None:
 
 def _ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:
     tuned = figures["tuned"]["p50"]
-    out: dict[str, Any] = {
-        "tuned_p50_ms/target": {"ratio": common.ratio(tuned, P50_TARGET_MS), "target": 1.0,
-                                "met": tuned <= P50_TARGET_MS},
-    }
+    out: dict[str, Any] = {}
     for other in ("watchfiles_defaults", "polling"):
         out[f"{other}/tuned (p50)"] = {"ratio": common.ratio(figures[other]["p50"], tuned),
                                        "target": None, "met": None}
@@ -175,6 +172,8 @@ async def _main(argv: list[str]) -> int:
     finally:
         await redis.aclose()
     result["ratios"] = _ratios(result["figures"])
+    result["targets"] = {"write -> event p50 (tuned)": common.target(
+        result["figures"]["tuned"]["p50"], P50_TARGET_MS)}
     result["parameters"] = {"writes": args.writes, "polling_writes": args.polling_writes,
                             "files": args.files, "burst": args.burst,
                             "variants": VARIANTS}

@@ -97,8 +97,11 @@ def bench_section(result: dict[str, Any]) -> list[str]:
             f"{k} = {_cell(v)}" for k, v in result["parameters"].items()), ""]
     if result.get("figures"):
         lines += [*table(result["figures"], "variant"), ""]
+    if result.get("targets"):
+        lines += ["Targets:", "", *table(result["targets"], "figure"), ""]
     if result.get("ratios"):
-        lines += ["Ratios against their targets:", "", *table(result["ratios"], "comparison"), ""]
+        lines += ["Ratios (against their targets where there is one):", "",
+                  *table(result["ratios"], "comparison"), ""]
     if result.get("distributions"):
         summaries = {label: _summary(samples) for label, samples in result["distributions"].items()}
         lines += [*table(summaries, "latency (ms)"), ""]
@@ -106,21 +109,39 @@ def bench_section(result: dict[str, Any]) -> list[str]:
     return [*lines, *notes, ""] if notes else lines
 
 
+def targets_section(results: list[dict[str, Any]]) -> list[str]:
+    """Every target of every bench in one table: figure, value, target, met."""
+    rows = []
+    for r in sorted(results, key=lambda r: str(r["bench"])):
+        for figure, t in (r.get("targets") or {}).items():
+            rows.append((r["bench"], figure, t.get("value"), t.get("target"), t.get("met")))
+        for figure, t in (r.get("ratios") or {}).items():
+            if t.get("target") is not None:
+                rows.append((r["bench"], figure, t.get("ratio"), f">= {t['target']:g}x", t.get("met")))
+    if not rows:
+        return []
+    lines = ["## Targets", "", "| bench | figure | value | target | met |", "|---|---|---|---|---|"]
+    lines += [f"| {b} | {f} | {_cell(v)} | {t} | {_cell(m)} |" for b, f, v, t, m in rows]
+    return [*lines, ""]
+
+
 def _summary(samples: list[float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in percentiles(samples, (50, 90, 99)).items() if k != "mean"}
 
 
-def distributions(results: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for r in results:
-        for label, samples in (r.get("distributions") or {}).items():
-            if samples:
-                out[f"{r['bench']}: {label}"] = [float(s) for s in samples]
+def distributions(results: Iterable[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """bench -> label -> latency samples (ms), for every bench that has any."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in sorted(results, key=lambda r: str(r["bench"])):
+        series = {label: [float(s) for s in samples]
+                  for label, samples in (r.get("distributions") or {}).items() if samples}
+        if series:
+            out[str(r["bench"])] = series
     return out
 
 
-def draw(series: dict[str, list[float]], path: Path) -> bool:
-    """One PNG: the latency distributions (ECDF, log-scale ms); polling dashed."""
+def draw(series: dict[str, dict[str, list[float]]], path: Path) -> bool:
+    """One PNG, one panel per bench: latency ECDFs on a shared log-scale ms axis; polling dashed."""
     try:
         import matplotlib
 
@@ -130,21 +151,31 @@ def draw(series: dict[str, list[float]], path: Path) -> bool:
         print("matplotlib is not installed (pip install -e '.[bench]'); no figure drawn",
               file=sys.stderr)
         return False
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for label, samples in sorted(series.items()):
-        ordered = sorted(max(s, 1e-3) for s in samples)
-        ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        ax.step(ordered, ys, where="post", label=label, linestyle="--" if "poll" in label else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, log scale)")
-    ax.set_ylabel("fraction of changes handled")
-    ax.set_title("Reaction latency: event-driven (solid) vs polling (dashed)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    fig, axes = plt.subplots(len(series), 1, figsize=(13, 3.0 * len(series)), sharex=True,
+                             squeeze=False)
+    for ax, (bench, curves) in zip(axes[:, 0], series.items(), strict=True):
+        for label, samples in curves.items():
+            ordered = sorted(max(s, 1e-3) for s in samples)
+            ys = [(i + 1) / len(ordered) for i in range(len(ordered))]
+            median = percentiles(ordered, (50,))["p50"]
+            ax.step(ordered, ys, where="post", linewidth=1.6,
+                    label=f"{label} (p50 {_ms(median)}, n={len(ordered)})",
+                    linestyle="--" if "poll" in label else "-")
+        ax.set_xscale("log")
+        ax.set_title(bench, fontsize="medium", loc="left")
+        ax.set_ylabel("fraction")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1, 0].set_xlabel("latency (ms, log scale)")
+    fig.suptitle("Reaction latency: event-driven (solid) vs polling (dashed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _ms(value: float) -> str:
+    return f"{value / 1000:.1f} s" if value >= 1000 else f"{value:.1f} ms"
 
 
 def render(results: list[dict[str, Any]], figure: str | None) -> str:
@@ -154,6 +185,7 @@ def render(results: list[dict[str, Any]], figure: str | None) -> str:
     if not results:
         return "\n".join([*lines, "No results yet.", ""])
     lines += machine_section(results)
+    lines += targets_section(results)
     if figure:
         lines += ["## Latency distributions", "", f"![latency distributions]({figure})", ""]
     for result in sorted(results, key=lambda r: str(r["bench"])):
