@@ -152,9 +152,11 @@ def _row(raw: str | bytes | None, which: str) -> ConversationRow | None:
 
 def event_from_row(
     *, table: str, outbox_id: int, op: str, old: str | bytes | None, new: str | bytes | None,
-    created_at: datetime,
+    created_at: datetime | None,
 ) -> EventBase:
     """The one event an outbox row becomes; raises :class:`BadOutboxRow`."""
+    if created_at is None or created_at.tzinfo is None:
+        raise BadOutboxRow("invalid_row", "created_at is not a time between years 1 and 9999")
     if op not in ("INSERT", "UPDATE", "DELETE"):
         raise BadOutboxRow("invalid_op", f"operation {op[:20]!r}")
     previous, row = _row(old, "old"), _row(new, "new")

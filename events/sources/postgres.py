@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 SOURCE: Final = "postgres"
 APPLICATION_NAME = "reconciler-relay"
 """Shown in ``pg_stat_activity``, so an operator can find the relay's connection."""
+READABLE_CREATED_AT = ("CASE WHEN created_at BETWEEN '0001-01-02' AND '9999-12-30' "
+                       "THEN created_at END AS created_at")
+"""``created_at``, or NULL where Python cannot hold it (infinity, BC, year 10000+): such a
+row is reported and skipped instead of failing the fetch of its whole batch, every time."""
 
 
 class ConnectionLost(ReconcilerError):
@@ -98,8 +102,8 @@ class OutboxRelay:
         self._options = options or RelayOptions()
         self.loop_name = f"relay:{settings.table}"
         outbox = self._names.qualified_outbox
-        self._select = (f"SELECT id, op, old_row::text, new_row::text, created_at FROM {outbox} "
-                        "WHERE failed IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1")
+        self._select = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT} "
+                        f"FROM {outbox} WHERE failed IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1")
         self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
         self._mark_failed = f"UPDATE {outbox} SET failed = $2 WHERE id = $1"
 
@@ -221,4 +225,4 @@ async def run_relay(settings: Settings, redis: Redis, stop: asyncio.Event,
     """The ``relay`` role: publish the outbox of ``settings.table`` until ``stop`` is set."""
     relay = OutboxRelay(settings, publisher_for(settings, redis), options)
     await guarded(relay.loop_name, lambda: relay.serve(stop),
-                  stall_after_s=max(60.0, 4 * relay.options.keepalive_s))
+                  stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)
