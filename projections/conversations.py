@@ -36,7 +36,7 @@ RECENT_ACTIONS = 5
 """Actions kept per conversation (the audit stream has them all)."""
 
 
-class ActionSeen(msgspec.Struct, frozen=True, kw_only=True):
+class ActionSeen(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     id: str
     at: datetime
     action: str
@@ -46,7 +46,7 @@ class ActionSeen(msgspec.Struct, frozen=True, kw_only=True):
     dry_run: bool = False
 
 
-class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     key: str
     row: ConversationRow | None = None
     row_deleted: bool = False

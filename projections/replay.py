@@ -35,7 +35,10 @@ from projections.models import model as model_named
 from projections.runner import read_after, stream_keys
 from projections.store import ProjectionStore
 
-REPLAY_READ_COUNT = 50_000
+REPLAY_READ_COUNT = 5_000
+"""Entries per stream per XREAD: small reads keep few objects alive at once."""
+REPLAY_COMMIT_ITEMS = 100_000
+"""Changed items held in memory before a commit of the fresh version (bounds one MULTI)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +75,14 @@ async def retained_total(redis: Redis, streams: list[str]) -> int:
 async def replay(
     redis: Redis, keys: KeySpace, name: str, *,
     progress: Callable[[Progress], None] | None = None, count: int = REPLAY_READ_COUNT,
+    commit_items: int = REPLAY_COMMIT_ITEMS,
 ) -> ReplayResult:
     """Rebuild projection ``name`` into a fresh version and switch to it when caught up."""
     model = model_named(name)
     store = ProjectionStore(redis, keys, name)
     version = await store.new_version()
-    folder: Folder[Any] = Folder(store, model, version, fresh=True, check_pointer=False)
+    folder: Folder[Any] = Folder(store, model, version, fresh=True, check_pointer=False,
+                                 commit_items=commit_items)
     total = await retained_total(redis, stream_keys(keys, model))
     started = time.monotonic()
     try:
@@ -89,6 +94,7 @@ async def replay(
             if progress is not None:
                 progress(Progress(name, folder.applied, max(total, folder.applied),
                                   time.monotonic() - started))
+        await folder.flush()
     except BaseException:
         await store.delete_version(version)
         raise
