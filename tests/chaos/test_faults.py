@@ -1,0 +1,252 @@
+"""Fault injection under load: kill processes and connections, restart Redis, flood the folder.
+
+Every role runs in its own process against a private Redis (AOF on) and the
+test run's PostgreSQL, while :mod:`tests.chaos.load` drives conversations,
+files and queue pushes.  Faults come at seeded random moments (``CHAOS_SEED``
+picks another sequence).  Then the load stops and the stores must agree with
+the rule table, every pushed message must be somewhere, no live bot run's
+file may have been moved, and no action may have been done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from consumers.stores.session_files import SessionFiles
+from events import codec
+from events.contract import ActionRecorded
+from events.settings import Settings
+from ops.migrate import install
+from ops.scan import Inconsistency, scan
+from tests.chaos.harness import Cluster, Faults, PrivateRedis, harness_redis, pg_pids, role_env
+from tests.chaos.load import CHANNEL, Crm, FakeGateway, Ledger, burst, phone, push_messages, run_crm
+from tests.support import create_conversations_table, eventually
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
+
+SEED = int(os.environ.get("CHAOS_SEED", "7"))
+LOAD_S = 30.0
+CONVERGE_S = 100.0
+ROLES = {"relay": "relay", "watcher": "watcher", "sessions": "sessions", "consumers-1": "consumers",
+         "consumers-2": "consumers", "timers": "timers"}
+KILLABLE = ("relay", "watcher", "consumers-1", "consumers-2", "timers")
+LIVE, GONE = ["live-a", "live-b"], ["gone-a", "gone-b"]
+CRM_NUMBERS = range(1, 41)
+BURST_NUMBERS = range(10_000, 12_000)
+ORPHAN_NUMBERS = range(20_000, 20_050)
+
+
+def chaos_settings(settings: Settings, redis_url: str) -> Settings:
+    return replace(settings, redis_url=redis_url, claim_min_idle_s=1.0, grace_s=2.0,
+                   session_ttl_s=6.0, bot_timeout_s=3600.0, rescan_interval_s=5.0)
+
+
+async def stage_burst_rows(pg: Any, settings: Settings) -> None:
+    """Rows of the conversations whose files arrive in the burst: live bot runs, all of them."""
+    now = datetime.now(UTC)
+    await pg.executemany(
+        f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to, bot_flow_id,"
+        " bot_started_at) VALUES ($1, $2, 'active', 'bot', $3, $4)",
+        [(phone(n), CHANNEL, ("bienvenida-v3", "cobranza-v1", "encuesta-nps")[n % 3], now)
+         for n in BURST_NUMBERS])
+
+
+async def inject(faults: Faults, settings: Settings, ledger: Ledger, stop: asyncio.Event) -> None:
+    """Faults for ``LOAD_S`` seconds: the burst and two Redis restarts at fixed points, the
+    rest (SIGKILLs, connection kills) at random moments in between."""
+    rng = faults.rng
+    start = time.monotonic()
+    milestones = [(0.3, "burst"), (0.45, "restart"), (0.75, "restart")]
+    kinds = ["sigkill"] * 3 + ["pg"] + ["redis_clients"]
+    while (elapsed := time.monotonic() - start) < LOAD_S:
+        if milestones and elapsed >= milestones[0][0] * LOAD_S:
+            what = milestones.pop(0)[1]
+            if what == "burst":
+                await asyncio.to_thread(burst, settings, BURST_NUMBERS, ledger, orphans=ORPHAN_NUMBERS)
+            else:
+                await faults.restart_redis()
+        else:
+            kind = rng.choice(kinds)
+            if kind == "sigkill":
+                await faults.sigkill_and_restart()
+            elif kind == "pg":
+                await faults.kill_pg_connections()
+            else:
+                await faults.kill_redis_connections()
+        await asyncio.sleep(rng.uniform(0.6, 1.6))
+    stop.set()
+
+
+def explained(found: list[Inconsistency]) -> list[Inconsistency]:
+    """What the scan reports that the rule table does not act on yet: none in this load (bot
+    timeouts are an hour, so no run is due; every file of a run is written after its row)."""
+    return []
+
+
+async def audit_entries(redis: Redis, settings: Settings) -> list[ActionRecorded]:
+    entries: list[ActionRecorded] = []
+    last = "-"
+    while True:
+        batch = await redis.xrange(settings.keys.audit_stream, min=last, max="+", count=1000)
+        batch = [b for b in batch if b[0].decode() != last]
+        if not batch:
+            return entries
+        for entry_id, fields in batch:
+            event = codec.decode(fields)
+            if isinstance(event, ActionRecorded):
+                entries.append(event)
+            last = entry_id.decode()
+
+
+async def message_ids(redis: Redis, key: str) -> list[str]:
+    return [json.loads(raw)["id"] for raw in await redis.lrange(key, 0, -1)]
+
+
+async def where_messages_are(redis: Redis, settings: Settings, gateway: FakeGateway,
+                             session: str) -> dict[str, list[str]]:
+    keys = settings.keys
+    return {"delivered": await message_ids(redis, gateway.delivered_key(session)),
+            "parked": await message_ids(redis, keys.parked(session)),
+            "queued": await message_ids(redis, keys.queue(session))}
+
+
+async def test_faults_under_load(pg: Any, settings: Settings, tmp_path: Path) -> None:
+    private = PrivateRedis(tmp_path / "redis")
+    private.start()
+    s = chaos_settings(settings, private.url)
+    assert s.database_url is not None
+    client = harness_redis(private.url)
+    crm_pg = await asyncpg.connect(s.database_url)
+    await create_conversations_table(pg, s.table)
+    await install(pg, s)
+    await stage_burst_rows(pg, s)
+    rng = random.Random(SEED)
+    ledger = Ledger()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster.of(role_env(s, private.url), logs, ROLES)
+    gateway = FakeGateway(client, s.keys, s.session_ttl_s)
+    gate = asyncio.Lock()
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        cluster.start()
+        faults = Faults(cluster, private, client, s.database_url, await pg_pids(pg, crm_pg),
+                        random.Random(rng.random()), gate, KILLABLE)
+        crm = Crm(crm_pg, s, ledger, random.Random(rng.random()), CRM_NUMBERS)
+        tasks = [asyncio.create_task(gateway.serve(name)) for name in LIVE]
+        tasks += [
+            asyncio.create_task(run_crm(crm, stop)),
+            asyncio.create_task(push_messages(client, s.keys, LIVE + GONE, ledger,
+                                              random.Random(rng.random()), gate, stop)),
+        ]
+        await asyncio.wait_for(inject(faults, s, ledger, stop), timeout=LOAD_S + 60)
+        await asyncio.wait_for(asyncio.gather(*tasks[len(LIVE):]), timeout=60)
+        print("faults:", faults.done, "load:", ledger.ops)  # shown with -s
+
+        await converge(pg, client, s, gateway)
+        assert cluster.crashed() == {}, "a role process gave up under faults"
+        await check_messages(client, s, gateway, ledger)
+        audit = await audit_entries(client, s)
+        check_no_live_file_moved(s, ledger, audit)
+        check_audited_once(audit)
+        check_quarantine_audited(s, audit)
+    finally:
+        stop.set()
+        gateway.stop.set()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, timeout=20)
+        await asyncio.to_thread(cluster.stop)
+        await crm_pg.close()
+        await client.aclose()
+        private.stop()
+
+
+async def converge(pg: Any, redis: Redis, settings: Settings, gateway: FakeGateway) -> None:
+    """The scan finds nothing left (within ``CONVERGE_S``) and the queues are empty."""
+    last: list[Inconsistency] = []
+
+    async def quiet() -> bool:
+        nonlocal last
+        found = await scan(pg, redis, settings)
+        last = [i for i in found if i not in explained(found)]
+        queued = [await redis.llen(settings.keys.queue(n)) for n in LIVE + GONE]
+        return not last and not any(queued)
+
+    try:
+        await eventually(quiet, timeout=CONVERGE_S, interval=0.5, message="stores to converge")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; left: {last[:20]} ({len(last)} in all)") from None
+
+
+async def check_messages(redis: Redis, settings: Settings, gateway: FakeGateway,
+                         ledger: Ledger) -> None:
+    """Every message pushed is delivered, parked or queued, exactly once."""
+    for session, pushed in ledger.pushed.items():
+        places = await where_messages_are(redis, settings, gateway, session)
+        found = Counter(i for ids in places.values() for i in ids)
+        doubled = {i: n for i, n in found.items() if n > 1}
+        assert not doubled, f"{session}: messages in two places or twice: {list(doubled)[:10]}"
+        lost = pushed - set(found) - ledger.uncertain
+        assert not lost, f"{session}: {len(lost)} of {len(pushed)} messages lost: {sorted(lost)[:10]}"
+        assert set(found) <= pushed, f"{session}: messages nobody pushed"
+        if session in GONE:
+            assert not places["delivered"], f"{session} is gone, yet something was delivered"
+
+
+def check_no_live_file_moved(settings: Settings, ledger: Ledger, audit: list[ActionRecorded]) -> None:
+    """A quarantined file was either an orphan or the file of a run already ended by then."""
+    wrong = []
+    for record in SessionFiles(settings).entries():
+        sha = record.sha256.removeprefix("sha256:")
+        if sha in ledger.orphan_contents:
+            continue
+        run = ledger.runs.get(sha)
+        assert run is not None, f"quarantined a file the load never wrote: {record}"
+        if run.ended_at is None or record.quarantined_at.timestamp() < run.ended_at:
+            wrong.append((record.name, record.reason, record.cause_type, run.flow, run.ended_at,
+                          [(a.action, a.before, a.after) for a in audit if a.key == record.key]))
+    assert not wrong, f"files of live bot runs were quarantined: {wrong[:2]}"
+
+
+def check_audited_once(audit: list[ActionRecorded]) -> None:
+    """No action done twice.
+
+    "Once" under redelivery: an event may be handled several times (a consumer
+    killed before its ack, a reclaim, a retry after a lost connection), and each
+    handling observes the stores again.  The same cause may therefore lead to the
+    same action on the same target again only if the state it acted on differs
+    (a new file content, a row written again meanwhile).  Two ``done`` entries with
+    the same action, target, cause *and* the same ``before`` state mean one change
+    was carried out, or at least recorded, twice.
+    """
+    done = Counter(
+        (a.action, a.target, a.cause_id, json.dumps(a.before, sort_keys=True, default=str))
+        for a in audit if a.outcome == "done")
+    twice = [k[:3] for k, n in done.items() if n > 1]
+    assert not twice, f"actions audited as done more than once: {twice[:10]}"
+
+
+def check_quarantine_audited(settings: Settings, audit: list[ActionRecorded]) -> None:
+    """Every file in quarantine has its ``quarantine_file`` entry (at least once, too)."""
+    moved = {str((a.after or {}).get("quarantined_as")) for a in audit
+             if a.action == "quarantine_file" and a.outcome == "done"}
+    files = SessionFiles(settings)
+    missing = [r.name for r in files.entries()
+               if str(files.quarantine_dir / r.name) not in moved]
+    assert not missing, f"quarantined files without an audit entry: {missing[:10]}"
