@@ -73,6 +73,8 @@ def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
         raise kind(f"{type_tag}: {text}") from e
     except msgspec.DecodeError as e:
         raise InvalidPayload(f"{type_tag}: {e}") from e
+    except RecursionError as e:  # msgspec recurses per nesting level, even in ignored fields
+        raise InvalidPayload(f"{type_tag}: JSON nested too deeply") from e
     if type(event) is not _TYPE_OF_TAG[type_tag]:
         raise InvalidPayload(
             f"entry type {type_tag!r} does not match payload type {tag_of(type(event))!r}"

@@ -122,6 +122,8 @@ def read_session_file(path: Path, *, max_bytes: int) -> SessionFile | Rejected:
         content = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         return Rejected("invalid_json", str(e)[:200])
+    except RecursionError:
+        return Rejected("invalid_json", "JSON nested too deeply")
     if not isinstance(content, dict):
         return Rejected("invalid_json", "the top level is not an object")
     flow = content.get("flowId")

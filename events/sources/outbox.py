@@ -148,6 +148,8 @@ def _row(raw: str | bytes | None, which: str) -> ConversationRow | None:
         return _row_decoder.decode(raw)
     except msgspec.DecodeError as e:
         raise BadOutboxRow("invalid_row", f"{which} values: {e}") from e
+    except RecursionError as e:
+        raise BadOutboxRow("invalid_row", f"{which} values: JSON nested too deeply") from e
 
 
 def event_from_row(

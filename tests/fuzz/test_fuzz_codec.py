@@ -76,6 +76,7 @@ def test_random_text_entries_decode_or_are_rejected(fields: dict[str, str]) -> N
        | json_values.map(lambda v: json.dumps(v).encode()))
 @example("session.started", nested(100_000))
 @example("session.started", b"[" * 200_000)
+@example("session.started", nested(5000))
 @example("session.started", b"1" * (codec.MAX_ENTRY_BYTES + 1))
 @example("conversation.closed", b'{"type":"conversation.closed","outbox_id":"1e999"}')
 def test_known_type_with_bad_payload_is_rejected(tag: str, data: bytes) -> None:

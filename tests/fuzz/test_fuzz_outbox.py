@@ -66,6 +66,7 @@ times = st.none() | st.datetimes() | st.datetimes(timezones=st.just(UTC))
 @example("INSERT", None, json.dumps({**GOOD, "bot_started_at": "2024-01-01T00:00:00"}),
          datetime.now(UTC), 1)
 @example("INSERT", None, json.dumps(GOOD), datetime(9999, 12, 31, 23, 59), 1)
+@example("UPDATE", '{"x":' + "[" * 5000 + "]" * 5000 + "}", json.dumps(GOOD), datetime.now(UTC), 1)
 def test_any_outbox_row_is_an_event_or_a_named_rejection(
     op: str, old: str | None, new: str | None, created_at: datetime | None, outbox_id: int,
 ) -> None:
@@ -96,6 +97,7 @@ WEIRD_ROWS: list[tuple[str, str | None, str | None, str]] = [
     ("INSERT", None, json.dumps({**GOOD, "bot_started_at": "not a time"}), ""),
     ("INSERT", None, json.dumps({**GOOD, "bot_started_at": "2024-01-01T00:00:00"}), ""),
     ("INSERT", None, '{"a":' * 500 + "1" + "}" * 500, ""),
+    ("UPDATE", '{"x":' + "[" * 5000 + "]" * 5000 + "}", json.dumps(GOOD), ""),
     ("INSERT", None, json.dumps({**GOOD, "id": "x" * 300_000}), ""),
     ("INSERT", None, json.dumps(GOOD), "infinity"),
     ("INSERT", None, json.dumps(GOOD), "-infinity"),

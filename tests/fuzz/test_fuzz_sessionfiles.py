@@ -116,6 +116,7 @@ def check_events(events: list[Any], name: str) -> None:
 @example(b'{"flowId": ["a"]}')
 @example(b'{"flowId": ""}')
 @example(b"\xef\xbb\xbf{}")
+@example(b"[" * 4000)
 def test_any_content_of_our_file_is_an_event_or_a_rejection(content: bytes) -> None:
     with folder_with_sentinel() as (folder, _):
         path = folder / OURS
