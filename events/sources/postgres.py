@@ -83,6 +83,7 @@ DISCONNECTS: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection killed mid-operation can surface as this
     asyncpg.exceptions.OperatorInterventionError,
 )
 """Errors that mean "reconnect", as opposed to a bug or a missing outbox."""

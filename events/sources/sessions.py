@@ -239,4 +239,5 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 async def run_sessions_source(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """The ``sessions`` role: watch leases and queues until ``stop`` is set."""
     source = SessionsSource(settings, redis)
-    await guarded(LOOP, lambda: source.run(stop), stall_after_s=max(60.0, 10 * IDLE_WAIT_S))
+    await guarded(LOOP, lambda: source.run(stop), stall_after_s=max(60.0, 10 * IDLE_WAIT_S),
+                  stop=stop)

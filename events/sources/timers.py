@@ -33,7 +33,8 @@ MIN_SLEEP_S = 0.001
 async def run_timers(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """Role ``timers``: fire deadlines until ``stop`` is set."""
     wheel = TimerWheel(redis, settings.keys, max_len=settings.stream_max_len)
-    task = spawn(LOOP_NAME, lambda: timer_loop(redis, wheel, stop), stall_after_s=MAX_SLEEP_S * 3)
+    task = spawn(LOOP_NAME, lambda: timer_loop(redis, wheel, stop), stall_after_s=MAX_SLEEP_S * 3,
+                 stop=stop)
     await stop.wait()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), timeout=MAX_SLEEP_S / 10)
