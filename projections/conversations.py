@@ -29,6 +29,7 @@ from events.contract import (
     SessionFileWritten,
 )
 from events.keys import split_conversation_key
+from projections.encoding import ItemCodec
 from projections.rules import FileView, broken_rules
 
 NAME = "conversations"
@@ -36,7 +37,10 @@ RECENT_ACTIONS = 5
 """Actions kept per conversation (the audit stream has them all)."""
 
 
-class ActionSeen(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+# Views are immutable and hold no cycles, so the collector need not track them
+# (``gc=False``): a replay caches one per conversation, and tracking them made
+# full collections take half its time.
+class ActionSeen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     id: str
     at: datetime
     action: str
@@ -65,8 +69,7 @@ class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
         return not self.kinds
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(ConversationView)
+_codec = ItemCodec(ConversationView)
 
 
 def _replace(view: ConversationView, **changes: Any) -> ConversationView:
@@ -130,10 +133,10 @@ class ConversationsModel:
         return fold(item, event)
 
     def encode(self, item: ConversationView) -> bytes:
-        return _encoder.encode(item)
+        return _codec.encode(item)
 
     def decode(self, raw: bytes) -> ConversationView:
-        return _decoder.decode(raw)
+        return _codec.decode(raw)
 
     def indexes(self, item: ConversationView) -> dict[str, float]:
         if item.inconsistent_since is None:

@@ -27,6 +27,7 @@ from events.contract import (
 )
 from events.keys import SESSION_NAME
 from projections.conversations import RECENT_ACTIONS, ActionSeen
+from projections.encoding import ItemCodec
 
 NAME = "sessions"
 PARK_ACTIONS = frozenset({"park_queue", "restore_parked", "drop_parked"})
@@ -34,7 +35,7 @@ PARK_ACTIONS = frozenset({"park_queue", "restore_parked", "drop_parked"})
 State = Literal["unknown", "live", "stopped", "expired"]
 
 
-class SessionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class SessionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     key: str
     state: State = "unknown"
     since: datetime | None = None
@@ -46,8 +47,7 @@ class SessionView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     actions: tuple[ActionSeen, ...] = ()
 
 
-_encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(SessionView)
+_codec = ItemCodec(SessionView)
 
 
 def _replace(view: SessionView, **changes: Any) -> SessionView:
@@ -113,10 +113,10 @@ class SessionsModel:
         return fold(item, event)
 
     def encode(self, item: SessionView) -> bytes:
-        return _encoder.encode(item)
+        return _codec.encode(item)
 
     def decode(self, raw: bytes) -> SessionView:
-        return _decoder.decode(raw)
+        return _codec.decode(raw)
 
     def indexes(self, item: SessionView) -> dict[str, float]:
         out: dict[str, float] = {}

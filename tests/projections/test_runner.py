@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -13,7 +14,7 @@ from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
 from projections import queries
-from projections.conversations import ConversationsModel
+from projections.conversations import ConversationsModel, fold
 from projections.fold import Folder
 from projections.runner import flatten, run_projections
 from projections.store import Conflict, ProjectionStore
@@ -116,3 +117,24 @@ async def test_an_entry_is_applied_once_even_by_two_writers(redis: Redis, keys: 
 
     view = await queries.conversation(redis, keys, KEY)
     assert view is not None and view.kinds == ("flow_mismatch",) and len(view.actions) == 1
+
+
+async def test_an_item_stored_as_json_by_an_earlier_release_is_read_and_folded_on(
+    running: None, redis: Redis, keys: KeySpace,
+) -> None:
+    store = ProjectionStore(redis, keys, "conversations")
+    version = await store.ensure_version()
+    older = msgspec.json.encode(fold(None, f.db(KEY, 0, flow=None)))
+    await redis.hset(store.key(version, "items"), KEY, older)
+    assert (await queries.conversation(redis, keys, KEY)) == fold(None, f.db(KEY, 0, flow=None))
+
+    await Publisher(redis, keys).publish(f.file_written(KEY, 1))
+
+    async def folded_on() -> bool:
+        view = await queries.conversation(redis, keys, KEY)
+        return view is not None and view.file_present
+
+    await eventually(folded_on, message="the file to be folded onto the JSON item")
+    view = await queries.conversation(redis, keys, KEY)
+    assert view is not None and view.kinds == ("flow_missing",) and view.row is not None
+    assert view.inconsistent_since == f.at(0)  # carried over from the JSON item
