@@ -51,7 +51,10 @@ class Run:
 
     key: str
     flow: str
+    started_at: datetime | None = None
     contents: set[str] = field(default_factory=set)
+    flow_clears: int = 0
+    """How often the CRM cleared ``bot_flow_id`` during the run (each may be backfilled once)."""
     ended_at: float | None = None
     """Set just before the write that ends it (close, hand-over): a move after it is fair."""
 
@@ -62,6 +65,8 @@ class Ledger:
 
     runs: dict[str, Run] = field(default_factory=dict)
     """content sha256 -> the run it was written for."""
+    started: dict[tuple[str, datetime], Run] = field(default_factory=dict)
+    """(conversation key, bot_started_at) -> the run."""
     pushed: dict[str, set[str]] = field(default_factory=dict)
     """session -> message ids pushed."""
     uncertain: set[str] = field(default_factory=set)
@@ -126,8 +131,9 @@ class Crm:
         """Row first, then the file: the file of a live run is never there before its row."""
         if self.files.path(number).exists():
             return  # a stale file still waits for its quarantine
-        run = Run(conversation_key(phone(number), CHANNEL), self.rng.choice(FLOWS))
         now = datetime.now(UTC)
+        run = Run(conversation_key(phone(number), CHANNEL), self.rng.choice(FLOWS), now)
+        self.ledger.started[(run.key, now)] = run
         if self.state.get(number, "none") == "none":
             await self.pg.execute(
                 f"INSERT INTO {self.table} (phone, phone_number_id, status, assigned_to, bot_flow_id,"
@@ -170,6 +176,7 @@ class Crm:
             self._write_file(number, self.current[number])
             self.ledger.count("rewrite_file")
         elif choice < 0.65:  # incident 2: the flow cleared while the file names it
+            self.current[number].flow_clears += 1
             await self._set(number, "bot_flow_id = NULL")
             self.ledger.count("clear_flow")
         else:
