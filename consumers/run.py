@@ -31,6 +31,15 @@ POOL_MIN_SIZE = 1
 POOL_MAX_SIZE = 10
 
 
+async def _no_session_state(connection: Any) -> None:
+    """The pool's reset on release: nothing to undo.
+
+    The handlers' stores run single statements through the pool (no SET, LISTEN,
+    cursors or advisory locks), and asyncpg still rolls back an open transaction
+    on release; its default reset query would cost one more round trip per call.
+    """
+
+
 async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """Role ``consumers``: react to conversation and session events until ``stop``."""
     if settings.database_url is None:
@@ -42,7 +51,8 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
     timers = TimerWheel(redis, keys, max_len=settings.stream_max_len)
     pool = await asyncpg.create_pool(settings.database_url, min_size=POOL_MIN_SIZE,
                                      max_size=max(POOL_MIN_SIZE, min(POOL_MAX_SIZE,
-                                                                     settings.concurrency)))
+                                                                     settings.concurrency)),
+                                     reset=_no_session_state)
     try:
         conversations = ConversationsHandler(
             settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
