@@ -4,10 +4,11 @@ A fresh table of ``--changes`` (default 1,000) active bot conversations, each
 with its session file, gets the capture installed; the relay, the
 ``consumers`` role and the ``timers`` role run in this process.  Then, one at
 a time, each conversation is closed with an UPDATE, and the time from the
-commit returning to the client until its file has left the sessions folder is
-measured (the file is looked for every millisecond).  That path is: trigger
-and outbox, NOTIFY, relay, XADD, consumer group, handler (row read, file
-read, re-check, rename), audit.
+commit returning to the client until the handler's audit entry of the file's
+quarantine arrives (XREAD BLOCK; the entry is written right after the move,
+and the file is checked to be gone) is measured.  That path is: trigger and
+outbox, NOTIFY, relay, XADD, consumer group, handler (row read, file read,
+re-check, rename), audit.
 
 Then, on the same table (the event-driven roles stopped), the polling
 baseline (:mod:`ops.bench.polling`): a loop like today's scheduler runs
@@ -37,6 +38,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from consumers.run import run_consumers
+from events import codec
+from events.contract import ActionRecorded
 from events.settings import Settings
 from events.sources.postgres import run_relay
 from events.sources.timers import run_timers
@@ -88,7 +91,7 @@ async def _run(args: Any) -> tuple[dict[str, Any], dict[str, str]]:
             roles = [asyncio.create_task(role(settings, redis, stop))
                      for role in (run_relay, run_consumers, run_timers)]
             await asyncio.sleep(1.0)  # let the groups and the relay start
-            latencies = await _measure(pg, settings, ids[:changes])
+            latencies = await _measure(pg, redis, settings, ids[:changes])
             stop.set()
             await asyncio.gather(*roles)
             await pg.execute(POLL_INDEX.format(table=settings.table))
@@ -126,19 +129,40 @@ async def _seed(pg: Any, settings: Settings, changes: int) -> list[tuple[int, Pa
     return out
 
 
-async def _measure(pg: Any, settings: Settings, ids: list[tuple[int, Path]]) -> list[float]:
+async def _measure(pg: Any, redis: Redis, settings: Settings,
+                   ids: list[tuple[int, Path]]) -> list[float]:
+    """Close each row; time from the commit to the audit entry of its file's quarantine.
+
+    The handler writes that entry right after moving the file, so its arrival
+    (XREAD BLOCK, no polling interval) bounds the move from above; the file is
+    checked to be gone at that moment.
+    """
     latencies = []
     close = (f'UPDATE "{settings.table}" SET status = \'closed\', assigned_to = NULL, '
              "bot_flow_id = NULL, bot_started_at = NULL WHERE id = $1")
+    audit, last_id = settings.keys.audit_stream, "0-0"  # a fresh key prefix: from the start
     for row_id, path in ids:
+        _, phone, channel = path.stem.split("_")
         await pg.execute(close, row_id)
         committed = time.perf_counter()
-        while path.exists():
-            if time.perf_counter() - committed > TIMEOUT_S:
-                raise TimeoutError(f"{path.name} was not quarantined within {TIMEOUT_S} s")
-            await asyncio.sleep(0.001)
+        last_id = await _wait_for_quarantine(redis, audit, last_id, f"{phone}:{channel}")
         latencies.append((time.perf_counter() - committed) * 1000)
+        if path.exists():
+            raise RuntimeError(f"{path.name} was audited as quarantined but is still there")
     return latencies
+
+
+async def _wait_for_quarantine(redis: Redis, stream: str, last_id: str, key: str) -> str:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        for _, entries in await redis.xread({stream: last_id}, block=1000, count=100) or ():
+            for raw_id, fields in entries:
+                last_id = raw_id.decode()
+                event = codec.decode(fields)
+                if isinstance(event, ActionRecorded) and event.action == "quarantine_file" \
+                        and event.key == key:
+                    return last_id
+    raise TimeoutError(f"{key} was not quarantined within {TIMEOUT_S} s")
 
 
 async def _polled(pg: Any, settings: Settings, ids: list[tuple[int, Path]], period_s: float,
@@ -198,7 +222,9 @@ def _result(changes: int, latencies: list[float], polled: dict[str, dict[str, li
                              for name, s in polled.items()}},
         "notes": [
             "event_driven: one change at a time; the relay, consumers and timers share this "
-            "process's event loop with the client, and the file is looked for every millisecond.",
+            "process's event loop with the client. Latency is from the commit returning to the "
+            "client to the arrival (XREAD BLOCK) of the quarantine_file audit entry, written right "
+            "after the move, so it includes writing that entry; the file is checked to be gone.",
             "poll_*: the polling loop runs live against the same table (the event-driven roles "
             "stopped), its changes made at random moments spread over the span while it polls; "
             "latency is from the commit to the file moved by the poller, split into the wait for "
