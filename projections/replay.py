@@ -3,7 +3,10 @@
 A replay folds every retained entry into a *fresh* version (a new number
 from the projection's version counter) with the same :class:`Folder` the live
 runner uses, then, once a read returns nothing more, makes it current with
-one atomic pointer write and deletes the old version.  Readers and the live
+one atomic pointer write and deletes the old version.  Nobody reads the fresh
+version before the switch, so the folder commits it (items and position
+together, as live) only when :data:`REPLAY_COMMIT_ITEMS` changed items wait,
+and once more before the switch.  Readers and the live
 runner keep using the old version until the switch; the runner's next commit
 to the old version conflicts (it watches the pointer), so it moves to the new
 one and carries on from the new version's position.
