@@ -181,6 +181,14 @@ class Cluster:
         for process in self.processes.values():
             process.stop()
 
+    def revive(self) -> dict[str, str]:
+        """Start again what exited by itself, as a supervisor (systemd ``Restart=``) does;
+        returns the last lines each one logged."""
+        exited = self.crashed()
+        for name in exited:
+            self.processes[name].start()
+        return exited
+
     def crashed(self) -> dict[str, str]:
         """Processes that exited by themselves (a fault must never make one give up)."""
         return {name: p.tail() for name, p in self.processes.items() if p.exited() is not None}

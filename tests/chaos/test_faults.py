@@ -30,6 +30,7 @@ from consumers.stores.session_files import SessionFiles
 from events import codec
 from events.contract import ActionRecorded
 from events.settings import Settings
+from events.sources.outbox import outbox_names
 from ops.migrate import install
 from ops.scan import Inconsistency, scan
 from tests.chaos.harness import Cluster, Faults, PrivateRedis, harness_redis, pg_pids, role_env
@@ -73,6 +74,8 @@ async def inject(faults: Faults, settings: Settings, ledger: Ledger, stop: async
     milestones = [(0.3, "burst"), (0.45, "restart"), (0.75, "restart")]
     kinds = ["sigkill"] * 3 + ["pg"] + ["redis_clients"]
     while (elapsed := time.monotonic() - start) < LOAD_S:
+        for name in faults.cluster.revive():  # e.g. started while Redis was restarting
+            faults.done[f"revived:{name}"] = faults.done.get(f"revived:{name}", 0) + 1
         if milestones and elapsed >= milestones[0][0] * LOAD_S:
             what = milestones.pop(0)[1]
             if what == "burst":
@@ -152,8 +155,9 @@ async def test_faults_under_load(pg: Any, settings: Settings, tmp_path: Path) ->
         await asyncio.wait_for(asyncio.gather(*tasks[len(LIVE):]), timeout=60)
         print("faults:", faults.done, "load:", ledger.ops)  # shown with -s
 
+        cluster.revive()  # one killed during the last fault may not have come back yet
         await converge(pg, client, s, gateway)
-        assert cluster.crashed() == {}, "a role process gave up under faults"
+        assert cluster.crashed() == {}, "a role process gave up while the stores converged"
         await check_messages(client, s, gateway, ledger)
         audit = await audit_entries(client, s)
         check_no_live_file_moved(s, ledger, audit)
@@ -187,7 +191,20 @@ async def converge(pg: Any, redis: Redis, settings: Settings, gateway: FakeGatew
     try:
         await eventually(quiet, timeout=CONVERGE_S, interval=0.5, message="stores to converge")
     except AssertionError as e:
-        raise AssertionError(f"{e}; left: {last[:20]} ({len(last)} in all)") from None
+        raise AssertionError(f"{e}; left: {last[:6]} ({len(last)} in all); "
+                             f"{await diagnose(pg, redis, settings)}") from None
+
+
+async def diagnose(pg: Any, redis: Redis, settings: Settings) -> dict[str, Any]:
+    """Where the changes stand: outbox rows left, stream lengths, group lag and pending."""
+    keys = settings.keys
+    outbox = outbox_names(settings.table).qualified_outbox
+    found: dict[str, Any] = {"outbox_rows": await pg.fetchval(f"SELECT count(*) FROM {outbox}")}
+    for stream in (keys.conversations_stream, keys.sessions_stream, keys.deadletter_stream):
+        found[stream] = {"length": await redis.xlen(stream)}
+        with contextlib.suppress(Exception):
+            found[stream]["groups"] = await redis.xinfo_groups(stream)
+    return found
 
 
 async def check_messages(redis: Redis, settings: Settings, gateway: FakeGateway,
