@@ -42,6 +42,8 @@ def load(folder: Path) -> list[dict[str, Any]]:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, float):
@@ -94,9 +96,13 @@ def bench_section(result: dict[str, Any]) -> list[str]:
              "```sh", str(result.get("command", "")).strip(), "```", ""]
     if result.get("parameters"):
         lines += ["Parameters: " + ", ".join(
-            f"{k} = {_cell(v)}" for k, v in result["parameters"].items()), ""]
+            f"{k} = {_cell(v)}" for k, v in _flatten(result["parameters"])), ""]
     if result.get("figures"):
         lines += [*table(result["figures"], "variant"), ""]
+    other = {k: v for k, v in result.items() if k not in KNOWN}
+    if other:  # a result in a shape of its own: its fields, flattened
+        lines += ["| figure | value |", "|---|---|",
+                  *(f"| {k} | {_cell(v)} |" for k, v in _flatten(other)), ""]
     if result.get("targets"):
         lines += ["Targets:", "", *table(result["targets"], "figure"), ""]
     if result.get("ratios"):
@@ -109,12 +115,41 @@ def bench_section(result: dict[str, Any]) -> list[str]:
     return [*lines, *notes, ""] if notes else lines
 
 
+KNOWN = frozenset({"bench", "command", "finished_at", "machine", "versions", "parameters",
+                   "figures", "ratios", "targets", "distributions", "notes"})
+"""Fields of the shape :func:`ops.bench.common.emit` writes; others are shown as they are."""
+
+
+def _flatten(fields: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in fields.items():
+        if isinstance(v, Mapping):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _loose_targets(result: dict[str, Any]) -> list[tuple[str, Any, str, bool]]:
+    """``target_X: t`` next to a figure ``..._X`` (a rate): the figure must reach t."""
+    rows = []
+    for name, limit in result.items():
+        if not (name.startswith("target_") and isinstance(limit, int | float)):
+            continue
+        measure = name.removeprefix("target_")
+        for figure, value in result.items():
+            if figure != name and figure.endswith(measure) and isinstance(value, int | float):
+                rows.append((figure, value, f">= {limit:g}", value >= limit))
+    return rows
+
+
 def targets_section(results: list[dict[str, Any]]) -> list[str]:
     """Every target of every bench in one table: figure, value, target, met."""
     rows = []
     for r in sorted(results, key=lambda r: str(r["bench"])):
         for figure, t in (r.get("targets") or {}).items():
             rows.append((r["bench"], figure, t.get("value"), t.get("target"), t.get("met")))
+        rows += [(r["bench"], *row) for row in _loose_targets(r)]
         for figure, t in (r.get("ratios") or {}).items():
             if t.get("target") is not None:
                 rows.append((r["bench"], figure, t.get("ratio"), f">= {t['target']:g}x", t.get("met")))
