@@ -29,7 +29,6 @@ UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 """A timezone-aware timestamp; naive ones are rejected on decode."""
 
 BoundedText = Annotated[str, msgspec.Meta(max_length=512)]
-SessionName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 
 Source = Literal["postgres", "folder", "gateway", "queues", "timers", "reconciler", "operator"]
 

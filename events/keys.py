@@ -99,7 +99,7 @@ class KeySpace:
         if not key.startswith(self.lease_prefix):
             return None
         name = key[len(self.lease_prefix) :]
-        return name if SESSION_NAME.match(name) else None
+        return name if SESSION_NAME.fullmatch(name) else None
 
     def queue(self, session: str) -> str:
         return self.queue_pattern.replace("{session}", checked_session(session))
@@ -114,7 +114,7 @@ class KeySpace:
         if not (key.startswith(head) and key.endswith(tail)) or len(key) <= len(head) + len(tail):
             return None
         name = key[len(head) : len(key) - len(tail)]
-        return name if SESSION_NAME.match(name) else None
+        return name if SESSION_NAME.fullmatch(name) else None
 
     def parked(self, session: str) -> str:
         """Parked messages of a session, in the slot of its queue."""
@@ -167,7 +167,7 @@ class KeySpace:
 
 def checked_session(session: str) -> str:
     """A session name, validated, since it becomes part of key names."""
-    if not SESSION_NAME.match(session):
+    if not SESSION_NAME.fullmatch(session):
         raise ValueError(f"invalid session name {session!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     return session
 

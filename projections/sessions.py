@@ -105,7 +105,7 @@ class SessionsModel:
     streams: tuple[str, ...] = ("sessions", "audit")
 
     def item_key(self, event: Event) -> str | None:
-        if isinstance(event, ActionRecorded) and not SESSION_NAME.match(event.key):
+        if isinstance(event, ActionRecorded) and not SESSION_NAME.fullmatch(event.key):
             return None
         return event.key
 

@@ -158,13 +158,13 @@ async def run_faststream(redis: Redis, stream: str, group: str, count: int) -> f
     from faststream.redis import RedisBroker, StreamSub
 
     # logger=None: no log line per message (ours logs none either)
-    broker = RedisBroker(_url(redis), logger=None)  # type: ignore[arg-type]
+    broker = RedisBroker(_url(redis), logger=None)
     await redis.xgroup_create(stream, group, id="0")
     handled = 0
     all_handled = asyncio.Event()
 
     @broker.subscriber(stream=StreamSub(stream, group=group, consumer="faststream", batch=True,
-                                        max_records=500, polling_interval=100))
+                                        max_records=500, polling_interval=100))  # type: ignore[untyped-decorator]
     async def handler(body: list[Any]) -> None:
         nonlocal handled
         handled += len(body)

@@ -52,7 +52,7 @@ async def run(args: argparse.Namespace) -> int:
     conversation = ":" in args.key
     if conversation:
         split_conversation_key(args.key)
-    elif not SESSION_NAME.match(args.key):
+    elif not SESSION_NAME.fullmatch(args.key):
         raise ValueError(f"{args.key[:80]!r} is neither PHONE:CHANNEL nor a session name")
     async with open_environment(settings, need_pg=conversation) as env:
         keys = env.settings.keys
