@@ -50,7 +50,6 @@ from consumers.stores.parked_queues import (
     SessionState,
     describe_messages,
 )
-from events import metrics
 from events.contract import (
     ActionOutcome,
     EventBase,
@@ -254,7 +253,6 @@ class SessionsHandler:
         moved = await self._store.park(state.session, now=time.time(), cause=cause.id)
         if moved == 0:
             return
-        metrics.PARKED_MESSAGES.inc(moved)
         await self._audit("park_queue", state, cause, before=before,
                           after={"queue": 0, "parked": state.parked_length + moved},
                           reason=f"session not live; parked {moved} messages")
@@ -268,7 +266,6 @@ class SessionsHandler:
         moved = await self._store.restore(state.session)
         if moved == 0:
             return
-        metrics.PARKED_MESSAGES.dec(moved)
         await self._audit("restore_parked", state, cause, before=before,
                           after={"queue": state.queue_length + moved, "parked": 0},
                           reason=f"session live; {moved} parked messages back at the head")
@@ -299,7 +296,6 @@ class SessionsHandler:
         batches, items = await self._store.take_expired(state.session, cutoff=cutoff)
         if not items:
             return
-        metrics.PARKED_MESSAGES.dec(len(items))
         try:
             await self._audit_content("drop_parked", state, cause, items,
                                       counts={"parked": state.parked_length})

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -48,6 +49,13 @@ class GroupState:
     consumers: int
 
 
+def quarantined_files(folder: Path) -> int:
+    """Files waiting in quarantine (each has a ``~record.json`` beside it, not counted)."""
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.endswith("~record.json"))
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -59,10 +67,12 @@ def _id_ms(entry_id: Any) -> int:
 class GroupCollector:
     """Sets the group gauges of the streams under one key space."""
 
-    def __init__(self, redis: Any, keys: KeySpace, streams: Sequence[str] = STREAMS) -> None:
+    def __init__(self, redis: Any, keys: KeySpace, streams: Sequence[str] = STREAMS,
+                 quarantine_dir: Path | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.streams = tuple(streams)
+        self.quarantine_dir = quarantine_dir
         self._seen: set[tuple[str, str]] = set()
 
     async def collect(self) -> list[GroupState]:
@@ -84,7 +94,17 @@ class GroupCollector:
                     gauge.remove(*labels)
         self._seen = seen
         metrics.DEADLETTER_ENTRIES.set(await self.redis.xlen(self.keys.deadletter_stream))
+        metrics.PARKED_MESSAGES.set(await self._parked())
+        if self.quarantine_dir is not None:
+            metrics.QUARANTINED_FILES.set(quarantined_files(self.quarantine_dir))
         return states
+
+    async def _parked(self) -> int:
+        """Messages in every parked list, read from Redis (so every process agrees)."""
+        total = 0
+        async for key in self.redis.scan_iter(match=self.keys.parked_glob, count=1000):
+            total += int(await self.redis.llen(key))
+        return total
 
     async def _stream_groups(self, name: str) -> list[GroupState]:
         stream = self.keys.stream(name)

@@ -199,7 +199,7 @@ async def operations(settings: Settings, redis: Any) -> AsyncIterator[HealthServ
     add_standard_checks(READINESS, redis=redis, keys=settings.keys,
                         database_url=settings.database_url)
     stop = asyncio.Event()
-    collector = GroupCollector(redis, settings.keys)
+    collector = GroupCollector(redis, settings.keys, quarantine_dir=settings.quarantine_dir)
     task = spawn(LOOP_NAME, lambda: collector.run(stop), stall_after_s=60, stop=stop)
     try:
         yield server

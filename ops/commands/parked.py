@@ -16,7 +16,6 @@ from typing import Any
 
 from consumers.audit import Auditor
 from consumers.stores.parked_queues import ParkedQueues, ParkedSummary
-from events import metrics
 from events.keys import checked_session
 from events.publisher import Publisher
 from ops.runtime_env import open_environment, settings_from_args
@@ -62,8 +61,6 @@ async def run_restore(args: argparse.Namespace) -> int:
                           source="operator")
         before = {"queue": state.queue_length, "parked": state.parked_length}
         moved = state.parked_length if auditor.dry_run else await store.restore(session)
-        if moved and not auditor.dry_run:
-            metrics.PARKED_MESSAGES.dec(moved)
         entry = await auditor.record(
             action="restore_parked", target=keys.queue(session), key=session,
             outcome="done" if moved else "skipped", cause=None,
