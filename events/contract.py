@@ -67,7 +67,7 @@ class ConversationRow(msgspec.Struct, frozen=True, kw_only=True):
     bot_started_at: UtcDatetime | None = None
 
 
-class _RowChange(EventBase, frozen=True, kw_only=True):
+class RowChange(EventBase, frozen=True, kw_only=True):
     outbox_id: int
     """Position in the outbox; the relay publishes in this order."""
     row: ConversationRow | None
@@ -76,35 +76,35 @@ class _RowChange(EventBase, frozen=True, kw_only=True):
     """The old values (``None`` for an insert)."""
 
 
-class ConversationCreated(_RowChange, frozen=True, kw_only=True, tag="conversation.created"):
+class ConversationCreated(RowChange, frozen=True, kw_only=True, tag="conversation.created"):
     """A row was inserted that is not (yet) waiting on the bot."""
 
 
-class ConversationBotAssigned(_RowChange, frozen=True, kw_only=True, tag="conversation.bot_assigned"):
+class ConversationBotAssigned(RowChange, frozen=True, kw_only=True, tag="conversation.bot_assigned"):
     """``assigned_to`` became ``'bot'`` on an active conversation."""
 
 
 class ConversationBotFlowCleared(
-    _RowChange, frozen=True, kw_only=True, tag="conversation.bot_flow_cleared"
+    RowChange, frozen=True, kw_only=True, tag="conversation.bot_flow_cleared"
 ):
     """``bot_flow_id`` went from a value to NULL."""
 
 
 class ConversationBotFieldsChanged(
-    _RowChange, frozen=True, kw_only=True, tag="conversation.bot_fields_changed"
+    RowChange, frozen=True, kw_only=True, tag="conversation.bot_fields_changed"
 ):
     """Any other change of ``assigned_to``, ``bot_flow_id`` or ``bot_started_at``."""
 
 
-class ConversationClosed(_RowChange, frozen=True, kw_only=True, tag="conversation.closed"):
+class ConversationClosed(RowChange, frozen=True, kw_only=True, tag="conversation.closed"):
     """``status`` became ``'closed'``."""
 
 
-class ConversationReopened(_RowChange, frozen=True, kw_only=True, tag="conversation.reopened"):
+class ConversationReopened(RowChange, frozen=True, kw_only=True, tag="conversation.reopened"):
     """``status`` went from ``'closed'`` back to ``'active'``."""
 
 
-class ConversationDeleted(_RowChange, frozen=True, kw_only=True, tag="conversation.deleted"):
+class ConversationDeleted(RowChange, frozen=True, kw_only=True, tag="conversation.deleted"):
     """The row was deleted."""
 
 
@@ -291,8 +291,8 @@ Event = (
 
 EVENT_TYPES: tuple[type[EventBase], ...] = Event.__args__
 
-ROW_CHANGES: tuple[type[_RowChange], ...] = tuple(
-    t for t in EVENT_TYPES if issubclass(t, _RowChange)
+ROW_CHANGES: tuple[type[RowChange], ...] = tuple(
+    t for t in EVENT_TYPES if issubclass(t, RowChange)
 )
 
 

@@ -33,6 +33,7 @@ from events.contract import (
     ConversationReopened,
     ConversationRow,
     EventBase,
+    RowChange,
 )
 from events.errors import ReconcilerError
 from events.ids import derived_id
@@ -44,15 +45,7 @@ SCHEMA = "reconciler"
 MAX_IDENTIFIER = 63
 
 Operation = Literal["INSERT", "UPDATE", "DELETE"]
-RowChangeType = type[
-    ConversationCreated
-    | ConversationBotAssigned
-    | ConversationBotFlowCleared
-    | ConversationBotFieldsChanged
-    | ConversationClosed
-    | ConversationReopened
-    | ConversationDeleted
-]
+RowChangeType = type[RowChange]
 
 
 class BadOutboxRow(ReconcilerError):

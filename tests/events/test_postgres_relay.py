@@ -24,8 +24,8 @@ from events.contract import (
     ConversationDeleted,
     ConversationReopened,
     ConversationRow,
+    RowChange,
     SourceResynced,
-    _RowChange,
 )
 from events.ids import derived_id
 from events.settings import Settings
@@ -62,8 +62,8 @@ async def stream(redis: Redis, settings: Settings) -> list[Any]:
     return [codec.decode(fields) for _, fields in entries]
 
 
-async def changes(redis: Redis, settings: Settings) -> list[_RowChange]:
-    return [e for e in await stream(redis, settings) if isinstance(e, _RowChange)]
+async def changes(redis: Redis, settings: Settings) -> list[RowChange]:
+    return [e for e in await stream(redis, settings) if isinstance(e, RowChange)]
 
 
 async def outbox_count(pg: Any, table: str) -> int:
