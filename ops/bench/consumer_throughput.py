@@ -21,6 +21,8 @@ a 2-core machine shared with other work is noisy.  Keys are deleted at the end.
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import sys
 import time
@@ -61,10 +63,31 @@ NOTES = [
     "(0.67x raw), FastStream 94,273/s, one process 119,186/s. Fixed: a bytes-dict copy per "
     "entry in codec.decode, frozen-dataclass Delivery, a locked Prometheus inc per event, "
     "per-entry queue calls.",
-    "Two processes share 2 cores with the Redis server and the bench itself; on a quiet "
-    "machine their ratio to one process was 1.45-1.8x, and with other work on the machine "
-    "it drops further, since the second process has no core of its own.",
+    "Two processes share 2 cores with the Redis server and the bench itself; their ratio "
+    "to one process swung between 1.27x and 1.8x from run to run on this machine, lower "
+    "whenever other work ran, since the second process has no core of its own. client_cpu and "
+    "redis_cpu are CPU per event of the variant's consumers (this process or its workers) "
+    "and of the Redis server (INFO cpu; the server is shared, so other clients' work "
+    "counts too); 'bound on these cores' is what two processes can reach given one "
+    "process's CPU per event: min(2/c, cores/(c + r), 1/r) over one process's rate.",
 ]
+
+
+def cpu_note(figures: dict[str, Any]) -> list[str]:
+    """Where this run's CPU per event went: raw's floor, the runtime's share, the server's."""
+    if not {"raw", "ours_1_process"} <= figures.keys():
+        return []
+    raw, one = figures["raw"], figures["ours_1_process"]
+    extra = one["client_cpu_us_per_event"] - raw["client_cpu_us_per_event"]
+    return [f"CPU per event in this run: raw {raw['client_cpu_us_per_event']:.2f} us, the runtime "
+            f"in its own process {one['client_cpu_us_per_event']:.2f} us ({extra:.2f} us of it the "
+            f"per-key path), the Redis server {one['redis_cpu_us_per_event']:.2f} us. raw also "
+            f"waits on Redis between batches, which is why ours/raw in time is above the CPU "
+            f"ratio ({raw['client_cpu_us_per_event'] / one['client_cpu_us_per_event']:.2f}). "
+            f"Two processes spend {figures.get('ours_2_processes', one)['client_cpu_us_per_event']:.2f}"
+            f" us per event (two consumers of one group share the stream and the server), which "
+            f"with the bench's own process and the server on the same cores keeps them under "
+            f"the bound."]
 
 
 def faststream_note(rates: dict[str, float]) -> list[str]:
@@ -203,8 +226,19 @@ def processes(n: int) -> Variant:
             for w in workers:
                 assert w.stdin is not None
                 w.stdin.close()
+            WORKER_CPU_S[group] = sum([await _reported_cpu(w) for w in workers])
             await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers)), timeout=30)
     return run
+
+
+WORKER_CPU_S: dict[str, float] = {}
+"""Group -> CPU seconds its worker processes used from the start signal to done."""
+
+
+async def _reported_cpu(process: asyncio.subprocess.Process) -> float:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+    return float(line.split()[1]) if line.startswith(b"cpu ") else float("nan")
 
 
 def _url(redis: Redis) -> str:
@@ -223,9 +257,11 @@ async def worker(url: str, stream: str, group: str, consumer: str) -> None:
     await runtime.ensure_groups()
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
+    started = time.process_time()
     stop = asyncio.Event()
     task = asyncio.create_task(runtime.run(stop))
     await asyncio.to_thread(sys.stdin.readline)  # EOF: the parent is done
+    print(f"cpu {time.process_time() - started}", flush=True)  # CPU from go to done
     stop.set()
     await task
     await redis.aclose()
@@ -246,23 +282,66 @@ async def measure(args: Any) -> dict[str, Any]:
     stream = f"{prefix}{{events}}:conversations"
     chosen = [v for v in VARIANTS if v in args.only] if args.only else list(VARIANTS)
     seconds: dict[str, list[float]] = {v: [] for v in chosen}
+    cpu: dict[str, list[tuple[float, float]]] = {v: [] for v in chosen}
     try:
         entry_bytes = await publish(redis, stream, args.events)
         for rnd in range(args.rounds):
             for name in chosen:
+                before = await cpu_seconds(redis)
                 seconds[name].append(await VARIANTS[name](redis, stream, f"{name}-{rnd}", args.events))
+                after = await cpu_seconds(redis)
+                client = WORKER_CPU_S.pop(f"{name}-{rnd}", after[0] - before[0])
+                cpu[name].append((client, after[1] - before[1]))
         version = await common.redis_version(redis)
     finally:
         keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
-    return summarize(args, seconds, entry_bytes, version)
+    return summarize(args, seconds, cpu, entry_bytes, version)
 
 
-def summarize(args: Any, seconds: dict[str, list[float]], entry_bytes: int, version: str) -> dict[str, Any]:
+async def cpu_seconds(redis: Redis) -> tuple[float, float]:
+    """CPU used so far by this process, and by the Redis server."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    info = await redis.info("cpu")
+    server = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return own.ru_utime + own.ru_stime, server
+
+
+def own_process(rates: dict[str, float]) -> dict[str, Any]:
+    """The runtime in a process of its own against raw (the bench's process also polls and publishes)."""
+    if not {"raw", "ours_1_process"} <= rates.keys():
+        return {}
+    return {"ours_1_process/raw": {"ratio": common.ratio(rates["ours_1_process"], rates["raw"]),
+                                   "target": None, "met": None}}
+
+
+def two_process_bound(rates: dict[str, float], figures: dict[str, Any]) -> dict[str, Any]:
+    """What 2 processes can reach on this machine's cores, from one process's CPU per event.
+
+    Each event costs ``c`` CPU in a consumer and ``r`` in the Redis server; two
+    processes are bounded by ``2/c`` (one core each), ``cores/(c + r)`` (the
+    cores shared with the server) and ``1/r`` (the server's one thread).
+    """
+    one = figures.get("ours_1_process")
+    if not one or "ours_2_processes" not in rates:
+        return {}
+    c, r = one["client_cpu_us_per_event"] / 1e6, one["redis_cpu_us_per_event"] / 1e6
+    cores = os.cpu_count() or 1
+    bound = min(2 / c, cores / (c + r), 1 / r if r else float("inf"))
+    return {"ours_2_processes/ours_1_process: bound on these cores": {
+        "ratio": common.ratio(bound, rates["ours_1_process"]), "target": None, "met": None}}
+
+
+def summarize(args: Any, seconds: dict[str, list[float]], cpu: dict[str, list[tuple[float, float]]],
+              entry_bytes: int, version: str) -> dict[str, Any]:
     rates = {name: args.events / statistics.median(s) for name, s in seconds.items()}
-    figures = {name: {"events_per_s": round(rate), "seconds": [round(x, 3) for x in seconds[name]]}
+    figures = {name: {"events_per_s": round(rate), "seconds": [round(x, 3) for x in seconds[name]],
+                      "client_cpu_us_per_event": round(
+                          statistics.median(c for c, _ in cpu[name]) / args.events * 1e6, 2),
+                      "redis_cpu_us_per_event": round(
+                          statistics.median(r for _, r in cpu[name]) / args.events * 1e6, 2)}
                for name, rate in rates.items()}
     targets = [("ours", "raw", 0.75), ("ours", "faststream", 2.0),
                ("ours_2_processes", "ours_1_process", 1.5)]
@@ -276,8 +355,8 @@ def summarize(args: Any, seconds: dict[str, list[float]], entry_bytes: int, vers
         "parameters": {"events": args.events, "rounds": args.rounds, "read_count": 500,
                        "keys": CONVERSATIONS, "entry_data_bytes": entry_bytes},
         "figures": figures,
-        "ratios": ratios,
-        "notes": [*NOTES, *faststream_note(rates)],
+        "ratios": {**ratios, **own_process(rates), **two_process_bound(rates, figures)},
+        "notes": [*NOTES, *cpu_note(figures), *faststream_note(rates)],
     }
 
 

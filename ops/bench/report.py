@@ -202,7 +202,7 @@ def draw(series: dict[str, dict[str, list[float]]], path: Path) -> bool:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes[-1, 0].set_xlabel("latency (ms, log scale)")
-    fig.suptitle("Reaction latency: event-driven (solid) vs polling (dashed)")
+    fig.suptitle("Latency per bench: event-driven (solid) vs polling (dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
