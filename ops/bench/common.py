@@ -32,6 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from events import codec
+from events.contract import ActionRecorded
+from ops import migrate
+
 RESULTS_DIR = Path(__file__).parent / "results"
 """Where ``--out`` writes by default when given a bare flag, and where the report reads."""
 
@@ -107,6 +111,33 @@ async def redis_version(redis: Any) -> str:
 
 async def postgres_version(connection: Any) -> str:
     return str(await connection.fetchval("SHOW server_version"))
+
+
+async def delete_prefix(redis: Any, prefix: str) -> None:
+    """Remove every key a bench made under its fresh prefix."""
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        await redis.unlink(key)
+
+
+async def drop_captured_table(pg: Any, settings: Any) -> None:
+    """Uninstall the trigger and outbox, then drop the bench's conversations table."""
+    with contextlib.suppress(Exception):
+        await migrate.uninstall(pg, settings, force=True)
+    await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
+
+
+async def wait_for_action(redis: Any, stream: str, last_id: str, *, action: str, key: str,
+                          timeout_s: float) -> str:
+    """Read the audit stream from ``last_id`` until ``action`` on ``key``; its entry id."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for _, entries in await redis.xread({stream: last_id}, block=1000, count=100) or ():
+            for raw_id, fields in entries:
+                last_id = raw_id.decode()
+                event = codec.decode(fields)
+                if isinstance(event, ActionRecorded) and event.action == action and event.key == key:
+                    return last_id
+    raise TimeoutError(f"no {action} of {key} within {timeout_s} s")
 
 
 def emit(

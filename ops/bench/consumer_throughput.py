@@ -294,9 +294,7 @@ async def measure(args: Any) -> dict[str, Any]:
                 cpu[name].append((client, after[1] - before[1]))
         version = await common.redis_version(redis)
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis.delete(*keys)
+        await common.delete_prefix(redis, prefix)
         await redis.aclose()
     return summarize(args, seconds, cpu, entry_bytes, version)
 

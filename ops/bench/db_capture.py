@@ -17,7 +17,6 @@ at the end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -71,12 +70,9 @@ async def _run(redis_url: str, database_url: str, changes: int) -> tuple[dict[st
                    "postgresql": await common.postgres_version(pg)}
     finally:
         stop.set()
-        with contextlib.suppress(Exception):
-            await migrate.uninstall(pg, settings, force=True)
-        await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
+        await common.drop_captured_table(pg, settings)
         await pg.close()
-        async for key in redis.scan_iter(match=f"{settings.key_prefix}*"):
-            await redis.unlink(key)
+        await common.delete_prefix(redis, settings.key_prefix)
         await redis.aclose()
     return _result(changes, latencies, burst_s), servers
 

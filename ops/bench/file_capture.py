@@ -138,15 +138,10 @@ async def measure(redis: Redis, args: Any) -> dict[str, Any]:
                     stats.update(await burst(tail, folder, count=args.burst, tag=f"{variant}-b"))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-            await _delete_keys(redis, settings.key_prefix)
+            await common.delete_prefix(redis, settings.key_prefix)
         figures[variant] = stats
         distributions[f"{variant} (poll)" if polling else variant] = [round(s, 3) for s in samples]
     return {"figures": figures, "distributions": distributions}
-
-
-async def _delete_keys(redis: Redis, prefix: str) -> None:
-    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
-        await redis.unlink(key)
 
 
 def _ratios(figures: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -42,8 +42,7 @@ from redis.asyncio import Redis
 from consumers.audit import Auditor
 from consumers.runtime import GroupConsumer, GroupOptions
 from consumers.sessions import SessionsHandler
-from events import codec
-from events.contract import ActionRecorded, QueueObserved
+from events.contract import QueueObserved
 from events.ids import new_event_id
 from events.publisher import Publisher
 from events.settings import Settings
@@ -89,20 +88,6 @@ async def wait_for_entries(redis: Redis, stream: str) -> None:
     raise TimeoutError(f"nothing on {stream} within {WAIT_S}s")
 
 
-async def wait_for_park(redis: Redis, stream: str, last_id: str, session: str) -> str:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        reply = await redis.xread({stream: last_id}, block=1000, count=100)
-        for _, entries in reply or ():
-            for raw_id, fields in entries:
-                last_id = raw_id.decode()
-                entry = codec.decode(fields)
-                if isinstance(entry, ActionRecorded) and entry.action == "park_queue" \
-                        and entry.key == session:
-                    return last_id
-    raise TimeoutError(f"no park of {session} within {WAIT_S}s")
-
-
 async def measure_variant(redis: Redis, args: Any, variant: str) -> dict[str, list[float]]:
     prefix = common.fresh_prefix(f"{NAME}-{variant}")
     settings = Settings(redis_url=args.redis_url, key_prefix=prefix,
@@ -124,12 +109,12 @@ async def measure_variant(redis: Redis, args: Any, variant: str) -> dict[str, li
                     await publisher.publish(QueueObserved(
                         id=new_event_id(), occurred_at=datetime.now(UTC), source="queues",
                         key=session, queue=queue))
-                last_id = await wait_for_park(redis, keys.audit_stream, last_id, session)
+                last_id = await common.wait_for_action(redis, keys.audit_stream, last_id,
+                                                       action="park_queue", key=session,
+                                                       timeout_s=WAIT_S)
                 latencies.append((time.perf_counter() - started) * 1000)
     finally:
-        found = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        if found:
-            await redis.delete(*found)
+        await common.delete_prefix(redis, prefix)
     return {"latency_ms": latencies}
 
 

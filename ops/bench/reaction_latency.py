@@ -38,8 +38,6 @@ import asyncpg
 from redis.asyncio import Redis
 
 from consumers.run import run_consumers
-from events import codec
-from events.contract import ActionRecorded
 from events.settings import Settings
 from events.sources.postgres import run_relay
 from events.sources.timers import run_timers
@@ -103,12 +101,9 @@ async def _run(args: Any) -> tuple[dict[str, Any], dict[str, str]]:
                        "postgresql": await common.postgres_version(pg)}
         finally:
             stop.set()
-            with contextlib.suppress(Exception):
-                await migrate.uninstall(pg, settings, force=True)
-            await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
+            await common.drop_captured_table(pg, settings)
             await pg.close()
-            async for key in redis.scan_iter(match=f"{settings.key_prefix}*"):
-                await redis.unlink(key)
+            await common.delete_prefix(redis, settings.key_prefix)
             await redis.aclose()
     return _result(changes, latencies, polled, plans), servers
 
@@ -145,24 +140,12 @@ async def _measure(pg: Any, redis: Redis, settings: Settings,
         _, phone, channel = path.stem.split("_")
         sent = time.perf_counter()  # not after the commit returns: see the notes
         await pg.execute(close, row_id)
-        last_id = await _wait_for_quarantine(redis, audit, last_id, f"{phone}:{channel}")
+        last_id = await common.wait_for_action(redis, audit, last_id, action="quarantine_file",
+                                               key=f"{phone}:{channel}", timeout_s=TIMEOUT_S)
         latencies.append((time.perf_counter() - sent) * 1000)
         if path.exists():
             raise RuntimeError(f"{path.name} was audited as quarantined but is still there")
     return latencies
-
-
-async def _wait_for_quarantine(redis: Redis, stream: str, last_id: str, key: str) -> str:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        for _, entries in await redis.xread({stream: last_id}, block=1000, count=100) or ():
-            for raw_id, fields in entries:
-                last_id = raw_id.decode()
-                event = codec.decode(fields)
-                if isinstance(event, ActionRecorded) and event.action == "quarantine_file" \
-                        and event.key == key:
-                    return last_id
-    raise TimeoutError(f"{key} was not quarantined within {TIMEOUT_S} s")
 
 
 async def _polled(pg: Any, settings: Settings, ids: list[tuple[int, Path]], period_s: float,

@@ -137,8 +137,7 @@ async def run(args: Any) -> dict[str, Any]:
             "servers": {"redis-server": await common.redis_version(redis)},
         }
     finally:
-        async for key in redis.scan_iter(match=f"{keys.prefix}*", count=1000):
-            await redis.unlink(key)
+        await common.delete_prefix(redis, keys.prefix)
         await redis.aclose()
 
 
