@@ -2,7 +2,7 @@
 
 A gateway (the process holding WhatsApp sessions in memory) says which
 sessions are live.  The protocol is three Redis commands and a stream entry,
-so a gateway in any language can speak it (the README documents it, and
+so a gateway in any language can speak it (docs/gateway.md documents it, and
 ``examples/node/`` does it in JavaScript):
 
 * **start** -- ``SET {prefix}lease:{name} <json> EX ttl``, then XADD a
