@@ -50,9 +50,6 @@ class KeyQueue:
         """Entries waiting or being handled."""
         return self._count
 
-    def add(self, delivery: Delivery) -> None:
-        self.add_many((delivery,))
-
     def add_many(self, deliveries: Sequence[Delivery]) -> None:
         """Queue deliveries in order (one read's worth at a time, to keep the per-entry cost low)."""
         if not deliveries:
@@ -106,13 +103,10 @@ class KeyQueue:
         """Wait until nothing is waiting or being handled."""
         await self._idle.wait()
 
-    def take_all(self) -> list[Delivery]:
-        """Remove and return everything waiting or being handled (at shutdown)."""
-        out = [d for batch in self._processing.values() for d in batch]
-        out += [d for batch in self._waiting.values() for d in batch]
+    def clear(self) -> None:
+        """Forget everything waiting or being handled (at shutdown, once it was handed back)."""
         self._waiting.clear()
         self._processing.clear()
         self._ready.clear()
         self._count = 0
         self._idle.set()
-        return out

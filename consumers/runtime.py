@@ -411,5 +411,5 @@ class GroupConsumer:
             except ResponseError as e:
                 if not is_nogroup(e):
                     raise
-        self._queue.take_all()
+        self._queue.clear()
         self._tracked.clear()

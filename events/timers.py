@@ -137,11 +137,6 @@ class TimerWheel:
             scheduled=int(count),
         )
 
-    async def due_time(self, member: str) -> float | None:
-        """When ``member`` is due (Unix time), or ``None`` if it is not waiting."""
-        score = await self._redis.zscore(self._keys.deadlines, member)
-        return None if score is None else float(score) / 1000
-
     async def next_due(self) -> float | None:
         first = await self._redis.zrange(self._keys.deadlines, 0, 0, withscores=True)
         return float(first[0][1]) / 1000 if first else None

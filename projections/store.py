@@ -144,9 +144,6 @@ class ProjectionStore:
         rows = await self.redis.zrange(self.index_key(version, index), start, stop, withscores=True)
         return [(_text(member), float(score)) for member, score in rows]
 
-    async def index_size(self, version: int, index: str) -> int:
-        return int(await self.redis.zcard(self.index_key(version, index)))
-
     # -- writing -----------------------------------------------------------
 
     async def commit(

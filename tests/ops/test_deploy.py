@@ -32,12 +32,14 @@ def test_each_role_gets_its_own_metrics_port_under_systemd() -> None:
 
 
 def test_kubernetes_probes_are_wired_to_health_and_readiness() -> None:
-    for manifest in K8S.glob("*.yaml"):
-        text = manifest.read_text()
-        for _ in re.finditer(r"kind: Deployment", text):
-            assert "livenessProbe:\n            httpGet: {path: /healthz, port: metrics}" in text
-            assert "readinessProbe:\n            httpGet: {path: /readyz, port: metrics}" in text
-            assert "containerPort: 9464" in text
+    deployments = [doc for manifest in K8S.glob("*.yaml")
+                   for doc in re.split(r"(?m)^---$", manifest.read_text())
+                   if re.search(r"(?m)^kind: Deployment$", doc)]
+    assert deployments
+    for doc in deployments:  # each Deployment on its own, not the file as a whole
+        assert "livenessProbe:\n            httpGet: {path: /healthz, port: metrics}" in doc
+        assert "readinessProbe:\n            httpGet: {path: /readyz, port: metrics}" in doc
+        assert "containerPort: 9464" in doc
 
 
 def test_compose_redis_keeps_an_append_only_file() -> None:
