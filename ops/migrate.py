@@ -12,6 +12,14 @@ half-done.
 ``uninstall`` removes the triggers, the function, the outbox and the version
 row, and the schema itself once no table uses it.  It refuses while the
 outbox still holds changes the relay has not published, unless forced.
+
+Both refuse up front when the role lacks a right they need
+(:mod:`ops.migrate_checks`), and both run their DDL under a ``lock_timeout``:
+``CREATE TRIGGER`` waits for every open write transaction on the table, and
+every writer arriving after it would queue behind that wait, so ``migrate``
+gives up after a few seconds with a clear message instead of stalling the
+application.  ``create_index`` builds the lookup index ``CONCURRENTLY``
+(outside any transaction), so writes are never blocked by it.
 """
 
 from __future__ import annotations
@@ -26,12 +34,17 @@ import asyncpg
 from events.errors import ReconcilerError
 from events.settings import Settings
 from events.sources.outbox import SCHEMA, outbox_names, quote_ident, quote_table
+from ops.migrate_checks import IndexState, lookup_index, require_rights
+
+__all__ = ["IndexState", "MigrationError", "Outcome", "create_index", "install", "uninstall"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 """Shipped as package data next to this module."""
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 VERSION_TABLE = f"{quote_ident(SCHEMA)}.schema_version"
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('reconciler.migrate'))"
+LOCK_TIMEOUT_S = 3.0
+"""How long DDL may wait for a table lock (writers queue behind the wait)."""
 
 
 class MigrationError(ReconcilerError):
@@ -56,6 +69,8 @@ class Outcome:
     sql: str = ""
     pending_rows: int = 0
     dry_run: bool = False
+    index: IndexState | None = None
+    """The lookup index found (install only)."""
 
 
 def migrations() -> list[Migration]:
@@ -94,18 +109,20 @@ async def installed_version(conn: Any, table: str) -> int | None:
     return version
 
 
-async def install(conn: Any, settings: Settings, *, dry_run: bool = False) -> Outcome:
+async def install(conn: Any, settings: Settings, *, dry_run: bool = False,
+                  lock_timeout_s: float = LOCK_TIMEOUT_S) -> Outcome:
     """Apply the migrations not yet applied to ``settings.table``."""
     async with conn.transaction():
-        await conn.execute(LOCK_SQL)
-        if await conn.fetchval("SELECT to_regclass($1)", settings.table) is None:
+        if not await _begin(conn, settings, lock_timeout_s):
             raise MigrationError(f"table {settings.table!r} does not exist (RECONCILER_TABLE)")
         before = await installed_version(conn, settings.table)
+        await require_rights(conn, settings, new_outbox=before is None)
         pending = [m for m in migrations() if m.version > (before or 0)]
         outcome = Outcome(table=settings.table, before=before, dry_run=dry_run,
                           after=pending[-1].version if pending else before,
                           applied=[m.name for m in pending],
-                          sql="\n".join(render(m.template, settings) for m in pending))
+                          sql="\n".join(render(m.template, settings) for m in pending),
+                          index=await lookup_index(conn, settings))
         if dry_run or not pending:
             return outcome
         await _run(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(SCHEMA)}", "create schema")
@@ -122,12 +139,14 @@ async def install(conn: Any, settings: Settings, *, dry_run: bool = False) -> Ou
 
 
 async def uninstall(
-    conn: Any, settings: Settings, *, dry_run: bool = False, force: bool = False
+    conn: Any, settings: Settings, *, dry_run: bool = False, force: bool = False,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> Outcome:
     """Remove everything installed for ``settings.table``."""
     names = outbox_names(settings.table)
     async with conn.transaction():
-        await conn.execute(LOCK_SQL)
+        if await _begin(conn, settings, lock_timeout_s):  # a dropped table leaves only our objects
+            await require_rights(conn, settings, new_outbox=False)
         before = await installed_version(conn, settings.table)
         pending_rows = 0
         if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.{names.outbox}") is not None:
@@ -147,6 +166,26 @@ async def uninstall(
         return outcome
 
 
+async def create_index(conn: Any, settings: Settings) -> IndexState:
+    """Build the lookup index concurrently (never in a transaction); the state after."""
+    state = await lookup_index(conn, settings)
+    if state.serving is None:
+        if state.invalid is not None:
+            raise MigrationError(
+                f"index {state.invalid} on {settings.table} is invalid (an earlier concurrent "
+                f"build failed): DROP INDEX CONCURRENTLY {state.invalid}; then run again")
+        await _run(conn, state.create_sql, "create index")
+        state = await lookup_index(conn, settings)
+    return state
+
+
+async def _begin(conn: Any, settings: Settings, lock_timeout_s: float) -> bool:
+    """Take the migrate lock and bound every later lock wait; whether the table exists."""
+    await conn.execute(LOCK_SQL)
+    await conn.execute(f"SET LOCAL lock_timeout = '{max(1, int(lock_timeout_s * 1000))}ms'")
+    return await conn.fetchval("SELECT to_regclass($1)", settings.table) is not None
+
+
 async def _drop_version_and_schema(conn: Any, table: str) -> None:
     if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.schema_version") is None:
         return
@@ -164,5 +203,10 @@ async def _drop_version_and_schema(conn: Any, table: str) -> None:
 async def _run(conn: Any, sql: str, what: str) -> None:
     try:
         await conn.execute(sql)
+    except asyncpg.LockNotAvailableError as e:
+        raise MigrationError(
+            f"{what}: another transaction holds a lock on the table (an open write?); migrate "
+            "gave up after lock_timeout so writers are not stalled behind it, and changed "
+            "nothing: retry once it has committed (--lock-timeout to wait longer)") from e
     except asyncpg.PostgresError as e:
         raise MigrationError(f"{what}: {type(e).__name__}: {e}") from e

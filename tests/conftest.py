@@ -34,6 +34,8 @@ from ops.embedded import EmbeddedServer, start_postgres, start_redis
 
 RUN_ID = uuid.uuid4().hex[:8]
 
+pytest_plugins = ("tests.pgroles",)
+
 
 def _docker_answers() -> bool:
     try:

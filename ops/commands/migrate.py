@@ -1,9 +1,11 @@
-"""``reconciler migrate [--uninstall] [--dry-run] [--force]``: the change capture in your database.
+"""``reconciler migrate [--uninstall] [--dry-run] [--force] [--create-index]``: the change capture.
 
 Installs (or removes) the outbox, the capture function and the triggers on
 ``RECONCILER_TABLE`` (see :mod:`ops.migrate`), prints what it did, and
 records it in the audit stream.  ``--dry-run`` prints the SQL it would run
-and changes nothing.
+and changes nothing.  An install also says whether an index serves the
+handlers' lookup by phone and channel and, when none does, prints the
+``CREATE INDEX CONCURRENTLY`` statement; ``--create-index`` runs it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the SQL, change nothing")
     parser.add_argument("--force", action="store_true",
                         help="with --uninstall: drop unpublished outbox rows too")
+    parser.add_argument("--create-index", action="store_true",
+                        help="also build the (phone, channel) lookup index, CONCURRENTLY")
+    parser.add_argument("--lock-timeout", type=float, default=migrate.LOCK_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="give up when a table lock is not granted within this time "
+                             f"(default {migrate.LOCK_TIMEOUT_S:g}; writers wait behind it)")
     parser.set_defaults(handler=run)
 
 
@@ -33,11 +41,7 @@ async def run(args: argparse.Namespace) -> int:
     async with open_environment(settings) as env:
         conn = await env.connect_pg()
         try:
-            if args.uninstall:
-                outcome = await migrate.uninstall(conn, env.settings, dry_run=args.dry_run,
-                                                  force=args.force)
-            else:
-                outcome = await migrate.install(conn, env.settings, dry_run=args.dry_run)
+            outcome = await _migrate(conn, env.settings, args)
         finally:
             await conn.close()
         auditor = Auditor(Publisher(env.redis, env.settings.keys), dry_run=args.dry_run,
@@ -45,6 +49,17 @@ async def run(args: argparse.Namespace) -> int:
         await _record(auditor, outcome, uninstall=args.uninstall)
     _print(outcome, uninstall=args.uninstall)
     return 0
+
+
+async def _migrate(conn: Any, settings: Any, args: argparse.Namespace) -> migrate.Outcome:
+    if args.uninstall:
+        return await migrate.uninstall(conn, settings, dry_run=args.dry_run, force=args.force,
+                                       lock_timeout_s=args.lock_timeout)
+    outcome = await migrate.install(conn, settings, dry_run=args.dry_run,
+                                    lock_timeout_s=args.lock_timeout)
+    if args.create_index and not args.dry_run:
+        outcome.index = await migrate.create_index(conn, settings)
+    return outcome
 
 
 async def _record(auditor: Auditor, outcome: migrate.Outcome, *, uninstall: bool) -> None:
@@ -72,3 +87,18 @@ def _print(outcome: migrate.Outcome, *, uninstall: bool) -> None:
     else:
         print(f"{outcome.table}: installed version {outcome.after} "
               f"(was {outcome.before or 'none'}; applied {', '.join(outcome.applied)})")
+    if outcome.index is not None:
+        _print_index(outcome.table, outcome.index)
+
+
+def _print_index(table: str, index: migrate.IndexState) -> None:
+    if index.serving is not None:
+        print(f"{table}: lookup index {index.serving} serves the (phone, channel) reads")
+        return
+    if index.invalid is not None:
+        print(f"{table}: index {index.invalid} is invalid (a failed concurrent build); "
+              f"drop it: DROP INDEX CONCURRENTLY {index.invalid};")
+    print(f"{table}: no index serves the handlers' (phone, channel) lookup, so every read "
+          "scans the whole table. Create one (writes are not blocked) with:\n"
+          f"  {index.create_sql};\n"
+          "or run: reconciler migrate --create-index")

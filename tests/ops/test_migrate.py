@@ -47,12 +47,13 @@ async def test_install_is_idempotent_and_uninstall_leaves_no_trace(pg: Any, sett
     await create_conversations_table(pg, settings.table)
     before = await catalogue(pg)
     first = await migrate.install(pg, settings)
-    assert (first.before, first.after, first.applied) == (None, 1, ["0001_outbox.sql"])
+    assert (first.before, first.after) == (None, 2)
+    assert first.applied == ["0001_outbox.sql", "0002_definer_rights.sql"]
     installed = await catalogue(pg)
     second = await migrate.install(pg, settings)
-    assert (second.before, second.after, second.applied) == (1, 1, [])
+    assert (second.before, second.after, second.applied) == (2, 2, [])
     assert await catalogue(pg) == installed
-    assert await migrate.installed_version(pg, settings.table) == 1
+    assert await migrate.installed_version(pg, settings.table) == 2
     await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES ($1, $2)', "1", "c")
     assert await outbox_rows(pg, settings.table) == 1
     await migrate.uninstall(pg, settings, force=True)
@@ -67,7 +68,7 @@ async def test_uninstall_refuses_while_changes_are_unpublished_and_dry_runs_chan
     await create_conversations_table(pg, settings.table)
     before = await catalogue(pg)
     planned = await migrate.install(pg, settings, dry_run=True)
-    assert planned.after == 1 and "CREATE TRIGGER" in planned.sql
+    assert planned.after == 2 and "CREATE TRIGGER" in planned.sql
     assert await catalogue(pg) == before
     await migrate.install(pg, settings)
     installed = await catalogue(pg)
@@ -123,9 +124,9 @@ async def test_the_command_with_renamed_columns_is_audited(
     env = {"RECONCILER_COLUMN_ID": "conv_id", "RECONCILER_COLUMN_PHONE": "msisdn"}
     done = reconciler(settings, "migrate", **env)
     assert done.returncode == 0, done.stderr
-    assert "installed version 1" in done.stdout
+    assert "installed version 2" in done.stdout
     again = reconciler(settings, "migrate", **env)
-    assert "up to date at version 1" in again.stdout
+    assert "up to date at version 2" in again.stdout
     await pg.execute(f'INSERT INTO "{settings.table}" (msisdn, phone_number_id, status) '
                      "VALUES ('5511', 'c', 'active')")
     refused = reconciler(settings, "migrate", "--uninstall", **env)
