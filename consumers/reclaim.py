@@ -13,7 +13,6 @@ earlier pass.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ from redis.exceptions import ResponseError
 from consumers.deadletter import Failed
 from consumers.replies import is_nogroup, text
 from events import metrics
-from events.loops import HEARTBEATS
+from events.loops import HEARTBEATS, sleep_unless_stopped
 
 if TYPE_CHECKING:
     from consumers.runtime import GroupConsumer
@@ -43,11 +42,8 @@ class Reclaimer:
         stopped = self._consumer.stopped
         while not stopped.is_set():
             HEARTBEATS.beat(self._name)
-            try:
-                await asyncio.wait_for(stopped.wait(), timeout=self._options.claim_interval_s)
+            if await sleep_unless_stopped(stopped, self._options.claim_interval_s):
                 return
-            except TimeoutError:
-                pass
             for stream in self._options.streams:
                 try:
                     await self.reclaim(stream)

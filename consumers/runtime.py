@@ -40,7 +40,7 @@ from consumers.replies import is_nogroup, is_unblocked, text
 from events import codec, metrics
 from events.contract import tag_of
 from events.errors import MalformedEntry
-from events.loops import HEARTBEATS, spawn
+from events.loops import HEARTBEATS, backoff_delay, spawn
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +319,8 @@ class GroupConsumer:
                     exhausted.append(Failed(d.stream, d.entry_id, d.fields, count))
                     self._untrack([d])
                 else:
-                    backoff = self.options.retry_backoff_s * 2 ** (count - 1)
-                    delay = delay_hint if delay_hint is not None else backoff
+                    delay = delay_hint if delay_hint is not None else backoff_delay(
+                        self.options.retry_backoff_s, self.options.retry_backoff_max_s, count - 1)
                     self._schedule_retry(d, min(delay, self.options.retry_backoff_max_s))
             await self.dead_letter_entries(
                 exhausted, reason="max_deliveries", error=f"{type(error).__name__}: {error}")

@@ -102,7 +102,7 @@ async def guarded(
     store that goes away during a shutdown must not keep the process alive.
     """
     heartbeats.register(name, stall_after_s)
-    delay = backoff_s
+    backoff = Backoff(backoff_s, backoff_max_s)
     try:
         while True:
             started = time.monotonic()
@@ -116,25 +116,48 @@ async def guarded(
                 if stop is not None and stop.is_set():
                     log.warning("loop %s failed while stopping: %s", name, error, extra={"loop": name})
                     return
+                if time.monotonic() - started > backoff_max_s:
+                    backoff.reset()  # it ran fine for a while: start the backoff over
+                delay = backoff.next()
                 log.error("loop %s failed; restarting in %.1fs", name, delay,
                           exc_info=True, extra={"loop": name})
-            if time.monotonic() - started > backoff_max_s:
-                delay = backoff_s  # it ran fine for a while: start the backoff over
-            await _sleep_unless(stop, delay)
-            if stop is not None and stop.is_set():
+            if stop is None:
+                await asyncio.sleep(delay)
+            elif await sleep_unless_stopped(stop, delay):
                 return
             heartbeats.beat(name)  # restarting counts as progress for the health check
-            delay = min(delay * 2, backoff_max_s)
     finally:
         heartbeats.unregister(name)
 
 
-async def _sleep_unless(stop: asyncio.Event | None, seconds: float) -> None:
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
+def backoff_delay(first_s: float, max_s: float, attempt: int) -> float:
+    """The wait before retry number ``attempt`` (0-based): ``first_s`` doubled per attempt, capped."""
+    return min(first_s * 2.0 ** min(attempt, 64), max_s)
+
+
+class Backoff:
+    """Exponential backoff for a loop that reconnects: :meth:`next` waits longer each
+    time, :meth:`reset` starts over once the loop has run well for a while."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._attempt = 0
+
+    def next(self) -> float:
+        delay = backoff_delay(self.first_s, self.max_s, self._attempt)
+        self._attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first; ``True`` if stopped."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
 
 
 def spawn(

@@ -27,7 +27,7 @@ from redis.exceptions import ResponseError
 from events import metrics
 from events.contract import AUDIT, CONVERSATIONS, SESSIONS
 from events.keys import KeySpace
-from events.loops import HEARTBEATS
+from events.loops import HEARTBEATS, sleep_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -145,5 +145,4 @@ class GroupCollector:
         while not stop.is_set():
             await self.collect()
             HEARTBEATS.beat(LOOP_NAME)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            await sleep_unless_stopped(stop, interval_s)

@@ -53,7 +53,7 @@ from events.contract import (
 )
 from events.ids import new_event_id
 from events.keys import KeySpace
-from events.loops import HEARTBEATS, guarded
+from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
 from events.sessionfiles import FilePattern
 from events.settings import Settings
@@ -201,8 +201,7 @@ class FolderWatcher:
                             self.folder, extra={"source": SOURCE})
                 warned = True
             HEARTBEATS.beat(LOOP_NAME)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), FOLDER_POLL_S)
+            await sleep_unless_stopped(stop, FOLDER_POLL_S)
         return None
 
     # -- publishing ------------------------------------------------------

@@ -40,7 +40,7 @@ from events import metrics
 from events.contract import SourceResynced
 from events.errors import ReconcilerError
 from events.ids import new_event_id
-from events.loops import HEARTBEATS, guarded
+from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
@@ -114,7 +114,7 @@ class OutboxRelay:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Connect, drain, listen; reconnect with backoff; return once ``stop`` is set."""
-        delay, reason = self._options.backoff_s, "start"
+        backoff, reason = Backoff(self._options.backoff_s, self._options.backoff_max_s), "start"
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -123,13 +123,12 @@ class OutboxRelay:
             except DISCONNECTS as e:
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
                 if time.monotonic() - started > self._options.keepalive_s:
-                    delay = self._options.backoff_s
+                    backoff.reset()
+                delay = backoff.next()
                 log.warning("database connection lost (%s: %s); reconnecting in %.1fs",
                             type(e).__name__, e, delay, extra={"source": SOURCE, "table": self._table})
                 reason = "reconnect"
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, self._options.backoff_max_s)
+                await sleep_unless_stopped(stop, delay)
 
     async def _session(self, stop: asyncio.Event, reason: str) -> None:
         conn = await asyncpg.connect(self._dsn, timeout=self._options.connect_timeout_s,

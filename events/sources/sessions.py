@@ -30,7 +30,6 @@ its active cycle), up to about 100 ms after the TTL ran out; that is fine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ from events import metrics
 from events.contract import EventBase, SessionExpired, SourceResynced
 from events.ids import new_event_id
 from events.keys import KeySpace
-from events.loops import HEARTBEATS, guarded
+from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
@@ -151,7 +150,7 @@ class SessionsSource:
             wait = min(IDLE_WAIT_S, self._coalescer.seconds_until_due(),
                        max(0.0, next_rescan - time.monotonic()))
             if pubsub is None:
-                await _wait(stop, wait)
+                await sleep_unless_stopped(stop, wait)
             else:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
                 if message is not None:
@@ -229,11 +228,6 @@ class SessionsSource:
         if events:
             await self._publisher.publish_many(events)
             metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def run_sessions_source(settings: Settings, redis: Any, stop: asyncio.Event) -> None:

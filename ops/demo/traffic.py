@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from events.gateway import GatewaySessions
 from events.keys import split_conversation_key
+from events.loops import sleep_unless_stopped
 from events.sessionfiles import FilePattern
 from events.settings import Settings
 from ops.demo.stage import CHANNEL, FLOWS, write_session_file
@@ -100,5 +101,4 @@ async def run_traffic(
             counts.bot_runs_started += 1
         await redis.rpush(queue, json.dumps({"to": phone, "text": "¿En qué te ayudo?"}))
         counts.messages_pushed += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(0.01, 0.05))
+        await sleep_unless_stopped(stop, rng.uniform(0.01, 0.05))
