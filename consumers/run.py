@@ -10,7 +10,6 @@ this role; the groups split the keys between them.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from typing import Any
 
@@ -18,7 +17,8 @@ import asyncpg
 
 from consumers.audit import Auditor
 from consumers.conversations import ConversationsHandler
-from consumers.runtime import GroupConsumer, GroupOptions, Handler
+from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.session_files import SessionFiles
 from events.publisher import Publisher, Retention
@@ -60,12 +60,12 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         purged = await conversations.purge_expired()
         if purged:
             log.info("purged %d quarantine entries past their retention", purged)
-        groups = [GroupConsumer(redis, _options(settings, "conversations",
-                                                keys.conversations_stream), conversations)]
-        sessions = _sessions_handler(settings, redis, auditor, timers)
-        if sessions is not None:
-            groups.append(GroupConsumer(redis, _options(settings, "sessions",
-                                                        keys.sessions_stream), sessions))
+        sessions = SessionsHandler(settings=settings, redis=redis, auditor=auditor, timers=timers)
+        groups = [
+            GroupConsumer(redis, _options(settings, "conversations", keys.conversations_stream),
+                          conversations),
+            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream), sessions),
+        ]
         await asyncio.gather(*(group.run(stop) for group in groups))
     finally:
         await pool.close()
@@ -80,18 +80,3 @@ def _options(settings: Settings, group: str, stream: str) -> GroupOptions:
         max_deliveries=settings.max_deliveries,
         claim_min_idle_s=settings.claim_min_idle_s,
     )
-
-
-def _sessions_handler(settings: Settings, redis: Any, auditor: Auditor,
-                      timers: TimerWheel) -> Handler | None:
-    """The ``sessions`` group's handler, when this build has it."""
-    try:
-        module = importlib.import_module("consumers.sessions")
-    except ModuleNotFoundError as e:
-        if e.name != "consumers.sessions":
-            raise
-        log.warning("consumers.sessions is not installed; the sessions group does not run")
-        return None
-    handler: Handler = module.SessionsHandler(settings=settings, redis=redis, auditor=auditor,
-                                              timers=timers)
-    return handler

@@ -12,7 +12,6 @@ ARCHITECTURE.md for what may run many times and what runs once).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Sequence
@@ -20,31 +19,30 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.run import run_consumers
 from events.settings import Settings
+from events.sources.folder import run_watcher
+from events.sources.postgres import run_relay
+from events.sources.sessions import run_sessions_source
+from events.sources.timers import run_timers
 from ops.health import operations
 from ops.runtime_env import open_environment
+from projections.runner import run_projections
 
 log = logging.getLogger(__name__)
 
 Role = Callable[[Settings, Redis, asyncio.Event], Coroutine[Any, Any, None]]
 
-ROLES: dict[str, str] = {
-    # role name -> "module:function"; imported only when the role runs
-    "projections": "projections.runner:run_projections",
-    "sessions": "events.sources.sessions:run_sessions_source",
-    "relay": "events.sources.postgres:run_relay",
-    "watcher": "events.sources.folder:run_watcher",
-    "consumers": "consumers.run:run_consumers",
-    "timers": "events.sources.timers:run_timers",
+ROLES: dict[str, Role] = {
+    "projections": run_projections,
+    "sessions": run_sessions_source,
+    "relay": run_relay,
+    "watcher": run_watcher,
+    "consumers": run_consumers,
+    "timers": run_timers,
 }
 
 ROLE_NAMES: tuple[str, ...] = tuple(ROLES)
-
-
-def _load(name: str) -> Role:
-    module, _, function = ROLES[name].partition(":")
-    role: Role = getattr(importlib.import_module(module), function)
-    return role
 
 
 async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Event | None = None) -> None:
@@ -60,7 +58,7 @@ async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Even
 async def serve_roles(settings: Settings, redis: Redis, names: Sequence[str], stop: asyncio.Event) -> None:
     """Run roles in this process until ``stop`` is set or one of them fails."""
     log.info("running roles: %s", ", ".join(names) or "(none)")
-    tasks = [asyncio.create_task(_load(n)(settings, redis, stop), name=f"role:{n}") for n in names]
+    tasks = [asyncio.create_task(ROLES[n](settings, redis, stop), name=f"role:{n}") for n in names]
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
