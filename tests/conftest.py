@@ -34,6 +34,12 @@ from ops.embedded import EmbeddedServer, start_postgres, start_redis
 
 RUN_ID = uuid.uuid4().hex[:8]
 
+# Child processes (workers, roles, the CLI) import this checkout, not whatever
+# copy of the packages is installed in the environment.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
 pytest_plugins = ("tests.pgroles",)
 
 
