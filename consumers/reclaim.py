@@ -13,18 +13,18 @@ earlier pass.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from redis.exceptions import ResponseError
 
 from consumers.deadletter import Failed
+from consumers.options import GroupOptions
 from consumers.replies import is_nogroup, text
 from events import metrics
 from events.loops import HEARTBEATS, sleep_unless_stopped
-
-if TYPE_CHECKING:
-    from consumers.runtime import GroupConsumer
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,24 @@ MAX_PAGES_PER_PASS = 20
 """Bound on XAUTOCLAIM pages per stream per pass, so one pass never runs away."""
 
 
+class ClaimingConsumer(Protocol):
+    """What the reclaimer needs of the consumer it claims for (a GroupConsumer)."""
+
+    redis: Any
+    options: GroupOptions
+    stopped: asyncio.Event
+
+    async def ensure_groups(self) -> None: ...
+
+    async def delivery_counts(self, stream: str, ids: Sequence[str]) -> dict[str, int]: ...
+
+    async def accept(self, stream: str, entries: Sequence[tuple[bytes, dict[bytes, bytes]]]) -> None: ...
+
+    async def dead_letter_entries(self, failures: Sequence[Failed], *, reason: str, error: str) -> None: ...
+
+
 class Reclaimer:
-    def __init__(self, consumer: GroupConsumer) -> None:
+    def __init__(self, consumer: ClaimingConsumer) -> None:
         self._consumer = consumer
         self._options = consumer.options
         self._name = f"consumer:{self._options.group}:reclaim"

@@ -17,7 +17,8 @@ import asyncpg
 
 from consumers.audit import Auditor
 from consumers.conversations import ConversationsHandler
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.session_files import SessionFiles

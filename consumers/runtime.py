@@ -21,12 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -35,6 +32,7 @@ from redis.exceptions import ResponseError
 from consumers.deadletter import Failed, dead_letter
 from consumers.errors import PermanentError, TemporaryError
 from consumers.keyqueue import Delivery, KeyQueue
+from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
 from consumers.replies import is_nogroup, is_unblocked, text
 from events import codec, metrics
@@ -53,31 +51,12 @@ SHUTDOWN_GRACE_S = 2.0
 RELEASED_CONSUMER = "released"
 """Where entries go that a stopping consumer could not finish."""
 
-
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+_RUNNING: list[GroupOptions] = []
 
 
-@dataclass(frozen=True, kw_only=True)
-class GroupOptions:
-    group: str
-    streams: tuple[str, ...]
-    deadletter_stream: str
-    consumer: str = field(default_factory=consumer_name)
-    read_count: int = 500
-    block_ms: int = 500
-    concurrency: int = 16
-    max_buffered: int = 5000
-    """Stop reading while this many entries wait or run (backpressure)."""
-    max_deliveries: int = 5
-    retry_backoff_s: float = 0.5
-    retry_backoff_max_s: float = 15.0
-    claim_min_idle_s: float = 30.0
-    claim_interval_s: float = 5.0
-    consumer_gone_after_s: float = 3600.0
-    ack_interval_s: float = 0.02
-    shutdown_deadline_s: float = 10.0
-    max_entry_bytes: int = codec.MAX_ENTRY_BYTES
+def running_groups() -> dict[str, tuple[str, ...]]:
+    """The groups this process consumes right now, each with its streams (for readiness)."""
+    return {options.group: options.streams for options in _RUNNING}
 
 
 class GroupConsumer:
@@ -124,6 +103,13 @@ class GroupConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then shut down within the deadline."""
         await self.ensure_groups()
+        _RUNNING.append(self.options)
+        try:
+            await self._run(stop)
+        finally:
+            _RUNNING.remove(self.options)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         prefix = self._loop_prefix
         reader = spawn(f"{prefix}:reader", self._read_loop, stall_after_s=60)
         workers = [

@@ -22,12 +22,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from events.contract import AUDIT, CONVERSATIONS, SESSIONS
+from consumers.runtime import running_groups
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, Heartbeats, spawn
 from events.readiness import READINESS, Readiness
@@ -140,8 +140,10 @@ def _json(value: Any) -> bytes:
 # -- the standard readiness checks -------------------------------------------
 
 
-def add_standard_checks(readiness: Readiness, *, redis: Any, keys: KeySpace,
-                        database_url: str | None, heartbeats: Heartbeats = HEARTBEATS) -> None:
+def add_standard_checks(
+    readiness: Readiness, *, redis: Any, keys: KeySpace, database_url: str | None,
+    groups: Callable[[], dict[str, tuple[str, ...]]] = running_groups,
+) -> None:
     """Redis reachable, PostgreSQL reachable, this process's consumer groups present."""
 
     async def redis_check() -> str | None:
@@ -149,13 +151,15 @@ def add_standard_checks(readiness: Readiness, *, redis: Any, keys: KeySpace,
         return None
 
     async def groups_check() -> str | None:
-        wanted = running_groups(heartbeats)
-        present: set[str] = set()
-        for name in (CONVERSATIONS, SESSIONS, AUDIT):
-            if await redis.exists(keys.stream(name)):
-                present |= {_text(g["name"]) for g in await redis.xinfo_groups(keys.stream(name))}
-        missing = sorted(wanted - present)
-        return f"missing consumer groups: {', '.join(missing)}" if missing else None
+        missing = []
+        for group, streams in groups().items():
+            for stream in streams:
+                present = ({_text(g["name"]) for g in await redis.xinfo_groups(stream)}
+                           if await redis.exists(stream) else set())
+                if group not in present:
+                    missing.append(group)
+                    break
+        return f"missing consumer groups: {', '.join(sorted(missing))}" if missing else None
 
     readiness.add("redis", redis_check)
     readiness.add("consumer_groups", groups_check)
@@ -175,12 +179,6 @@ def _postgres_check(database_url: str) -> Any:
         return None
 
     return check
-
-
-def running_groups(heartbeats: Heartbeats = HEARTBEATS) -> set[str]:
-    """Consumer groups this process runs (their reader loops are ``consumer:{group}:reader``)."""
-    return {name.split(":")[1] for name in heartbeats.report()
-            if name.startswith("consumer:") and name.endswith(":reader")}
 
 
 def _text(value: Any) -> str:

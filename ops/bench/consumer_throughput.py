@@ -34,7 +34,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.keyqueue import Delivery
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from events import codec
 from events.contract import ConversationBotFieldsChanged, ConversationRow
 from ops.bench import common

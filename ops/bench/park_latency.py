@@ -40,7 +40,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.audit import Auditor
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from events.contract import QueueObserved
 from events.ids import new_event_id

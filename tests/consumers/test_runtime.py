@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 from consumers.deadletter import list_dead_letters, retry_dead_letter
 from consumers.errors import PermanentError, TemporaryError
 from consumers.keyqueue import Delivery
-from consumers.runtime import RELEASED_CONSUMER, GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import RELEASED_CONSUMER, GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
 from tests.support import eventually, output_of, request, spawn_python

@@ -19,7 +19,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.audit import Auditor
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler, Timers, retention_member
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec

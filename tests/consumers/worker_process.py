@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from consumers.keyqueue import Delivery
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from events.keys import KeySpace
 
 

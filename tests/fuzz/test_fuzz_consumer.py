@@ -26,8 +26,9 @@ from redis.asyncio import Redis
 
 from consumers.deadletter import list_dead_letters
 from consumers.keyqueue import Delivery
+from consumers.options import GroupOptions
 from consumers.run import run_consumers
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.runtime import GroupConsumer
 from events import codec
 from events.contract import TAGS, SessionFileRemoved, SessionFileWritten
 from events.ids import new_event_id

@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from consumers.keyqueue import Delivery
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer, running_groups
 from events import metrics
 from events.keys import KeySpace
 from events.loops import Heartbeats
@@ -19,7 +20,7 @@ from events.publisher import Publisher
 from events.readiness import Readiness
 from events.settings import Settings
 from ops.group_metrics import GroupCollector
-from ops.health import HealthServer, add_standard_checks, operations, running_groups
+from ops.health import HealthServer, add_standard_checks, operations
 from tests.support import eventually, request
 
 
@@ -126,10 +127,10 @@ async def idle(key: str, deliveries: Sequence[Delivery]) -> None:
 async def test_readyz_waits_for_the_groups_this_process_runs(
     served: tuple[HealthServer, Heartbeats, Readiness], redis: Redis, keys: KeySpace
 ) -> None:
-    server, heartbeats, readiness = served
+    server, _, readiness = served
     address = f"127.0.0.1:{server.port}"
-    add_standard_checks(readiness, redis=redis, keys=keys, database_url=None, heartbeats=heartbeats)
-    heartbeats.register("consumer:health-test:reader", stall_after_s=60)
+    add_standard_checks(readiness, redis=redis, keys=keys, database_url=None,
+                        groups=lambda: {"health-test": (keys.sessions_stream,)})
     status, _, body = await get(address, "/readyz")
     assert status == 503
     assert "health-test" in json.loads(body)["checks"]["consumer_groups"]["detail"]

@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
 from ops.logs import JsonFormatter, RedactingFilter, TextFormatter

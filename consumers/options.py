@@ -1,0 +1,39 @@
+"""What a consumer group's runtime is told: which group, which streams, and its limits.
+
+Kept apart from :mod:`consumers.runtime` so the reclaimer can name the options
+without importing the runtime that runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from events import codec
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupOptions:
+    group: str
+    streams: tuple[str, ...]
+    deadletter_stream: str
+    consumer: str = field(default_factory=consumer_name)
+    read_count: int = 500
+    block_ms: int = 500
+    concurrency: int = 16
+    max_buffered: int = 5000
+    """Stop reading while this many entries wait or run (backpressure)."""
+    max_deliveries: int = 5
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 15.0
+    claim_min_idle_s: float = 30.0
+    claim_interval_s: float = 5.0
+    consumer_gone_after_s: float = 3600.0
+    ack_interval_s: float = 0.02
+    shutdown_deadline_s: float = 10.0
+    max_entry_bytes: int = codec.MAX_ENTRY_BYTES
