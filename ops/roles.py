@@ -26,6 +26,7 @@ from events.sources.postgres import run_relay
 from events.sources.sessions import run_sessions_source
 from events.sources.timers import run_timers
 from ops.health import operations
+from ops.prepare import prepare_database
 from ops.runtime_env import open_environment
 from projections.runner import run_projections
 
@@ -51,8 +52,10 @@ async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Even
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_environment(settings) as env, operations(env.settings, env.redis):
-        await serve_roles(env.settings, env.redis, names, stop)
+    async with open_environment(settings) as env:
+        await prepare_database(env, names)
+        async with operations(env.settings, env.redis):
+            await serve_roles(env.settings, env.redis, names, stop)
 
 
 async def serve_roles(settings: Settings, redis: Redis, names: Sequence[str], stop: asyncio.Event) -> None:

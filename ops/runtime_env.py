@@ -1,8 +1,13 @@
 """What every command needs before it can work: settings, servers, clients.
 
-:func:`open_environment` loads the settings, starts embedded Redis and
-PostgreSQL when no URLs are given (saying where), and yields connected
-clients.  Everything it started is stopped on exit.
+:func:`open_environment` loads the settings, uses the embedded Redis and
+PostgreSQL of the data folder when no URLs are given (the running ones, or
+started on the same data: :mod:`ops.embedded_state`; saying which), and
+yields connected clients.  The last command using the embedded servers stops
+them on exit.
+
+Connection failures become one line naming the store, the setting and the
+fix (:func:`connect_pg`, :func:`check_redis`), never a driver traceback.
 """
 
 from __future__ import annotations
@@ -11,31 +16,38 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from events.errors import ReconcilerError
 from events.settings import Settings
 from ops.config import load_settings
-from ops.embedded import EmbeddedServer, start_postgres, start_redis
+from ops.embedded_state import Attached, attach, detach
 from ops.redact import redact
 
 log = logging.getLogger(__name__)
+
+
+class StoreUnreachable(ReconcilerError):
+    """Redis or PostgreSQL cannot be used; the message names the setting and the fix."""
 
 
 @dataclass
 class Environment:
     settings: Settings
     redis: Redis
-    embedded: list[EmbeddedServer]
+    embedded: dict[str, str] = field(default_factory=dict)
+    """``{"redis": url, "postgres": url}`` for the embedded servers this command uses."""
 
     async def connect_pg(self) -> Any:
         """A new asyncpg connection to ``DATABASE_URL``."""
         assert self.settings.database_url is not None
-        return await asyncpg.connect(self.settings.database_url)
+        return await connect_pg(self.settings.database_url)
 
 
 def redis_client(url: str) -> Redis:
@@ -48,34 +60,65 @@ def settings_from_args(config: str | None, **overrides: Any) -> Settings:
                          overrides={k: v for k, v in overrides.items() if v is not None})
 
 
+async def connect_pg(url: str) -> Any:
+    """Connect, or raise :class:`StoreUnreachable` saying what is wrong with ``DATABASE_URL``."""
+    shown = redact(url)
+    try:
+        return await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidCatalogNameError as e:
+        raise StoreUnreachable(f"PostgreSQL at {shown}: {e}: create it, or fix the database "
+                               "name in DATABASE_URL") from e
+    except asyncpg.InvalidAuthorizationSpecificationError as e:
+        raise StoreUnreachable(f"PostgreSQL at {shown} refused the login: {e}: fix the user "
+                               "or password in DATABASE_URL") from e
+    except asyncpg.InvalidPasswordError as e:
+        raise StoreUnreachable(f"PostgreSQL at {shown} refused the login: {e}: fix the password "
+                               "in DATABASE_URL (or DATABASE_URL_FILE)") from e
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise StoreUnreachable(f"cannot reach PostgreSQL at {shown}: {reason}: start it, or fix "
+                               "DATABASE_URL (unset it to use the embedded one)") from e
+
+
+async def check_redis(redis: Redis, url: str) -> None:
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as e:
+        raise StoreUnreachable(f"cannot reach Redis at {redact(url)}: {e}: start it, or fix "
+                               "REDIS_URL (unset it to use the embedded one)") from e
+
+
 @contextlib.asynccontextmanager
 async def open_environment(settings: Settings, *, need_pg: bool = True) -> AsyncIterator[Environment]:
-    embedded: list[EmbeddedServer] = []
+    wanted = tuple(name for name, url, needed in (("redis", settings.redis_url, True),
+                                                  ("postgres", settings.database_url, need_pg))
+                   if needed and url is None)
+    attached = attach(settings.data_dir, wanted) if wanted else Attached(settings.data_dir)
     try:
-        if settings.redis_url is None:
-            server = start_redis(settings.data_dir / "redis")
-            embedded.append(server)
-            settings = replace(settings, redis_url=server.url)
-            _say(f"REDIS_URL not set: started embedded Redis at {server.url} "
-                 f"(data in {server.data_dir})")
-        if need_pg and settings.database_url is None:
-            server = start_postgres(settings.data_dir)
-            embedded.append(server)
-            settings = replace(settings, database_url=server.url)
-            _say(f"DATABASE_URL not set: started embedded PostgreSQL at {server.url}")
+        settings = _with_embedded(settings, attached)
         assert settings.redis_url is not None
         redis = redis_client(settings.redis_url)
         try:
-            await redis.ping()
-        except Exception as e:
-            raise ConnectionError(f"cannot reach Redis at {redact(settings.redis_url)}: {e}") from e
-        try:
-            yield Environment(settings=settings, redis=redis, embedded=embedded)
+            await check_redis(redis, settings.redis_url)
+            yield Environment(settings=settings, redis=redis, embedded=dict(attached.urls))
         finally:
             await redis.aclose()
     finally:
-        for server in reversed(embedded):
-            server.stop()
+        detach(attached)
+
+
+def _with_embedded(settings: Settings, attached: Attached) -> Settings:
+    if "redis" in attached.urls:
+        settings = replace(settings, redis_url=attached.urls["redis"])
+    if "postgres" in attached.urls:
+        settings = replace(settings, database_url=attached.urls["postgres"])
+    for name, label in (("redis", "Redis"), ("postgres", "PostgreSQL")):
+        if name in attached.urls:
+            setting = "REDIS_URL" if name == "redis" else "DATABASE_URL"
+            verb = "started" if name in attached.started else "using the running"
+            _say(f"{setting} not set: {verb} embedded {label} at {attached.urls[name]} "
+                 f"(data in {attached.data_dir})")
+    return settings
 
 
 def _say(text: str) -> None:

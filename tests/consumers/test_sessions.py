@@ -39,7 +39,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
-from tests.support import eventually
+from tests.support import eventually, group_caught_up
 
 SESSION = "940740243"
 
@@ -94,11 +94,8 @@ async def sessions_group(redis: Redis, settings: Settings,
 
 async def drained(redis: Redis, keys: KeySpace) -> None:
     """Wait until the group has read and acked every entry of the sessions stream."""
-    async def done() -> bool:
-        groups = await redis.xinfo_groups(keys.sessions_stream)
-        return any(g["name"] == b"sessions" and g["pending"] == 0 and g["lag"] == 0
-                   for g in groups)
-    await eventually(done, message="the sessions group to ack everything")
+    await eventually(lambda: group_caught_up(redis, keys.sessions_stream, "sessions"),
+                     message="the sessions group to ack everything")
 
 
 async def audits(redis: Redis, keys: KeySpace, action: str | None = None) -> list[ActionRecorded]:

@@ -29,7 +29,7 @@ from events.gateway import GatewaySessions
 from events.settings import Settings
 from ops import migrate
 from ops.roles import serve_roles
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, group_caught_up
 
 T = TypeVar("T")
 ROLES = ("relay", "watcher", "sessions", "consumers", "timers")
@@ -111,8 +111,7 @@ class Running:
     async def quiet(self) -> bool:
         """No entry waits for a group, none is being handled, no deadline is due."""
         for name, attr in GROUPS:
-            group = await self._group(name, attr)
-            if group is None or group.get("pending") or group.get("lag") not in (0, None):
+            if not await group_caught_up(self.redis, getattr(self.keys, attr), name):
                 return False
         due = await self.redis.zrangebyscore(self.keys.deadlines, "-inf", time.time() * 1000)
         return not due

@@ -1,8 +1,10 @@
 """The hash tags, proven on a real three-node Redis Cluster.
 
-The test starts three ``redis-server --cluster-enabled yes`` on free
-127.0.0.1 ports in temporary folders, joins them with ``redis-cli --cluster
-create``, and runs the real code with ``redis.asyncio.cluster.RedisCluster``:
+The test starts three servers with ``--cluster-enabled yes`` (the embedded
+binary of :func:`ops.embedded.redis_binary`, Redis 7 or newer, not whatever is
+first on PATH) on free 127.0.0.1 ports in temporary folders, splits the slots
+between them and joins them with CLUSTER MEET, and runs
+the real code with ``redis.asyncio.cluster.RedisCluster``:
 publishing, a consumer group reading several streams in one XREADGROUP, a
 dead letter written and acked in one MULTI, the parked-queue Lua scripts
 (queue and parked list in one slot) and the timer script (deadlines and
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import shutil
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
+import redis as sync_redis
 from redis.asyncio.cluster import RedisCluster
 
 from consumers.errors import PermanentError
@@ -29,6 +31,7 @@ from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
+from ops.embedded import redis_binary
 from ops.group_metrics import GroupCollector
 from tests.support import eventually, request
 
@@ -54,34 +57,51 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def redis_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, timeout=60)
+def node(port: int) -> sync_redis.Redis:
+    return sync_redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+
+def answers(port: int, check: str) -> bool:
+    try:
+        with node(port) as client:
+            if check == "ping":
+                return bool(client.ping())
+            return bool(client.execute_command("CLUSTER INFO").get("cluster_state") == "ok")
+    except sync_redis.RedisError:
+        return False
+
+
+def form_cluster(ports: list[int]) -> None:
+    """What ``redis-cli --cluster create`` does: split the 16384 slots, then meet."""
+    step = 16384 // len(ports)
+    for i, port in enumerate(ports):
+        last = 16383 if i == len(ports) - 1 else (i + 1) * step - 1
+        with node(port) as client:
+            client.execute_command("CLUSTER ADDSLOTSRANGE", i * step, last)
+    for port in ports[1:]:
+        with node(port) as client:
+            client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
-    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
-        pytest.fail("redis-server and redis-cli are needed on PATH for the cluster test")
+    binary = redis_binary().path
     ports = free_ports(NODES)
     servers: list[subprocess.Popen[bytes]] = []
     try:
         for port in ports:
             folder = tmp_path_factory.mktemp(f"cluster-{port}")
             servers.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                [binary, "--port", str(port), "--bind", "127.0.0.1",
                  "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
                  "--dir", str(folder), "--save", "", "--appendonly", "no",
                  "--logfile", str(folder / "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in ports:
-            wait_for(lambda p=port: redis_cli("-p", str(p), "ping").stdout.strip() == "PONG",
-                     f"redis-server on port {port}")
-        created = redis_cli("--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                            "--cluster-replicas", "0", "--cluster-yes")
-        assert created.returncode == 0, created.stdout + created.stderr
+            wait_for(lambda p=port: answers(p, "ping"), f"cluster node on port {port}")
+        form_cluster(ports)
         for port in ports:
-            wait_for(lambda p=port: "cluster_state:ok" in redis_cli("-p", str(p), "cluster", "info").stdout,
-                     f"cluster state ok on port {port}")
+            wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
         yield ports
     finally:
         for server in servers:
