@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events import metrics
-from events.contract import ActionOutcome, ActionRecorded, EventBase, Source
+from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.ids import new_event_id
 from events.publisher import Publisher
 
@@ -46,6 +46,7 @@ class Auditor:
             source=self._source,
             key=key,
             cause_id=cause.id if cause is not None else None,
+            cause_type=tag_of(type(cause)) if cause is not None else None,
             action=action,
             target=target[:512],
             outcome=outcome,

@@ -35,6 +35,7 @@ Source = Literal["postgres", "folder", "gateway", "queues", "timers", "reconcile
 CONVERSATIONS = "conversations"
 SESSIONS = "sessions"
 AUDIT = "audit"
+NOTIFICATIONS = "notifications"
 
 
 class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -260,6 +261,23 @@ class ActionRecorded(EventBase, frozen=True, kw_only=True, tag="audit.action"):
     reason: BoundedText = ""
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    cause_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """The wire tag of the cause event (``cause_id``), when there is one."""
+
+
+# --------------------------------------------------------------------------
+# Outbound notifications (consumers/notifier.py).
+
+
+class WebhookDue(EventBase, frozen=True, kw_only=True, tag="webhook.due"):
+    """One notification to POST to one URL; ``key`` is ``{notification_id}:{url digest}``."""
+
+    stream: ClassVar[str] = NOTIFICATIONS
+    notification_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    """The idempotency key receivers dedupe on: the id of the audit entry or event."""
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    body: str
+    """The JSON document, exactly as it is sent (and signed) on every try."""
 
 
 Event = (
@@ -286,6 +304,7 @@ Event = (
     | SourceResynced
     | ReconcileRequested
     | ActionRecorded
+    | WebhookDue
 )
 """Every event, as one tagged union: decode with ``type=Event``."""
 

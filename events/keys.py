@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from events.contract import AUDIT, CONVERSATIONS, SESSIONS
+from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -57,6 +57,11 @@ class KeySpace:
         return self.stream(AUDIT)
 
     @property
+    def notifications_stream(self) -> str:
+        """Webhook deliveries waiting to be POSTed (one entry per notification and URL)."""
+        return self.stream(NOTIFICATIONS)
+
+    @property
     def deadletter_stream(self) -> str:
         return self.stream("deadletter")
 
@@ -84,6 +89,10 @@ class KeySpace:
     def planned(self, digest: str) -> str:
         """A dry-run action already recorded as planned for the same observed state."""
         return f"{self.prefix}planned:{digest}"
+
+    def webhook_delivered(self, delivery_key: str) -> str:
+        """Set once a webhook delivery got a 2xx, so a duplicate entry is not sent again."""
+        return f"{self.prefix}webhook-delivered:{delivery_key}"
 
     # -- gateway sessions and queues -------------------------------------
 

@@ -96,6 +96,20 @@ QUARANTINED_FILES = Gauge(
     "reconciler_quarantined_files", "Session files waiting in the quarantine folder."
 )
 
+# -- outbound notifications (consumers/webhooks.py) --------------------------
+
+WEBHOOK_ATTEMPTS = Counter(
+    "reconciler_webhook_attempts_total",
+    "Webhook POSTs by result: delivered, http_5xx, http_429, network (all retried), rejected "
+    "(other answers: dead-lettered at once).",
+    ["result"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "reconciler_webhook_latency_seconds",
+    "From the notified audit entry or event (occurred_at) to its webhook delivered.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+
 # -- consumer groups (read from XINFO / XPENDING by ops.group_metrics) --------
 
 GROUP_LAG = Gauge(

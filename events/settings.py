@@ -70,6 +70,23 @@ class Settings:
     watch_polling: bool = False
     """Watch the sessions folder by polling instead of inotify (network file systems)."""
 
+    # outbound notifications (consumers/notifier.py)
+    webhook_urls: tuple[str, ...] = ()
+    """Where notifications are POSTed; none: the notifier role idles."""
+    webhook_secret: str | None = field(default=None, repr=False)
+    """HMAC-SHA256 key of the ``Reconciler-Signature`` header."""
+    webhook_on: tuple[str, ...] = ("*:done", "*:failed", "session.expired", "inconsistency")
+    """What is notified: ``ACTION:OUTCOME`` (``*`` matches any), ``session.expired``,
+    ``inconsistency`` (audited reports, actions named ``report_*``)."""
+    webhook_max_tries: int = 8
+    """Tries per delivery before it goes to the dead letters (a 4xx other than 429: one)."""
+    webhook_backoff_s: float = 1.0
+    """First retry delay; doubled on every try, with full jitter."""
+    webhook_backoff_max_s: float = 300.0
+    """Longest wait between tries (``Retry-After`` included)."""
+    webhook_timeout_s: float = 10.0
+    """Per-request timeout (connect, write, read)."""
+
     # consumer runtime
     max_deliveries: int = 5
     claim_min_idle_s: float = 30.0

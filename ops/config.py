@@ -112,6 +112,27 @@ def _address(text: str) -> str:
     return text
 
 
+def _webhook_urls(text: str) -> tuple[str, ...]:
+    """``https://a.example/hook,https://b.example/hook`` (commas or spaces)."""
+    urls = tuple(u for u in re.split(r"[,\s]+", text) if u)
+    for url in urls:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("each URL must start with http:// or https:// and name a host")
+    return urls
+
+
+WEBHOOK_SELECTOR = re.compile(r"^(session\.expired|inconsistency|[a-z0-9_*]+:[a-z*]+)$")
+
+
+def _webhook_on(text: str) -> tuple[str, ...]:
+    """``*:done,quarantine_file:*,session.expired,inconsistency``"""
+    selectors = tuple(p for p in re.split(r"[,\s]+", text) if p)
+    for selector in selectors:
+        if not WEBHOOK_SELECTOR.match(selector):
+            raise ValueError(f"{selector!r} is not ACTION:OUTCOME, session.expired or inconsistency")
+    return selectors
+
+
 VARIABLES: tuple[_Var, ...] = (
     _Var("REDIS_URL", "redis_url", _url("redis", "rediss", "unix")),
     _Var("DATABASE_URL", "database_url", _url("postgres", "postgresql")),
@@ -139,6 +160,13 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_MAX_DELIVERIES", "max_deliveries", _positive_int),
     _Var("RECONCILER_CLAIM_MIN_IDLE_S", "claim_min_idle_s", _seconds),
     _Var("RECONCILER_CONCURRENCY", "concurrency", _positive_int),
+    _Var("RECONCILER_WEBHOOK_URLS", "webhook_urls", _webhook_urls),
+    _Var("RECONCILER_WEBHOOK_SECRET", "webhook_secret", str),
+    _Var("RECONCILER_WEBHOOK_ON", "webhook_on", _webhook_on),
+    _Var("RECONCILER_WEBHOOK_MAX_TRIES", "webhook_max_tries", _positive_int),
+    _Var("RECONCILER_WEBHOOK_BACKOFF_S", "webhook_backoff_s", _seconds),
+    _Var("RECONCILER_WEBHOOK_BACKOFF_MAX_S", "webhook_backoff_max_s", _seconds),
+    _Var("RECONCILER_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", _seconds),
 )
 
 COLUMN_PREFIX = "RECONCILER_COLUMN_"
@@ -181,7 +209,8 @@ def _raw_value(name: str, env: Mapping[str, str], file_values: Mapping[str, Any]
             raise ConfigError(f"{file_var}: cannot read {env[file_var]}: {e.strerror}") from e
     for candidate in (name, name.lower(), name.removeprefix("RECONCILER_").lower()):
         if candidate in file_values:
-            return str(file_values[candidate])
+            value = file_values[candidate]
+            return ",".join(map(str, value)) if isinstance(value, list) else str(value)
     return None
 
 
@@ -216,10 +245,15 @@ def _check(settings: Settings) -> None:
         raise ConfigError("RECONCILER_QUARANTINE_DIR: must differ from RECONCILER_SESSIONS_DIR")
     if settings.session_ttl_s < 1:
         raise ConfigError("RECONCILER_SESSION_TTL_S: must be at least 1 second")
+    if settings.webhook_urls and not settings.webhook_secret:
+        raise ConfigError("RECONCILER_WEBHOOK_SECRET: needed to sign webhooks when "
+                          "RECONCILER_WEBHOOK_URLS is set (or set RECONCILER_WEBHOOK_SECRET_FILE)")
 
 
 def _shown(name: str, raw: str) -> str:
-    if name.endswith("_URL"):
+    if name.endswith("_SECRET"):
+        return "a secret, not shown"
+    if name.endswith(("_URL", "_URLS")):
         from ops.redact import redact
 
         return repr(redact(raw))

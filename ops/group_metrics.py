@@ -25,7 +25,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from events import metrics
-from events.contract import AUDIT, CONVERSATIONS, SESSIONS
+from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, sleep_unless_stopped
 
@@ -36,7 +36,7 @@ COLLECT_INTERVAL_S = 5.0
 LAG_COUNT_LIMIT = 100_000
 """When Redis cannot tell the lag (after XDEL / trimming), count at most this many entries."""
 
-STREAMS = (CONVERSATIONS, SESSIONS, AUDIT)
+STREAMS = (CONVERSATIONS, SESSIONS, AUDIT, NOTIFICATIONS)
 
 
 @dataclass(frozen=True, slots=True)

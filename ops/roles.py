@@ -41,6 +41,7 @@ ROLES: dict[str, Role] = {
     "watcher": run_watcher,
     "consumers": run_consumers,
     "timers": run_timers,
+    "notifier": run_notifier,
 }
 
 ROLE_NAMES: tuple[str, ...] = tuple(ROLES)

@@ -90,3 +90,40 @@ def test_flow_timeouts() -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("redis://:pw@host:6379/0 and postgresql://u:p@h/db") == (
         "redis://:***@host:6379/0 and postgresql://u:***@h/db")
+
+
+def test_webhook_settings(tmp_path: Path) -> None:
+    secret = tmp_path / "hook-secret"
+    secret.write_text("from-a-file\n")
+    settings = load_settings({
+        "RECONCILER_WEBHOOK_URLS": "https://crm.example/hooks, http://127.0.0.1:8080/h",
+        "RECONCILER_WEBHOOK_SECRET_FILE": str(secret),
+        "RECONCILER_WEBHOOK_ON": "quarantine_file:*,*:failed,session.expired",
+        "RECONCILER_WEBHOOK_MAX_TRIES": "3"})
+    assert settings.webhook_urls == ("https://crm.example/hooks", "http://127.0.0.1:8080/h")
+    assert settings.webhook_secret == "from-a-file"
+    assert "from-a-file" not in repr(settings)
+    assert settings.webhook_on == ("quarantine_file:*", "*:failed", "session.expired")
+    assert settings.webhook_max_tries == 3
+    toml = tmp_path / "settings.toml"
+    toml.write_text('webhook_urls = ["https://a.example/h", "https://b.example/h"]\n'
+                    'webhook_secret = "x"\n')
+    assert load_settings({}, config_file=toml).webhook_urls == ("https://a.example/h",
+                                                               "https://b.example/h")
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"RECONCILER_WEBHOOK_URLS": "https://crm.example/h"}, "RECONCILER_WEBHOOK_SECRET: needed"),
+    ({"RECONCILER_WEBHOOK_URLS": "ftp://x/h", "RECONCILER_WEBHOOK_SECRET": "s"},
+     "RECONCILER_WEBHOOK_URLS: each URL must start with http"),
+    ({"RECONCILER_WEBHOOK_ON": "quarantine"}, "RECONCILER_WEBHOOK_ON: 'quarantine' is not"),
+])
+def test_bad_webhook_settings_name_the_setting(env: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_settings(env)
+
+
+def test_a_bad_webhook_url_is_shown_without_its_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"RECONCILER_WEBHOOK_URLS": "ftp://u:hunter2@x/h"})
+    assert "hunter2" not in str(info.value)
