@@ -38,7 +38,8 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from consumers.keyqueue import Delivery
-from consumers.runtime import GroupConsumer, GroupOptions
+from consumers.options import GroupOptions
+from consumers.runtime import GroupConsumer
 from consumers.webhooks import WebhookSender
 from events.contract import ActionRecorded, EventBase, SessionExpired, WebhookDue, tag_of
 from events.ids import new_event_id

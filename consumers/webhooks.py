@@ -42,6 +42,7 @@ from consumers.keyqueue import Delivery
 from events import metrics
 from events.contract import WebhookDue
 from events.keys import KeySpace
+from events.loops import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,7 @@ def retry_delay(tries: int, *, retry_after: str | None, base_s: float, max_s: fl
     hinted = _retry_after_s(retry_after)
     if hinted is not None:
         return min(max_s, hinted)
-    ceiling = min(max_s, base_s * 2.0 ** max(0, tries - 1))
-    return ceiling * rand()
+    return backoff_delay(base_s, max_s, max(0, tries - 1)) * rand()
 
 
 def _retry_after_s(value: str | None) -> float | None:

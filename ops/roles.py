@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.notifier import run_notifier
 from consumers.run import run_consumers
 from events.settings import Settings
 from events.sources.folder import run_watcher

@@ -106,8 +106,9 @@ def receiver() -> Any:
 
 
 def notifier_settings(settings: Settings, *urls: str, **changes: Any) -> Settings:
-    return replace(settings, webhook_urls=urls, webhook_secret=SECRET, webhook_backoff_s=0.05,
-                   webhook_backoff_max_s=0.4, webhook_timeout_s=2.0, **changes)
+    base = {"webhook_urls": urls, "webhook_secret": SECRET, "webhook_backoff_s": 0.05,
+            "webhook_backoff_max_s": 0.4, "webhook_timeout_s": 2.0}
+    return replace(settings, **{**base, **changes})
 
 
 @contextlib.asynccontextmanager
@@ -223,7 +224,7 @@ async def test_429_waits_retry_after_then_delivers(
         settings: Settings, redis: Redis, receiver: Receiver) -> None:
     receiver.answer = lambda n: (429, {"Retry-After": "1"}) if n == 1 else (200, {})
     receiver.start()
-    s = notifier_settings(settings, receiver.url)
+    s = notifier_settings(settings, receiver.url, webhook_backoff_max_s=5.0)
     async with notifier(s, redis):
         action = await record(auditor_for(s, redis), "park_queue", "done", key="940740243")
         await eventually(lambda: _true(action in receiver.delivered()), message="delivered after 429")
@@ -262,7 +263,7 @@ async def test_sigkilled_notifier_loses_nothing(
     env = {**role_env(s, s.redis_url or ""), "RECONCILER_WEBHOOK_URLS": receiver.url,
            "RECONCILER_WEBHOOK_SECRET": SECRET, "RECONCILER_WEBHOOK_BACKOFF_S": "0.05",
            "RECONCILER_WEBHOOK_BACKOFF_MAX_S": "0.4", "RECONCILER_WEBHOOK_TIMEOUT_S": "2",
-           "RECONCILER_CONCURRENCY": "2", "PYTHONPATH": str(EXAMPLES.parent)}
+           "RECONCILER_CONCURRENCY": "2"}
     first = RoleProcess("notifier-a", "notifier", env, tmp_path)
     second = RoleProcess("notifier-b", "notifier", env, tmp_path)
     first.start()
