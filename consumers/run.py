@@ -1,7 +1,9 @@
 """The ``consumers`` role: the ``conversations`` and ``sessions`` consumer groups in one process.
 
 It opens what the handlers share (an asyncpg pool, the publisher and the
-auditor, the timer wheel), purges quarantine entries past their retention
+auditor, the timer wheel), waits until its database role holds the grants it
+needs (:mod:`events.grants`: one clear line and a failing ``/readyz`` meanwhile,
+never a dead letter per event), purges quarantine entries past their retention
 (the list before the watch: deadlines cover the rest), and runs one
 :class:`GroupConsumer` per group until ``stop``.  Several processes may run
 this role; the groups split the keys between them.
@@ -22,6 +24,7 @@ from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.session_files import SessionFiles
+from events.grants import missing_grants, wait_until_granted
 from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.timers import TimerWheel
@@ -55,6 +58,9 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
                                                                      settings.concurrency)),
                                      reset=_no_session_state)
     try:
+        if not await wait_until_granted(lambda: _missing(pool, settings), role="consumers",
+                                        stop=stop):
+            return
         conversations = ConversationsHandler(
             settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
             redis=redis, auditor=auditor, timers=timers)
@@ -70,6 +76,11 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         await asyncio.gather(*(group.run(stop) for group in groups))
     finally:
         await pool.close()
+
+
+async def _missing(pool: Any, settings: Settings) -> list[str]:
+    async with pool.acquire() as conn:
+        return await missing_grants(conn, settings, "consumers")
 
 
 def _options(settings: Settings, group: str, stream: str) -> GroupOptions:

@@ -8,8 +8,10 @@ Served on ``RECONCILER_METRICS_ADDR`` (``127.0.0.1:9464`` by default):
   :data:`events.loops.HEARTBEATS`), 503 otherwise; the JSON body lists the
   loops.  Wire it to a liveness probe: a stuck process is restarted;
 * ``GET /readyz`` -- 200 when every readiness check passes (Redis and
-  PostgreSQL reachable, consumer groups present, sources caught up; see
-  :mod:`events.readiness`), 503 with the failing ones otherwise.
+  PostgreSQL reachable, consumer groups present, each source of this process
+  past its first snapshot, each role holding its database grants; see
+  :mod:`events.readiness` and :mod:`events.grants`), 503 with the failing
+  ones otherwise.
 
 No web framework: three GET routes and a probe every few seconds do not
 need one, and the server must keep answering while the rest of the process

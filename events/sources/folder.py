@@ -55,6 +55,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
+from events.readiness import READINESS
 from events.sessionfiles import FilePattern
 from events.settings import Settings
 from events.sources.folder_scan import FOLDER_KEY, SOURCE, FolderView
@@ -62,6 +63,8 @@ from events.sources.folder_scan import FOLDER_KEY, SOURCE, FolderView
 log = logging.getLogger(__name__)
 
 LOOP_NAME = "folder-watcher"
+READY_FLAG = "source:files"
+"""Not ready until the first snapshot of the sessions folder is published."""
 WATCH_STEP_MS = 2
 """Quiet time after a change before watchfiles yields (its default is 50).  The
 Rust side wakes every ``step`` ms, so latency is about 2-3 steps plus our work:
@@ -86,7 +89,8 @@ def state_key(keys: KeySpace) -> str:
 async def run_watcher(settings: Settings, redis: Redis, stop: asyncio.Event) -> None:
     """Role ``watcher``: publish session-folder changes until ``stop`` is set."""
     watcher = FolderWatcher(settings, redis)
-    await guarded(LOOP_NAME, partial(watcher.run, stop), stall_after_s=STALL_AFTER_S, stop=stop)
+    with READINESS.flagged(READY_FLAG, "first snapshot of the sessions folder not published yet"):
+        await guarded(LOOP_NAME, partial(watcher.run, stop), stall_after_s=STALL_AFTER_S, stop=stop)
 
 
 class FolderWatcher:
@@ -144,6 +148,7 @@ class FolderWatcher:
             *self._resynced(resync_reason),
         ], replace_state=True)
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
+        READINESS.ready(READY_FLAG)
         log.info("sessions folder snapshot: %d items", items,
                  extra={"source": SOURCE, "snapshot_id": snapshot_id})
 

@@ -39,15 +39,19 @@ from redis.asyncio import Redis
 from events import metrics
 from events.contract import SourceResynced
 from events.errors import ReconcilerError
+from events.grants import missing_grants, wait_until_granted
 from events.ids import new_event_id
 from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
+from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
 
 log = logging.getLogger(__name__)
 
 SOURCE: Final = "postgres"
+READY_FLAG: Final = "source:postgres"
+"""Not ready until the first drain of the outbox is published."""
 APPLICATION_NAME = "reconciler-relay"
 """Shown in ``pg_stat_activity``, so an operator can find the relay's connection."""
 READABLE_CREATED_AT = ("CASE WHEN created_at BETWEEN '0001-01-02' AND '9999-12-30' "
@@ -97,6 +101,7 @@ class OutboxRelay:
         if settings.database_url is None:
             raise ReconcilerError("the relay needs DATABASE_URL")
         self._dsn = settings.database_url
+        self._settings = settings
         self._table = settings.table
         self._names = outbox_names(settings.table)
         self._publisher = publisher
@@ -120,13 +125,15 @@ class OutboxRelay:
             try:
                 await self._session(stop, reason)
                 return
-            except DISCONNECTS as e:
+            except (*DISCONNECTS, asyncpg.InsufficientPrivilegeError) as e:
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
                 if time.monotonic() - started > self._options.keepalive_s:
                     backoff.reset()
                 delay = backoff.next()
-                log.warning("database connection lost (%s: %s); reconnecting in %.1fs",
-                            type(e).__name__, e, delay, extra={"source": SOURCE, "table": self._table})
+                what = ("a right was revoked" if isinstance(e, asyncpg.InsufficientPrivilegeError)
+                        else "database connection lost")
+                log.warning("%s (%s: %s); reconnecting in %.1fs", what, type(e).__name__, e,
+                            delay, extra={"source": SOURCE, "table": self._table})
                 reason = "reconnect"
                 await sleep_unless_stopped(stop, delay)
 
@@ -136,6 +143,10 @@ class OutboxRelay:
         lost, doorbell = asyncio.Event(), asyncio.Event()
         conn.add_termination_listener(lambda _conn: lost.set())
         try:
+            if not await wait_until_granted(
+                    lambda: missing_grants(conn, self._settings, "relay"), role="relay", stop=stop,
+                    beat=lambda: HEARTBEATS.beat(self.loop_name)):
+                return
             await conn.add_listener(self._names.channel, lambda *_args: doorbell.set())
             backlog = await self.drain(conn)
             await self._resynced(reason, backlog)
@@ -201,6 +212,7 @@ class OutboxRelay:
             id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE,
             key=f"{SOURCE}:{self._table}"[:256], reason=reason))
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
+        READINESS.ready(READY_FLAG)
         log.info("relay for %s %s: %d backlog row(s) handled, listening", self._table,
                  "started" if reason == "start" else "reconnected", backlog,
                  extra={"source": SOURCE, "table": self._table})
@@ -224,5 +236,6 @@ async def run_relay(settings: Settings, redis: Redis, stop: asyncio.Event,
                     options: RelayOptions | None = None) -> None:
     """The ``relay`` role: publish the outbox of ``settings.table`` until ``stop`` is set."""
     relay = OutboxRelay(settings, publisher_for(settings, redis), options)
-    await guarded(relay.loop_name, lambda: relay.serve(stop),
-                  stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)
+    with READINESS.flagged(READY_FLAG, "first drain of the outbox not published yet"):
+        await guarded(relay.loop_name, lambda: relay.serve(stop),
+                      stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)

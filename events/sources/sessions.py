@@ -43,12 +43,15 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.publisher import Publisher, Retention
+from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
 
 log = logging.getLogger(__name__)
 
 LOOP = "source:sessions"
+READY_FLAG = "source:sessions"
+"""Not ready until the first listing of leases and queues is published."""
 REQUIRED_FLAGS = "Kxl"
 """Keyspace events (K) for expired keys (x) and list commands (l)."""
 ALL_FLAGS_ALIAS = "g$lshzxetd"
@@ -195,6 +198,7 @@ class SessionsSource:
                                 source="gateway", key="sessions", reason=reason,
                                 scope="sessions")
         await self._publish([marker])
+        READINESS.ready(READY_FLAG)
         log.info("sessions source resynced (%s)", reason, extra={"source": SOURCE})
 
     async def scan(self) -> None:
@@ -233,5 +237,6 @@ class SessionsSource:
 async def run_sessions_source(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """The ``sessions`` role: watch leases and queues until ``stop`` is set."""
     source = SessionsSource(settings, redis)
-    await guarded(LOOP, lambda: source.run(stop), stall_after_s=max(60.0, 10 * IDLE_WAIT_S),
-                  stop=stop)
+    with READINESS.flagged(READY_FLAG, "first listing of leases and queues not published yet"):
+        await guarded(LOOP, lambda: source.run(stop), stall_after_s=max(60.0, 10 * IDLE_WAIT_S),
+                      stop=stop)
