@@ -8,11 +8,15 @@ names and contents as untrusted input:
   channel made of safe characters -- so a path is never built from anything
   else, and never contains a separator or ``..``;
 * a path is resolved and must stay inside the folder; symlinks are refused;
+* a file is opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked by ``fstat`` of the
+  descriptor, so a link, FIFO or device swapped in after a check is refused, never
+  followed or waited on;
 * a file is read with a size limit, and bad JSON is an error value, not an exception.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -93,8 +97,47 @@ def path_inside(folder: Path, name: str) -> Path | Rejected:
     return candidate
 
 
+def open_regular(path: Path) -> tuple[int, os.stat_result] | Rejected:
+    """Open ``path`` for reading without following a link or blocking; the descriptor and
+    its ``fstat``, or why not.
+
+    ``O_NONBLOCK`` makes the open of a FIFO (or device) swapped in under the name return at
+    once instead of waiting for a writer; ``fstat`` of the descriptor, not the name, then
+    says what was really opened.  ``FileNotFoundError`` passes through.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return Rejected("symlink", "symbolic links are not followed")
+        return Rejected("unreadable", e.strerror or type(e).__name__)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return Rejected("not_a_file", "not a regular file")
+    return fd, info
+
+
+def read_bounded(path: Path, *, max_bytes: int) -> tuple[bytes, os.stat_result] | Rejected:
+    """At most ``max_bytes`` of the regular file ``path`` (see :func:`open_regular`)."""
+    opened = open_regular(path)
+    if isinstance(opened, Rejected):
+        return opened
+    fd, info = opened
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size > max_bytes:
+            return Rejected("oversized", f"{info.st_size} bytes is over the {max_bytes}-byte limit")
+        raw = handle.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        return Rejected("oversized", f"over the {max_bytes}-byte limit")
+    return raw, info
+
+
 def read_session_file(path: Path, *, max_bytes: int) -> SessionFile | Rejected:
-    """Read ``flowId`` from a session file without following links or reading too much."""
+    """Read ``flowId`` from a session file without following links, blocking or reading
+    too much (a FIFO, a device or a link swapped in under the name is rejected)."""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -105,18 +148,14 @@ def read_session_file(path: Path, *, max_bytes: int) -> SessionFile | Rejected:
         return Rejected("symlink", "symbolic links are not followed")
     if not stat.S_ISREG(info.st_mode):
         return Rejected("not_a_file", "not a regular file")
-    if info.st_size > max_bytes:
-        return Rejected("oversized", f"{info.st_size} bytes is over the {max_bytes}-byte limit")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        return Rejected("unreadable", e.strerror or type(e).__name__)
-    with os.fdopen(fd, "rb") as handle:
-        raw = handle.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        return Rejected("oversized", f"over the {max_bytes}-byte limit")
+    read = read_bounded(path, max_bytes=max_bytes)
+    if isinstance(read, Rejected):
+        return read
+    return parse_session_file(read[0])
+
+
+def parse_session_file(raw: bytes) -> SessionFile | Rejected:
+    """What the bytes of a session file say (its ``flowId``), or why they are not one."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
         content = json.loads(raw)

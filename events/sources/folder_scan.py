@@ -16,8 +16,9 @@ files were removed while it was down.
 
 Names are untrusted input:
 
-* temporary files of writers (``.name``, ``tmp*``, ``*.tmp``, ``*~``, ...) are
-  ignored quietly -- an atomic replace goes through one;
+* temporary files of writers (``.name``, ``tmp*``, ``*.tmp``, ``*~``, ``name.<digits>``
+  of write-file-atomic, ``name<random>`` of Python's ``tempfile``, ...) are ignored
+  quietly -- an atomic replace goes through one (see :func:`is_temporary`);
 * other names that are not ours are reported once (reason ``not_ours``, key
   ``folder``) and never read;
 * our names are read with :func:`events.sessionfiles.read_session_file`, which
@@ -56,15 +57,35 @@ SETTLE_S = 1.0
 """How long an unparsable file may be mid-write before it is reported."""
 
 TEMP_NAME = re.compile(
-    r"^(\.|tmp)|(~|\.tmp|\.temp|\.swp|\.swx|\.part|\.partial|\.crdownload)$|\.tmp\.", re.IGNORECASE
+    r"^(\.|tmp)|(~|\.tmp|\.temp|\.swp|\.swx|\.part|\.partial|\.crdownload)$|\.tmp\.|\.tmp-[0-9a-f]+$",
+    re.IGNORECASE,
 )
-"""Names writers use for a file being written; ignored without a report."""
+"""Names writers use for a file being written, whatever they are a copy of; ignored without
+a report.  ``….tmp-<digits+hex>`` is Node's ``atomically``; ``tmp…`` covers Python's
+``tempfile`` defaults (and so ``atomicwrites``), ``.…`` steno, renameio and most editors."""
+TEMP_TAIL = re.compile(r"[0-9]{1,20}|[a-z0-9_]{8}")
+"""What an atomic writer appends to the name it writes: write-file-atomic's
+``name.<32-bit hash in decimal>``, Python ``tempfile``'s eight random characters
+(``prefix=name`` or ``prefix=name + "."``)."""
+
+
+def is_temporary(name: str, pattern: FilePattern | None = None) -> bool:
+    """Whether ``name`` is a writer's temporary file: a generic temporary name, or (with
+    ``pattern``) one of our names plus a writer's tail.  A name that is ours is never
+    temporary, and a foreign name with a digit tail (``report.2024``) is still foreign."""
+    if TEMP_NAME.search(name) is not None:
+        return True
+    if pattern is None or pattern.parse(name) is not None:
+        return False
+    base, dot, tail = name.rpartition(".")
+    if dot and TEMP_TAIL.fullmatch(tail) and pattern.parse(base) is not None:
+        return True
+    tail = name[-8:]
+    return len(name) > 8 and TEMP_TAIL.fullmatch(tail) is not None and (
+        pattern.parse(name[:-8]) is not None)
+
 
 Token = str
-
-
-def is_temporary(name: str) -> bool:
-    return TEMP_NAME.search(name) is not None
 
 
 def printable(name: str) -> str:
@@ -92,7 +113,7 @@ class FolderView:
 
     def observe(self, name: str) -> list[EventBase]:
         """The events for ``name`` as it is now, compared with what was last seen."""
-        if is_temporary(name):
+        if is_temporary(name, self.pattern):
             return []
         parsed = self.pattern.parse(name)
         if parsed is None:
