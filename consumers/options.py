@@ -37,3 +37,5 @@ class GroupOptions:
     ack_interval_s: float = 0.02
     shutdown_deadline_s: float = 10.0
     max_entry_bytes: int = codec.MAX_ENTRY_BYTES
+    gaps_key: str = ""
+    """Hash (tag ``{events}``) remembering gaps already reported; empty: no gap check."""

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from redis.exceptions import ResponseError
 
 from consumers.deadletter import Failed
+from consumers.gaps import GapWatch
 from consumers.options import GroupOptions
 from consumers.replies import is_nogroup, text
 from events import metrics
@@ -38,6 +39,7 @@ class ClaimingConsumer(Protocol):
     redis: Any
     options: GroupOptions
     stopped: asyncio.Event
+    gaps: GapWatch
 
     async def ensure_groups(self) -> None: ...
 
@@ -81,6 +83,8 @@ class Reclaimer:
                 start_id=start, count=opts.read_count,
             )
             start, claimed = reply[0], reply[1]
+            if len(reply) > 2 and reply[2]:  # Redis 7: pending entries deleted from the stream
+                self._consumer.gaps.lost(stream, f"{len(reply[2])} pending entries were deleted")
             if claimed:
                 total += len(claimed)
                 await self._requeue(stream, claimed)

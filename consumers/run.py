@@ -20,6 +20,7 @@ import asyncpg
 from consumers.audit import Auditor
 from consumers.conversations import ConversationsHandler
 from consumers.options import GroupOptions
+from consumers.relist import Relister, conversation_keys, session_names
 from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
@@ -68,12 +69,20 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         if purged:
             log.info("purged %d quarantine entries past their retention", purged)
         sessions = SessionsHandler(settings=settings, redis=redis, auditor=auditor, timers=timers)
+        relisters = [
+            Relister(scope="conversations", keys=conversation_keys(settings, pool),
+                     publisher=publisher),
+            Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher),
+        ]
         groups = [
             GroupConsumer(redis, _options(settings, "conversations", keys.conversations_stream),
-                          conversations),
-            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream), sessions),
+                          conversations, on_gap=relisters[0].request),
+            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream), sessions,
+                          on_gap=relisters[1].request),
         ]
         await asyncio.gather(*(group.run(stop) for group in groups))
+        for relister in relisters:
+            await relister.stop()
     finally:
         await pool.close()
 
@@ -91,4 +100,5 @@ def _options(settings: Settings, group: str, stream: str) -> GroupOptions:
         concurrency=settings.concurrency,
         max_deliveries=settings.max_deliveries,
         claim_min_idle_s=settings.claim_min_idle_s,
+        gaps_key=settings.keys.stream_gaps,
     )

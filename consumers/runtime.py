@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 
 from consumers.deadletter import Failed, dead_letter
 from consumers.errors import PermanentError, TemporaryError
+from consumers.gaps import GapWatch, OnGap
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
@@ -62,9 +63,11 @@ def running_groups() -> dict[str, tuple[str, ...]]:
 class GroupConsumer:
     """Reads a consumer group's streams and runs a handler per key."""
 
-    def __init__(self, redis: Redis, options: GroupOptions, handler: Handler) -> None:
+    def __init__(self, redis: Redis, options: GroupOptions, handler: Handler,
+                 on_gap: OnGap | None = None) -> None:
         self.redis = redis
         self.options = options
+        self.gaps = GapWatch(redis, group=options.group, gaps_key=options.gaps_key, on_gap=on_gap)
         self._handler = handler
         self._queue = KeyQueue()
         self._tracked: set[tuple[str, str]] = set()
@@ -97,6 +100,8 @@ class GroupConsumer:
                     self.options.group, extra={"group": self.options.group})
         metrics.GROUPS_RECREATED.labels(self.options.group).inc()
         await self.ensure_groups()
+        for stream in self.options.streams:
+            self.gaps.lost(stream, "the group had to be recreated")
 
     # -- run -----------------------------------------------------------------
 
@@ -161,9 +166,8 @@ class GroupConsumer:
             HEARTBEATS.beat(name)
             await self._queue.wait_for_space(opts.max_buffered)
             try:
-                reply = await self.redis.xreadgroup(
-                    opts.group, opts.consumer, streams, count=opts.read_count, block=opts.block_ms
-                )
+                reply = await self.gaps.read(opts.consumer, streams, count=opts.read_count,
+                                             block_ms=opts.block_ms)
             except ResponseError as e:
                 if not (is_nogroup(e) or is_unblocked(e)):
                     raise
@@ -182,8 +186,9 @@ class GroupConsumer:
         accepted: list[Delivery] = []
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if type(raw_id) is bytes else text(raw_id)
-            if fields is None:  # deleted from the stream while pending
+            if fields is None:  # deleted from the stream while pending: its key is unknown
                 self.ack(stream, entry_id)
+                self.gaps.lost(stream, f"pending entry {entry_id} was deleted")
                 continue
             marker = (stream, entry_id)
             if marker in tracked:

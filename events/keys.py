@@ -66,6 +66,11 @@ class KeySpace:
         return self.stream("deadletter")
 
     @property
+    def stream_gaps(self) -> str:
+        """Hash: ``{group} {stream}`` -> boundary of the last gap reported (events.retention)."""
+        return self.stream("gaps")
+
+    @property
     def deadlines(self) -> str:
         """Sorted set of pending deadlines (score: due time in ms)."""
         return self.stream("deadlines")

@@ -37,6 +37,13 @@ GROUPS_RECREATED = Counter(
     "Consumer groups recreated after Redis lost them (NOGROUP).",
     ["group"],
 )
+STREAM_GAPS = Counter(
+    "reconciler_stream_gaps_total",
+    "Times a consumer group found entries removed from its stream before it had handled "
+    "them (trimmed by other hands, deleted while pending, group recreated); each time the "
+    "store's keys are re-listed.",
+    ["stream", "group"],
+)
 LOOP_FAILURES = Counter(
     "reconciler_loop_failures_total",
     "Background loop iterations that failed and were retried after a backoff.",

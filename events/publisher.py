@@ -1,7 +1,10 @@
-"""Publishing events: XADD with retention, pipelined in batches.
+"""Publishing events: XADD pipelined in batches, then trimming by retention.
 
-Retention is explicit: either an approximate length cap (``MAXLEN ~``) or an
-age (``MINID ~`` derived from the clock), so Redis trims cheaply as it goes.
+Retention is explicit: either an approximate length cap or an age (a
+``MINID`` derived from the clock).  Each batch ends with one trim script per
+stream it touched (:mod:`events.retention`), which never removes an entry a
+consumer group has not read and acked: a bulk change larger than the cap waits
+in the stream instead of pushing unread entries out.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from redis.asyncio import Redis
 from events import codec, metrics
 from events.contract import EventBase, stream_of, tag_of
 from events.keys import KeySpace
+from events.retention import TRIM_LUA, trim_args
 
 BATCH_SIZE = 500
 """Events per pipeline round trip."""
@@ -35,6 +39,7 @@ class Publisher:
         self._redis = redis
         self._keys = keys
         self._retention = retention or Retention()
+        self._trim = redis.register_script(TRIM_LUA)
 
     def stream_key(self, event: EventBase) -> str:
         return self._keys.stream(stream_of(event))
@@ -49,18 +54,23 @@ class Publisher:
         for start in range(0, len(events), BATCH_SIZE):
             batch = events[start : start + BATCH_SIZE]
             pipe = self._redis.pipeline(transaction=False)
+            streams = [self.stream_key(event) for event in batch]
+            for stream, event in zip(streams, batch, strict=True):
+                pipe.xadd(stream, codec.encode(event))
             trim = self._trim_args()
-            for event in batch:
-                pipe.xadd(self.stream_key(event), codec.encode(event), **trim)
-            for event, entry_id in zip(batch, await pipe.execute(), strict=True):
+            if trim is not None:
+                for stream in dict.fromkeys(streams):  # once per stream, after its XADDs
+                    await self._trim(keys=[stream], args=trim, client=pipe)
+            replies = await pipe.execute()
+            for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         return ids
 
-    def _trim_args(self) -> dict[str, object]:
+    def _trim_args(self) -> list[object] | None:
         if self._retention.max_age_s > 0:
             cutoff_ms = int((time.time() - self._retention.max_age_s) * 1000)
-            return {"minid": f"{cutoff_ms}-0", "approximate": True}
+            return trim_args(max_len=0, cutoff_ms=cutoff_ms)
         if self._retention.max_len > 0:
-            return {"maxlen": self._retention.max_len, "approximate": True}
-        return {}
+            return trim_args(max_len=self._retention.max_len, cutoff_ms=None)
+        return None

@@ -57,9 +57,9 @@ class Settings:
 
     # retention
     stream_max_len: int = 1_000_000
-    """Approximate cap on each event stream (XADD MAXLEN ~); 0 turns it off."""
+    """Approximate cap on each event stream, never past unread entries (events.retention); 0: off."""
     stream_retention_s: float = 0.0
-    """Trim entries older than this (XADD MINID ~); 0 turns it off."""
+    """Trim entries older than this, never past unread entries; 0 turns it off."""
     quarantine_retention_s: float = 30 * 86400.0
     parked_retention_s: float = 7 * 86400.0
 

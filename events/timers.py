@@ -25,6 +25,7 @@ import msgspec
 from events import codec
 from events.contract import CONVERSATIONS, SESSIONS, EventBase, stream_of
 from events.keys import KeySpace
+from events.retention import TRIM_FUNCTION
 
 FIRE_BATCH = 500
 """Deadlines fired per script call (a long backlog is fired in several calls)."""
@@ -40,11 +41,12 @@ return 1
 """
 
 # KEYS: deadlines, payloads, then every stream a payload may name.
-# ARGV: now (ms), batch size, max stream length (0: no cap).
-_FIRE = """
+# ARGV: now (ms), batch size, stream cap (0: none).  Streams are trimmed after
+# the XADDs by the groups' positions (events.retention), never past unread entries.
+_FIRE = TRIM_FUNCTION + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local allowed = {}
-for i = 3, #KEYS do allowed[KEYS[i]] = true end
+for i = 3, #KEYS do allowed[KEYS[i]] = false end
 local fired = 0
 local lost = 0
 for _, member in ipairs(due) do
@@ -52,17 +54,16 @@ for _, member in ipairs(due) do
   redis.call('ZREM', KEYS[1], member)
   redis.call('HDEL', KEYS[2], member)
   local ok, p = pcall(cjson.decode, raw or '')
-  if ok and type(p) == 'table' and allowed[p.stream] then
-    if tonumber(ARGV[3]) > 0 then
-      redis.call('XADD', p.stream, 'MAXLEN', '~', ARGV[3], '*',
-                 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
-    else
-      redis.call('XADD', p.stream, '*', 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
-    end
+  if ok and type(p) == 'table' and allowed[p.stream] ~= nil then
+    redis.call('XADD', p.stream, '*', 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
+    allowed[p.stream] = true
     fired = fired + 1
   else
     lost = lost + 1
   end
+end
+for stream, touched in pairs(allowed) do
+  if touched then safe_trim(stream, tonumber(ARGV[3]), '') end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {fired, lost, nxt[2] or '', redis.call('ZCARD', KEYS[1])}

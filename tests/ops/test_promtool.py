@@ -50,6 +50,7 @@ def touch_every_metric() -> None:
     metrics.DEAD_LETTERS.labels("conversations", "permanent").inc(0)
     metrics.RECLAIMED.labels("conversations").inc(0)
     metrics.GROUPS_RECREATED.labels("conversations").inc(0)
+    metrics.STREAM_GAPS.labels("conversations", "conversations").inc(0)
     metrics.SOURCE_LAST_EVENT.labels("folder").set(1.7e9)
     metrics.SOURCE_RECONNECTS.labels("postgres").inc(0)
     metrics.SOURCE_RESYNCS.labels("folder").inc()
