@@ -13,10 +13,12 @@ import asyncio
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
 
 from events.errors import ReconcilerError
 from ops import logs
+from ops.cli_help import HELP, epilog
 from ops.redact import redact
 
 COMMAND_MODULES = (
@@ -39,17 +41,53 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DESCRIPTION_WIDTH = 78
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--config``, ``--json``, ``--log-level``: accepted before or after any command.
+
+    Below the top level the default is SUPPRESS, so a flag given before the
+    command is not reset by a subcommand that did not see it.
+    """
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument("--config", metavar="FILE", default=default(None),
+                       help="TOML settings file; keys are the variable names (e.g. bot_timeout_s)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print JSON instead of tables")
+    group.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                       default=default(None),
+                       help="DEBUG, INFO (default; or RECONCILER_LOG_LEVEL), WARNING, ERROR")
+
+
+def command_parsers(parser: argparse.ArgumentParser,
+                    path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every (sub)command parser with its path, ``()`` first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_parsers(sub, (*path, name))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="reconciler",
-        description="Keeps chat-bot state consistent across PostgreSQL, session files and Redis.",
-    )
-    parser.add_argument("--config", metavar="FILE", help="optional TOML settings file")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR")
+    parser = argparse.ArgumentParser(prog="reconciler")
+    _add_globals(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"ops.commands.{name}").register(subparsers)
+    for path, command in command_parsers(parser):
+        if path:
+            _add_globals(command, top=False)
+        description, examples = HELP.get(path, (None, ()))
+        if description and not command.description:
+            command.description = textwrap.fill(description, DESCRIPTION_WIDTH)
+        command.epilog = epilog(examples) if examples else command.epilog
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 

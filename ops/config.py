@@ -8,6 +8,7 @@ A bad value stops start-up with a :class:`ConfigError` that names it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -44,22 +45,29 @@ def _bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _number(text: str, parse: Callable[[str], Any], expected: str) -> Any:
+    try:
+        return parse(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {expected}") from None
+
+
 def _seconds(text: str) -> float:
-    value = float(text)
+    value: float = _number(text, float, "a number of seconds, e.g. 1800 or 0.5")
     if value < 0:
         raise ValueError("must not be negative")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "a whole number of at least 1")
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    value: int = _number(text, int, "a whole number (0 or more)")
     if value < 0:
         raise ValueError("must not be negative")
     return value
@@ -182,6 +190,8 @@ def load_settings(
     """Build validated :class:`Settings`; raises :class:`ConfigError` naming a bad setting."""
     env = dict(os.environ if environ is None else environ)
     file_values = _read_toml(config_file) if config_file else {}
+    if config_file:
+        _reject_unknown(file_values, config_file)
     values: dict[str, Any] = {}
     for var in VARIABLES:
         raw = _raw_value(var.env, env, file_values)
@@ -223,6 +233,22 @@ def _columns(env: Mapping[str, str], file_values: Mapping[str, Any]) -> Columns:
                 raise ConfigError(f"{COLUMN_PREFIX}{spec.name.upper()}: not a plain SQL identifier")
             renamed[spec.name] = raw
     return replace(Columns(), **renamed)
+
+
+def _variable_names() -> list[str]:
+    return [var.env for var in VARIABLES] + [f"{COLUMN_PREFIX}{f.name.upper()}" for f in fields(Columns)]
+
+
+def _reject_unknown(file_values: Mapping[str, Any], path: Path) -> None:
+    """A key no setting reads is a typo: name it, and the closest valid one."""
+    names = _variable_names()
+    short = [n.removeprefix("RECONCILER_").lower() for n in names]
+    valid = {*short, *names, *(n.lower() for n in names)}
+    for key in file_values:
+        if key not in valid:
+            close = difflib.get_close_matches(key.removeprefix("RECONCILER_").lower(), short, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else " (see docs/operations.md, Settings)"
+            raise ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

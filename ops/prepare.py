@@ -2,8 +2,9 @@
 
 * **Embedded** (no ``DATABASE_URL``): the conversations table is created in
   the shape the README documents (:data:`CONVERSATIONS_DDL`, with the column
-  names of ``RECONCILER_COLUMN_*``) and the change capture is installed, so
-  ``reconciler run`` on a fresh machine works at once; one line says so.
+  names of ``RECONCILER_COLUMN_*``), the change capture is installed and the
+  sessions and quarantine folders are created, so ``reconciler run`` on a
+  fresh machine works at once; one line says so.
 * **Real**: nothing is ever created.  A missing table, or a table without the
   change capture, stops the start with one line naming the setting or the
   command that fixes it, instead of a relay retrying with a traceback.
@@ -63,6 +64,8 @@ async def prepare_database(env: Environment, roles: Sequence[str]) -> None:
 
 
 async def _make_ready(conn: Any, settings: Settings) -> None:
+    for folder in (settings.sessions_dir, settings.quarantine_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     created = await conn.fetchval("SELECT to_regclass($1)", settings.table) is None
     if created:
         await conn.execute(conversations_ddl(settings))

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from ops.config import load_settings
+from ops.config import ConfigError, load_settings
 from ops.embedded_state import Attached, attach, detach
 from ops.redact import redact
 
@@ -86,6 +86,13 @@ async def check_redis(redis: Redis, url: str) -> None:
     except (RedisError, OSError) as e:
         raise StoreUnreachable(f"cannot reach Redis at {redact(url)}: {e}: start it, or fix "
                                "REDIS_URL (unset it to use the embedded one)") from e
+
+
+def require_sessions_dir(settings: Settings) -> None:
+    """For commands that read the sessions folder: a folder that is not there is an error."""
+    if not settings.sessions_dir.is_dir():
+        raise ConfigError(f"RECONCILER_SESSIONS_DIR: {settings.sessions_dir} is not a folder: point "
+                          "RECONCILER_SESSIONS_DIR at the bot's sessions folder (or create it)")
 
 
 @contextlib.asynccontextmanager

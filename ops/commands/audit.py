@@ -13,12 +13,10 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
 from events.publisher import Publisher
-from ops.runtime_env import open_environment, settings_from_args
+from ops.runtime_env import open_environment, require_sessions_dir, settings_from_args
 from ops.scan import Inconsistency, by_kind, scan, scanned_at
 from ops.tables import emit
 
@@ -35,8 +33,9 @@ def register(subparsers: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config)
+    require_sessions_dir(settings)
     async with open_environment(settings) as env:
-        pg = await asyncpg.connect(env.settings.database_url)
+        pg = await env.connect_pg()
         try:
             found = await scan(pg, env.redis, env.settings)
         finally:

@@ -20,7 +20,7 @@ BENCHES: dict[str, str] = {
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="run a benchmark and print its figures as JSON")
-    parser.add_argument("name", choices=sorted(BENCHES) or ["(none)"])
+    parser.add_argument("name", choices=sorted(BENCHES) or ["(none)"], help="the benchmark to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     parser.set_defaults(handler=run)
 

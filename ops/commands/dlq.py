@@ -37,11 +37,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("dlq", help="list, retry or drop dead letters")
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="the dead letters, oldest first")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     for name, text in (("retry", "re-publish to its origin stream and remove it"),
                        ("drop", "remove it for good (audited, with the entry)")):
         sub = actions.add_parser(name, help=text)
-        sub.add_argument("entry_id", metavar="ID")
+        sub.add_argument("entry_id", metavar="ID", help="the dead letter's id, as `dlq list` shows it")
         sub.add_argument("--dry-run", action="store_true", help="audit the plan, change nothing")
     parser.set_defaults(handler=run)
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import asyncpg
-
 from consumers import conversations, sessions
 from consumers.audit import Auditor
 from consumers.stores.conversations_sql import ConversationsSql
@@ -30,7 +28,7 @@ from events.keys import SESSION_NAME, split_conversation_key
 from events.publisher import Publisher
 from events.settings import Settings
 from events.timers import TimerWheel
-from ops.runtime_env import open_environment, settings_from_args
+from ops.runtime_env import connect_pg, open_environment, require_sessions_dir, settings_from_args
 from ops.tables import emit
 from projections.rules import FileView, broken_rules
 
@@ -52,6 +50,7 @@ async def run(args: argparse.Namespace) -> int:
     conversation = ":" in args.key
     if conversation:
         split_conversation_key(args.key)
+        require_sessions_dir(settings)
     elif not SESSION_NAME.fullmatch(args.key):
         raise ValueError(f"{args.key[:80]!r} is neither PHONE:CHANNEL nor a session name")
     async with open_environment(settings, need_pg=conversation) as env:
@@ -72,7 +71,7 @@ async def run(args: argparse.Namespace) -> int:
 
 async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[str, Any]:
     phone, channel = split_conversation_key(key)
-    pg = await asyncpg.connect(settings.database_url)
+    pg = await connect_pg(settings.database_url or "")
     try:
         handler = conversations.ConversationsHandler(
             settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),

@@ -50,7 +50,7 @@ class ProgressBar:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "replay", help="rebuild a projection from the retained streams and switch to it")
-    parser.add_argument("projection", choices=sorted(models()))
+    parser.add_argument("projection", choices=sorted(models()), help="the read model to rebuild")
     parser.set_defaults(handler=run)
 
 

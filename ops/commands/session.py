@@ -22,7 +22,7 @@ ACTIONS = ("start", "heartbeat", "stop")
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "session", help="start, heartbeat or stop a gateway session (its lease and events)")
-    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("action", choices=ACTIONS, help="start (lease + event), heartbeat (refresh) or stop")
     parser.add_argument("name", help="the session name, e.g. 940740243 or default")
     parser.add_argument("--gateway", default=None, help="id of the gateway holding the session")
     parser.add_argument("--ttl", type=float, default=None, metavar="S",

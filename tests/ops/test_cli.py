@@ -1,0 +1,59 @@
+"""The CLI behaves like the tools people know: global flags anywhere, help with examples."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops.cli import build_parser, command_parsers
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ops", *args], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_every_command_and_option_has_a_description_and_every_command_an_example() -> None:
+    for path, parser in command_parsers(build_parser()):
+        name = " ".join(("reconciler", *path))
+        assert parser.description, f"{name} has no description"
+        assert parser.epilog and f"\n  {name}" in f"\n{parser.epilog}", f"{name} has no example"
+        for action in parser._actions:
+            if not isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                assert action.help and action.help != argparse.SUPPRESS, \
+                    f"{name} {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--json", "--log-level", "warning", "--config", "x.toml", "parked", "list"],
+    ["parked", "--json", "list", "--log-level", "WARNING", "--config", "x.toml"],
+    ["parked", "list", "--json", "--log-level", "warning", "--config", "x.toml"],
+])
+def test_global_flags_are_accepted_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.json, args.log_level, args.config) == (True, "WARNING", "x.toml")
+
+
+def test_global_flags_default_when_not_given() -> None:
+    args = build_parser().parse_args(["status"])
+    assert (args.json, args.log_level, args.config) == (False, None, None)
+
+
+def test_a_flag_after_the_command_reaches_the_command(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('key_prefix = "flagtest:"\n')
+    result = run_cli("schema", "--json", "--config", str(config), "--log-level", "ERROR")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["title"]
+
+
+def test_an_unknown_log_level_is_one_line_naming_the_choices() -> None:
+    result = run_cli("status", "--log-level", "LOUD")
+    assert result.returncode == 2
+    assert "DEBUG" in result.stderr and "Traceback" not in result.stderr
