@@ -1,10 +1,16 @@
 """The dead-letter stream: entries that could not be handled, with why.
 
-A dead letter keeps the original entry's fields untouched and adds ``dl_*``
-fields (origin stream, entry id, group, error, delivery count, time).  It is
+A dead letter keeps the original entry's fields and adds ``dl_*`` fields
+(origin stream, entry id, group, error, delivery count, time).  It is
 written and the original acked in one MULTI, so an entry is never both lost
 and acked.  Dead letters can be listed, retried (re-published to their
 origin stream, then removed) or dropped from the CLI.
+
+Two bounds keep a flood of junk from filling Redis: a field longer than
+:data:`EXCERPT_BYTES` is kept as an excerpt of that length, its full size
+recorded in ``dl_truncated`` (such a letter cannot be retried: the original
+is gone), and the stream is capped at ``max_len`` entries (``MAXLEN ~``;
+``RECONCILER_DEADLETTER_MAX_LEN``, 0 for no cap), the oldest going first.
 """
 
 from __future__ import annotations
@@ -12,12 +18,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from events import metrics
 
 ERROR_TEXT_LIMIT = 2000
+EXCERPT_BYTES = 2048
+"""Longest field value a dead letter keeps whole."""
+DEFAULT_MAX_LEN = 100_000
+"""Approximate cap on the dead-letter stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +42,9 @@ class DeadLetter:
     deliveries: int
     failed_at: float
     fields: dict[str, str]
-    """The original entry's fields."""
+    """The original entry's fields (excerpts of those named in ``truncated``)."""
+    truncated: str = ""
+    """``name=full size`` of each field cut to an excerpt, comma-separated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +65,16 @@ async def dead_letter(
     failed: Sequence[Failed],
     reason: str,
     error: str,
+    max_len: int = DEFAULT_MAX_LEN,
 ) -> None:
     """Move entries to the dead-letter stream and ack them, atomically per entry."""
     if not failed:
         return
     pipe = redis.pipeline(transaction=True)
     now = f"{time.time():.3f}"
+    trim: dict[str, Any] = {"maxlen": max_len, "approximate": True} if max_len > 0 else {}
     for item in failed:
-        fields: dict[bytes | str, bytes | str] = {k: v for k, v in item.fields.items()}
+        fields = _excerpt(item.fields)
         fields.update(
             {
                 "dl_stream": item.stream,
@@ -71,10 +86,24 @@ async def dead_letter(
                 "dl_at": now,
             }
         )
-        pipe.xadd(deadletter_stream, fields)
+        pipe.xadd(deadletter_stream, fields, **trim)
         pipe.xack(item.stream, group, item.entry_id)
     await pipe.execute()
     metrics.DEAD_LETTERS.labels(group, reason).inc(len(failed))
+
+
+def _excerpt(original: Mapping[bytes, bytes]) -> dict[bytes | str, bytes | str]:
+    """The fields, each cut to :data:`EXCERPT_BYTES`; ``dl_truncated`` lists full sizes."""
+    fields: dict[bytes | str, bytes | str] = {}
+    cut: list[str] = []
+    for name, value in original.items():
+        if len(value) > EXCERPT_BYTES:
+            cut.append(f"{_text(name[:64])}={len(value)}")
+            value = value[:EXCERPT_BYTES]
+        fields[name[:EXCERPT_BYTES]] = value
+    if cut:
+        fields["dl_truncated"] = ",".join(cut)
+    return fields
 
 
 def _text(value: bytes | str) -> str:
@@ -94,6 +123,7 @@ def _parse(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> DeadLetter:
         deliveries=int(meta.get("dl_deliveries", "0") or 0),
         failed_at=float(meta.get("dl_at", "0") or 0),
         fields=fields,
+        truncated=meta.get("dl_truncated", ""),
     )
 
 
@@ -108,6 +138,9 @@ async def retry_dead_letter(redis: Redis, deadletter_stream: str, entry_id: str)
     if not entries:
         raise LookupError(f"no dead letter {entry_id}")
     letter = _parse(*entries[0])
+    if letter.truncated:
+        raise LookupError(f"dead letter {entry_id} keeps only an excerpt of an oversized entry "
+                          f"({letter.truncated} bytes): it cannot be retried; drop it")
     pipe = redis.pipeline(transaction=True)
     pipe.xadd(letter.origin_stream, letter.fields)
     pipe.xdel(deadletter_stream, entry_id)

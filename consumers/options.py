@@ -10,6 +10,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from consumers.deadletter import DEFAULT_MAX_LEN
 from events import codec
 
 
@@ -39,3 +40,5 @@ class GroupOptions:
     max_entry_bytes: int = codec.MAX_ENTRY_BYTES
     gaps_key: str = ""
     """Hash (tag ``{events}``) remembering gaps already reported; empty: no gap check."""
+    deadletter_max_len: int = DEFAULT_MAX_LEN
+    """Approximate cap on the dead-letter stream (0: none)."""

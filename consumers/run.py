@@ -97,6 +97,7 @@ def _options(settings: Settings, group: str, stream: str) -> GroupOptions:
         group=group,
         streams=(stream,),
         deadletter_stream=settings.keys.deadletter_stream,
+        deadletter_max_len=settings.deadletter_max_len,
         concurrency=settings.concurrency,
         max_deliveries=settings.max_deliveries,
         claim_min_idle_s=settings.claim_min_idle_s,

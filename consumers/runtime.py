@@ -346,6 +346,7 @@ class GroupConsumer:
             failed=failed,
             reason=reason,
             error=error,
+            max_len=self.options.deadletter_max_len,
         )
 
     # -- acks ----------------------------------------------------------------

@@ -8,7 +8,10 @@ A stream entry has four fields::
     data  the event as JSON, validated against the tagged union
 
 Decoding is strict and never raises anything but :class:`MalformedEntry`
-subclasses, each naming what was wrong.  The encoder and decoder are built once.
+subclasses, each naming what was wrong.  The size of the whole entry (every
+field, known or not) is checked first, before any field is copied or parsed,
+so an oversized entry costs one pass over its lengths.  The encoder and
+decoder are built once.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from events.errors import (
 
 MAX_ENTRY_BYTES = 256 * 1024
 """Largest ``data`` field accepted; an audit entry of dropped messages is the biggest."""
+ENVELOPE_BYTES = 4096
+"""Room for the other fields (names, ``v``, ``type``, ``key``) on top of ``data``."""
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Event)
@@ -54,6 +59,10 @@ def encode_json(event: EventBase) -> bytes:
 
 def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
     """The event in a stream entry; raises a :class:`MalformedEntry` subclass."""
+    size = entry_bytes(fields)
+    if size > max_bytes + ENVELOPE_BYTES:
+        raise EntryTooLarge(f"entry of {size} bytes is over the {max_bytes + ENVELOPE_BYTES}-byte "
+                            "limit; not decoded")
     version, raw_type, data = _fields(fields)
     if version != _VERSION:
         raise UnsupportedVersion(
@@ -80,6 +89,11 @@ def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
             f"entry type {type_tag!r} does not match payload type {tag_of(type(event))!r}"
         )
     return event
+
+
+def entry_bytes(fields: EntryFields) -> int:
+    """The size of an entry: its field names and values, in bytes (characters for ``str``)."""
+    return sum(len(name) + len(value) for name, value in fields.items())
 
 
 def _fields(fields: EntryFields) -> tuple[bytes, bytes, bytes]:

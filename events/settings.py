@@ -60,6 +60,8 @@ class Settings:
     """Approximate cap on each event stream, never past unread entries (events.retention); 0: off."""
     stream_retention_s: float = 0.0
     """Trim entries older than this, never past unread entries; 0 turns it off."""
+    deadletter_max_len: int = 100_000
+    """Approximate cap on the dead-letter stream (oldest dropped first); 0 turns it off."""
     quarantine_retention_s: float = 30 * 86400.0
     parked_retention_s: float = 7 * 86400.0
 

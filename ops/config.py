@@ -160,6 +160,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_METRICS_ADDR", "metrics_addr", _address),
     _Var("RECONCILER_STREAM_MAX_LEN", "stream_max_len", _count),
     _Var("RECONCILER_STREAM_RETENTION_S", "stream_retention_s", _seconds),
+    _Var("RECONCILER_DEADLETTER_MAX_LEN", "deadletter_max_len", _count),
     _Var("RECONCILER_QUARANTINE_RETENTION_S", "quarantine_retention_s", _seconds),
     _Var("RECONCILER_PARKED_RETENTION_S", "parked_retention_s", _seconds),
     _Var("RECONCILER_MAX_FILE_BYTES", "max_file_bytes", _positive_int),
