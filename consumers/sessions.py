@@ -20,14 +20,13 @@ Duplicates and replays are harmless: after an action the state no longer
 calls for it.  Reports and dry-run plans change no state, so the last one is
 remembered (``keys.session_noted``) and not repeated for the same state.
 
-Race with a returning session.  The lease key lives in another Cluster slot
-than the queue, so the park script cannot check it.  Instead the lease is
-checked just before the script runs, and restore is not a one-off reaction
-to ``SessionStarted``: it runs on *every* event for a session whose lease
-exists while something is parked.  A gateway publishes ``SessionStarted``
-after it sets the lease; that event is handled after a park already running
-for the same key (one key is never handled twice at once), so a session that
-came back during a park gets its messages back at once.
+Race with a returning session.  The lease shares the queue's hash tag, so
+the park script checks it itself: a session that is live when the script
+runs keeps its queue.  A returning gateway's start handshake restores its
+parked messages atomically with taking the lease (:mod:`events.gateway`);
+the restore here runs on *every* event for a session whose lease exists
+while something is parked, as a backup (after the handshake it finds
+nothing parked and does nothing).
 """
 
 from __future__ import annotations

@@ -1,21 +1,33 @@
-"""The gateway's side of the session lifecycle: leases and lifecycle events.
+"""The gateway's side of the session lifecycle: leases, the start handshake, events.
 
 A gateway (the process holding WhatsApp sessions in memory) says which
-sessions are live.  The protocol is three Redis commands and a stream entry,
-so a gateway in any language can speak it (docs/gateway.md documents it, and
-``examples/node/`` does it in JavaScript):
+sessions are live.  The protocol is one Lua script, two Redis commands and a
+stream entry, so a gateway in any language can speak it (``docs/gateway.md``
+prints it, and ``examples/node/`` does it in JavaScript):
 
-* **start** -- ``SET {prefix}lease:{name} <json> EX ttl``, then XADD a
-  ``session.started`` event to the sessions stream;
-* **heartbeat** -- ``SET {prefix}lease:{name} <json> XX EX ttl``; a nil reply
-  means the lease had already expired, so it is a start again;
-* **stop** -- ``DEL {prefix}lease:{name}``, then XADD ``session.stopped``.
+* **start** -- run :data:`events.parked_scripts.START` over the lease, the
+  queue, the parked list and the parked-meta hash: it sets the lease
+  (``SET {prefix}lease:{queue:name} <json> EX ttl``) and puts the session's
+  parked messages back at the head of its queue, oldest first, in one step;
+  then XADD a ``session.started`` event to the sessions stream.  Only after
+  the script returns may the gateway drain the queue: the order then holds
+  even when no reconciler runs;
+* **heartbeat** -- ``SET {prefix}lease:{queue:name} <json> XX EX ttl``; a nil
+  reply means the lease had already expired, so the client starts again
+  (handshake included: messages parked meanwhile come back first);
+* **stop** -- ``DEL`` the lease, then XADD ``session.stopped``.
 
-The lease key and the stream live in different Redis Cluster slots, so they
-are never written in one MULTI or script: the lease is written first and the
-event second.  A gateway that dies between the two leaves a lease and no
+The lease shares the queue's hash tag, so the handshake is one script in one
+Redis Cluster slot.  The sessions stream is in another slot, so the event is
+a second step: a gateway that dies between the two leaves a lease and no
 event; its next heartbeat keeps the lease, and the sessions source reports
 the lease once it runs out -- never a silent gap in the other direction.
+
+Example (a gateway in Python)::
+
+    sessions = GatewaySessions(redis, KeySpace(), gateway="gw-1", parked_retention_s=7 * 86400)
+    async with sessions.keep_alive("940740243"):
+        ...  # drain queue:940740243: parked messages are already back at its head
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,8 +47,9 @@ from redis.asyncio import Redis
 
 from events.contract import SessionStarted, SessionStopped
 from events.ids import new_event_id
-from events.keys import KeySpace, checked_session
+from events.keys import KeySpace
 from events.loops import spawn
+from events.parked_scripts import START
 from events.publisher import Publisher, Retention
 
 log = logging.getLogger(__name__)
@@ -42,6 +57,14 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 30
 HEARTBEATS_PER_TTL = 3
 """``keep_alive`` refreshes the lease this many times per TTL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    event_id: str
+    """The id of the ``session.started`` event."""
+    restored: int
+    """Parked messages the handshake put back at the head of the queue."""
 
 
 class GatewaySessions:
@@ -55,7 +78,14 @@ class GatewaySessions:
         gateway: str | None = None,
         ttl_s: float = DEFAULT_TTL_S,
         retention: Retention | None = None,
+        parked_retention_s: float | None = None,
     ) -> None:
+        """``parked_retention_s``: the reconciler's ``RECONCILER_PARKED_RETENTION_S``.
+
+        Given, the handshake leaves batches parked longer than that where they
+        are, for the reconciler to drop with their content audited; ``None``
+        restores every parked message.
+        """
         if ttl_s <= 0:
             raise ValueError("the session lease TTL must be positive")
         self._redis: Any = redis
@@ -63,28 +93,52 @@ class GatewaySessions:
         self._publisher = Publisher(redis, keys, retention)
         self.gateway = gateway
         self.ttl_s = max(1, math.ceil(ttl_s))
+        self.parked_retention_s = parked_retention_s
+        self._start = redis.register_script(START)
 
     def _lease_value(self) -> bytes:
         started = datetime.now(UTC).isoformat()
         return json.dumps({"gateway": self.gateway, "started_at": started}).encode()
 
-    async def start(self, name: str) -> str:
-        """Take the lease and announce the session; returns the event id."""
-        checked_session(name)
-        await self._redis.set(self._keys.lease(name), self._lease_value(), ex=self.ttl_s)
+    async def start(self, name: str) -> Started:
+        """Take the lease, restore the parked messages, then announce the session.
+
+        When it returns, the session's queue holds its parked messages at the
+        head, oldest first, ahead of anything pushed meanwhile: the gateway
+        may start draining.
+        """
+        restored = await self._handshake(name)
         event = SessionStarted(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
                                key=name, gateway=self.gateway, lease_ttl_s=self.ttl_s)
         await self._publisher.publish(event)
-        log.info("session %s started", name, extra={"key": name, "gateway": self.gateway})
-        return event.id
+        log.info("session %s started; %d parked messages back at the head of its queue", name,
+                 restored, extra={"key": name, "gateway": self.gateway})
+        return Started(event_id=event.id, restored=restored)
 
-    async def heartbeat(self, name: str) -> bool:
-        """Refresh the lease; returns ``False`` when it was gone and the session was started again."""
-        checked_session(name)
+    async def _handshake(self, name: str) -> int:
+        """The START script: lease and restore in one step; returns the messages restored."""
+        k = self._keys
+        cutoff_ms = 0
+        if self.parked_retention_s is not None:
+            cutoff_ms = max(1, int((time.time() - self.parked_retention_s) * 1000))
+        restored = await self._start(
+            keys=[k.lease(name), k.queue(name), k.parked(name), k.parked_meta(name)],
+            args=[self._lease_value(), self.ttl_s, cutoff_ms])
+        return int(restored)
+
+    async def heartbeat(self, name: str, *, restart: bool = True) -> bool:
+        """Refresh the lease; ``False`` when it was gone (lapsed, stopped or never taken).
+
+        With ``restart`` (what :meth:`keep_alive` relies on: it knows it
+        started the session) a missing lease is a start again, handshake
+        included; without it nothing is written.
+        """
         refreshed = await self._redis.set(self._keys.lease(name), self._lease_value(),
                                           ex=self.ttl_s, xx=True)
         if refreshed:
             return True
+        if not restart:
+            return False
         log.warning("lease of session %s had expired; starting it again", name,
                     extra={"key": name, "gateway": self.gateway})
         await self.start(name)
@@ -92,7 +146,6 @@ class GatewaySessions:
 
     async def stop(self, name: str) -> str:
         """Drop the lease and announce the end of the session; returns the event id."""
-        checked_session(name)
         await self._redis.delete(self._keys.lease(name))
         event = SessionStopped(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
                                key=name, gateway=self.gateway)

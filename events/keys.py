@@ -7,9 +7,11 @@ Cluster:
 * the event streams, the dead-letter stream, the audit stream and the timer
   wheel all carry the tag ``{events}`` (the timer script pops deadlines and
   XADDs in one step; a dead letter is written and acked in one MULTI);
-* a parked list carries the queue's own key as its tag, so moving messages
-  from ``queue:940740243`` to its parked list is one atomic script in the
-  slot of ``queue:940740243``.
+* a session's lease, parked list and parked-meta hash carry the queue's own
+  key as their tag (``{prefix}lease:{queue:940740243}``), so they share the
+  slot of ``queue:940740243``: the gateway's start handshake takes the lease
+  and puts the parked messages back in one script, and parking checks the
+  lease inside its script (see :mod:`events.parked_scripts`).
 """
 
 from __future__ import annotations
@@ -102,18 +104,21 @@ class KeySpace:
     # -- gateway sessions and queues -------------------------------------
 
     def lease(self, session: str) -> str:
-        """A session is live while this key exists (TTL refreshed by heartbeats)."""
-        return f"{self.prefix}lease:{checked_session(session)}"
+        """A session is live while this key exists (TTL refreshed by heartbeats).
+
+        Tagged by the queue key, so it is in the slot of the session's queue.
+        """
+        return f"{self.prefix}lease:{{{self.queue(session)}}}"
 
     @property
     def lease_prefix(self) -> str:
         return f"{self.prefix}lease:"
 
     def session_of_lease(self, key: str) -> str | None:
-        if not key.startswith(self.lease_prefix):
+        head = self.lease_prefix + "{"
+        if not key.startswith(head) or not key.endswith("}"):
             return None
-        name = key[len(self.lease_prefix) :]
-        return name if SESSION_NAME.fullmatch(name) else None
+        return self.session_of_queue(key[len(head) : -1])
 
     def queue(self, session: str) -> str:
         return self.queue_pattern.replace("{session}", checked_session(session))

@@ -70,9 +70,12 @@ HELP: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
                   "to it once it has caught up.",
                   ("reconciler replay conversations", "reconciler replay sessions")),
     ("session",): ("Announce a gateway session by hand (its lease and lifecycle events), for "
-                   "gateways that cannot embed a client.",
+                   "gateways that cannot embed a client. start also puts the session's parked "
+                   "messages back at the head of its queue, in one step with taking the lease; "
+                   "heartbeat fails when the session holds no lease.",
                    ("reconciler session start 940740243 --gateway gateway-1 --ttl 30",
-                    "reconciler session heartbeat 940740243 --ttl 30",
+                    "reconciler session heartbeat 940740243 --ttl 30 || "
+                    "reconciler session start 940740243",
                     "reconciler session stop 940740243")),
     ("schema",): ("Print the JSON Schema of the event union (what a publisher in another "
                   "language needs).",

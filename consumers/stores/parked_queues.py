@@ -12,14 +12,16 @@ pops from the head (index 0).  When its session is not live the messages are
 * **take expired** removes the oldest batches parked before a cutoff and
   returns their messages, so the caller can audit their content.
 
-Each of these is one Lua script: the three keys share the queue key as their
+Each of these is one Lua script over keys that share the queue key as their
 hash tag (see :mod:`events.keys`), so the script runs in one Cluster slot and
-no message is ever in two places or in none.  Lists are moved in chunks of
-``CHUNK`` arguments to stay below Lua's argument limit.
+no message is ever in two places or in none.  Park and restore are the texts
+of :mod:`events.parked_scripts`, which the gateway's start handshake runs too:
+a returning session puts its own messages back, atomically with taking its
+lease, even when no reconciler runs; the restore here is the backup, and
+finding nothing parked it does nothing.
 
-The lease key lives in another slot, so no script reads it; the handler
-(:mod:`consumers.sessions`) explains how races with a returning session are
-closed.
+The lease is in the same slot, so park and the ``drop`` policy's take check
+it inside their script: a session that is live by then keeps its queue.
 """
 
 from __future__ import annotations
@@ -32,50 +34,11 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events.keys import KeySpace
-
-CHUNK = 1000
-"""Messages per RPUSH/LPUSH inside a script (Lua's unpack has a limit)."""
-
-_CHUNK = f"local CHUNK = {CHUNK}\n"
-
-_PUSH_HEAD = _CHUNK + """
-local function push_head(key, items, n)
-  local hi = n
-  while hi >= 1 do
-    local lo = math.max(hi - CHUNK + 1, 1)
-    local args = {}
-    for i = hi, lo, -1 do args[#args + 1] = items[i] end
-    redis.call('LPUSH', key, unpack(args))
-    hi = lo - 1
-  end
-end
-"""
-
-PARK = _CHUNK + """
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-local n = #items
-if n == 0 then return 0 end
-for i = 1, n, CHUNK do
-  redis.call('RPUSH', KEYS[2], unpack(items, i, math.min(i + CHUNK - 1, n)))
-end
-redis.call('DEL', KEYS[1])
-local raw = redis.call('HGET', KEYS[3], 'batches')
-local batches = {}
-if raw then batches = cjson.decode(raw) end
-batches[#batches + 1] = {at = tonumber(ARGV[1]), count = n, cause = ARGV[2]}
-redis.call('HSET', KEYS[3], 'batches', cjson.encode(batches))
-return n
-"""
-
-RESTORE = _PUSH_HEAD + """
-local items = redis.call('LRANGE', KEYS[2], 0, -1)
-local n = #items
-if n > 0 then push_head(KEYS[1], items, n) end
-redis.call('DEL', KEYS[2], KEYS[3])
-return n
-"""
+from events.parked_scripts import PARK, PUSH_HEAD, RESTORE
 
 TAKE_QUEUE = """
+-- KEYS: queue, lease
+if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 return items
@@ -111,7 +74,7 @@ for _, item in ipairs(items) do out[#out + 1] = item end
 return out
 """
 
-PUT_BACK = _PUSH_HEAD + """
+PUT_BACK = PUSH_HEAD + """
 local n = #ARGV - 1
 if n > 0 then
   local items = {}
@@ -197,8 +160,12 @@ class ParkedQueues:
         return bool(await self._redis.exists(self._keys.lease(session)))
 
     async def park(self, session: str, *, now: float, cause: str) -> int:
-        """Move every queued message to the parked list; returns how many moved."""
-        moved = await self._park(keys=self._slot_keys(session), args=[int(now * 1000), cause])
+        """Move every queued message to the parked list; returns how many moved.
+
+        Nothing moves (0) when the session's lease exists when the script runs.
+        """
+        moved = await self._park(keys=[*self._slot_keys(session), self._keys.lease(session)],
+                                 args=[int(now * 1000), cause])
         return int(moved)
 
     async def restore(self, session: str) -> int:
@@ -206,8 +173,9 @@ class ParkedQueues:
         return int(await self._restore(keys=self._slot_keys(session)))
 
     async def take_queue(self, session: str) -> list[bytes]:
-        """Remove and return every queued message (the ``drop`` policy)."""
-        return list(await self._take_queue(keys=[self._keys.queue(session)]))
+        """Remove and return every queued message (the ``drop`` policy); none while live."""
+        k = self._keys
+        return list(await self._take_queue(keys=[k.queue(session), k.lease(session)]))
 
     async def take_expired(self, session: str, *, cutoff: float) -> tuple[list[ParkedBatch], list[bytes]]:
         """Remove and return the oldest batches parked at or before ``cutoff``."""

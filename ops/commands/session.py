@@ -2,7 +2,14 @@
 
 For gateways that cannot embed a client (a shell script around a process, a
 cron job), and for operators: the same protocol as :mod:`events.gateway`,
-against ``REDIS_URL``.  It needs no PostgreSQL.
+against ``REDIS_URL``, start handshake included (the session's parked
+messages are back at the head of its queue when ``start`` returns).  It
+needs no PostgreSQL.
+
+``heartbeat`` refreshes a lease that exists and fails (exit 1, one line)
+when there is none -- never taken, stopped, or run out -- rather than
+starting a session nobody asked for; a script that wants "keep it up" runs
+``heartbeat NAME || start NAME``.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import argparse
 import json
 from typing import Any
 
+from events.errors import ReconcilerError
 from events.gateway import GatewaySessions
 from events.keys import checked_session
 from events.publisher import Retention
@@ -19,10 +27,16 @@ from ops.runtime_env import open_environment, settings_from_args
 ACTIONS = ("start", "heartbeat", "stop")
 
 
+class NoLease(ReconcilerError):
+    """``session heartbeat`` of a session that holds no lease."""
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "session", help="start, heartbeat or stop a gateway session (its lease and events)")
-    parser.add_argument("action", choices=ACTIONS, help="start (lease + event), heartbeat (refresh) or stop")
+    parser.add_argument("action", choices=ACTIONS,
+                        help="start (lease + parked messages back + event), heartbeat (refresh "
+                             "an existing lease) or stop")
     parser.add_argument("name", help="the session name, e.g. 940740243 or default")
     parser.add_argument("--gateway", default=None, help="id of the gateway holding the session")
     parser.add_argument("--ttl", type=float, default=None, metavar="S",
@@ -40,23 +54,27 @@ async def run(args: argparse.Namespace) -> int:
             env.redis, env.settings.keys, gateway=args.gateway,
             ttl_s=args.ttl if args.ttl is not None else env.settings.session_ttl_s,
             retention=Retention(max_len=env.settings.stream_max_len,
-                                max_age_s=env.settings.stream_retention_s))
-        outcome = await _act(sessions, args.action, args.name)
+                                max_age_s=env.settings.stream_retention_s),
+            parked_retention_s=env.settings.parked_retention_s)
+        outcome, restored = await _act(sessions, args.action, args.name)
     if args.json:
         print(json.dumps({"session": args.name, "action": args.action, "outcome": outcome,
-                          "lease_ttl_s": sessions.ttl_s}))
+                          "lease_ttl_s": sessions.ttl_s, "restored": restored}))
     else:
         print(f"session {args.name}: {outcome}")
     return 0
 
 
-async def _act(sessions: GatewaySessions, action: str, name: str) -> str:
+async def _act(sessions: GatewaySessions, action: str, name: str) -> tuple[str, int]:
     if action == "start":
-        await sessions.start(name)
-        return f"started (lease TTL {sessions.ttl_s}s)"
+        started = await sessions.start(name)
+        return (f"started (lease TTL {sessions.ttl_s}s); {started.restored} parked messages "
+                "back at the head of its queue"), started.restored
     if action == "heartbeat":
-        if await sessions.heartbeat(name):
-            return f"lease refreshed ({sessions.ttl_s}s)"
-        return f"lease had expired: started again (lease TTL {sessions.ttl_s}s)"
+        if await sessions.heartbeat(name, restart=False):
+            return f"lease refreshed ({sessions.ttl_s}s)", 0
+        raise NoLease(f"session {name} holds no lease (never started, stopped, or it ran out "
+                      f"after RECONCILER_SESSION_TTL_S); start it with "
+                      f"`reconciler session start {name}`")
     await sessions.stop(name)
-    return "stopped"
+    return "stopped", 0

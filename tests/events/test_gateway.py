@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import pytest
 
+from consumers.stores.parked_queues import ParkedQueues
 from events import codec
 from events.contract import Event, SessionStarted, SessionStopped
 from events.gateway import GatewaySessions
@@ -51,6 +53,84 @@ async def test_heartbeat_after_the_lease_expired_starts_the_session_again(
     assert await redis.exists(keys.lease("default")) == 1
     events = await session_events(redis, keys)
     assert [type(e) for e in events] == [SessionStarted, SessionStarted]
+
+
+async def test_heartbeat_without_restart_reports_a_missing_lease_and_writes_nothing(
+    redis: Any, keys: KeySpace
+) -> None:
+    gateway = GatewaySessions(redis, keys, ttl_s=5)
+    assert await gateway.heartbeat("nobody", restart=False) is False
+    assert await redis.exists(keys.lease("nobody")) == 0
+    assert await redis.xlen(keys.sessions_stream) == 0
+
+
+async def park(redis: Any, keys: KeySpace, session: str, messages: list[str], *,
+               at: float | None = None) -> None:
+    """Messages parked as the sessions group parks them (its own script)."""
+    await redis.rpush(keys.queue(session), *messages)
+    store = ParkedQueues(redis, keys)
+    assert await store.park(session, now=time.time() if at is None else at,
+                            cause="test") == len(messages)
+
+
+async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_newer(
+    redis: Any, keys: KeySpace
+) -> None:
+    parked = [f"parked-{n}" for n in range(30)]
+    await park(redis, keys, "940740243", parked)
+    newer = [f"newer-{n}" for n in range(10)]
+    await redis.rpush(keys.queue("940740243"), *newer)  # pushed while the session was away
+    gateway = GatewaySessions(redis, keys, gateway="gw-1", ttl_s=30)
+    later = [f"later-{n}" for n in range(20)]
+    drained: list[bytes] = []
+
+    async def produce() -> None:
+        for message in later:
+            await redis.rpush(keys.queue("940740243"), message)
+
+    async def drain_from_the_instant_it_is_back() -> None:
+        started = await gateway.start("940740243")
+        assert started.restored == len(parked)
+        producer = asyncio.create_task(produce())
+        while len(drained) < len(parked) + len(newer) + len(later):
+            popped = await redis.blpop([keys.queue("940740243")], timeout=1)
+            if popped is not None:
+                drained.append(popped[1])
+        await producer
+
+    await asyncio.wait_for(drain_from_the_instant_it_is_back(), timeout=60)
+
+    assert drained == [m.encode() for m in [*parked, *newer, *later]], "order kept, none doubled"
+    assert await redis.exists(keys.parked("940740243"), keys.parked_meta("940740243"),
+                              keys.queue("940740243")) == 0
+    # The sessions group's own restore, run later, is a backup: it finds nothing to do.
+    assert await ParkedQueues(redis, keys).restore("940740243") == 0
+
+
+async def test_the_handshake_leaves_batches_past_retention_to_the_reconciler(
+    redis: Any, keys: KeySpace
+) -> None:
+    await park(redis, keys, "940740243", ["old-1", "old-2"], at=time.time() - 3600)
+    await park(redis, keys, "940740243", ["recent-1"])
+    gateway = GatewaySessions(redis, keys, ttl_s=30, parked_retention_s=600)
+
+    assert (await gateway.start("940740243")).restored == 1
+
+    assert await redis.lrange(keys.queue("940740243"), 0, -1) == [b"recent-1"]
+    store = ParkedQueues(redis, keys)
+    assert await store.parked("940740243") == [b"old-1", b"old-2"]
+    assert [b.count for b in (await store.observe("940740243")).batches] == [2]
+
+
+async def test_parking_never_takes_the_queue_of_a_session_that_holds_its_lease(
+    redis: Any, keys: KeySpace
+) -> None:
+    await GatewaySessions(redis, keys, ttl_s=30).start("940740243")
+    await redis.rpush(keys.queue("940740243"), "m1")
+    store = ParkedQueues(redis, keys)
+    assert await store.park("940740243", now=time.time(), cause="late event") == 0
+    assert await store.take_queue("940740243") == []
+    assert await redis.lrange(keys.queue("940740243"), 0, -1) == [b"m1"]
 
 
 async def test_keep_alive_keeps_the_lease_past_its_ttl_and_stops_at_the_end(

@@ -146,6 +146,8 @@ async def test_the_streams_share_a_slot_and_other_keys_are_spread() -> None:
     tagged |= {_keyslot(KEYS.deadlines), _keyslot(KEYS.deadline_payloads)}
     assert len(tagged) == 1
     assert _keyslot(KEYS.queue("940740243")) == _keyslot(KEYS.parked("940740243"))
+    assert _keyslot(KEYS.queue("940740243")) == _keyslot(KEYS.lease("940740243"))
+    assert _keyslot(KEYS.queue("940740243")) == _keyslot(KEYS.parked_meta("940740243"))
     assert len({_keyslot(KEYS.queue(f"s{n}")) for n in range(20)}) > 1
 
 
@@ -202,6 +204,26 @@ async def test_parking_and_restoring_a_queue_on_the_cluster(client: RedisCluster
     await client.rpush(queue, b"m4")
     assert await parked.restore("940740243") == 3
     assert await client.lrange(queue, 0, -1) == [b"m1", b"m2", b"m3", b"m4"]
+
+
+async def test_the_gateway_start_handshake_runs_in_one_slot_on_the_cluster(
+    client: RedisCluster,
+) -> None:
+    from consumers.stores.parked_queues import ParkedQueues
+    from events.gateway import GatewaySessions
+
+    session = "returning"
+    queue = KEYS.queue(session)
+    await client.delete(queue, KEYS.parked(session), KEYS.parked_meta(session), KEYS.lease(session))
+    await client.rpush(queue, b"p1", b"p2")
+    assert await ParkedQueues(client, KEYS).park(session, now=time.time(), cause="cluster") == 2
+    await client.rpush(queue, b"newer")
+    started = await GatewaySessions(client, KEYS, ttl_s=30).start(session)  # type: ignore[arg-type]
+    assert started.restored == 2
+    assert await client.lrange(queue, 0, -1) == [b"p1", b"p2", b"newer"]
+    assert await client.exists(KEYS.lease(session)) == 1
+    await client.rpush(queue, b"while-live")
+    assert await ParkedQueues(client, KEYS).park(session, now=time.time(), cause="late") == 0
 
 
 @pytest.mark.skipif(importlib.util.find_spec("events.timers") is None,

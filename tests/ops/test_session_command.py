@@ -13,7 +13,8 @@ from events.keys import KeySpace
 
 
 def reconciler(redis_url: str, key_prefix: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": redis_url, "RECONCILER_KEY_PREFIX": key_prefix}
+    env = {**os.environ, "REDIS_URL": redis_url, "RECONCILER_KEY_PREFIX": key_prefix,
+           "RECONCILER_QUEUE_PATTERN": f"{key_prefix}queue:{{session}}"}
     env.pop("DATABASE_URL", None)  # the command needs no PostgreSQL
     return subprocess.run([sys.executable, "-m", "ops", *args], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
@@ -22,12 +23,15 @@ def reconciler(redis_url: str, key_prefix: str, *args: str) -> subprocess.Comple
 async def test_session_commands_hold_the_lease_and_publish_events(
     redis: Any, redis_url: str, key_prefix: str
 ) -> None:
-    keys = KeySpace(prefix=key_prefix)
+    keys = KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}")
 
+    await redis.rpush(keys.parked("940740243"), "parked-1", "parked-2")  # parked while away
+    await redis.rpush(keys.queue("940740243"), "newer")
     started = reconciler(redis_url, key_prefix, "session", "start", "940740243",
                          "--gateway", "gw-7", "--ttl", "45")
     assert started.returncode == 0, started.stderr
-    assert "started" in started.stdout
+    assert "started" in started.stdout and "2 parked messages back" in started.stdout
+    assert await redis.lrange(keys.queue("940740243"), 0, -1) == [b"parked-1", b"parked-2", b"newer"]
     assert 0 < await redis.ttl(keys.lease("940740243")) <= 45
 
     beat = reconciler(redis_url, key_prefix, "session", "heartbeat", "940740243")
@@ -49,3 +53,16 @@ def test_a_bad_session_name_is_one_clear_error(redis_url: str, key_prefix: str) 
     assert result.returncode == 1
     assert "invalid session name" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_heartbeat_of_a_session_without_a_lease_is_an_error_and_starts_nothing(
+    redis: Any, redis_url: str, key_prefix: str
+) -> None:
+    keys = KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}")
+    result = reconciler(redis_url, key_prefix, "session", "heartbeat", "nobody")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "session nobody holds no lease" in result.stderr
+    assert "reconciler session start nobody" in result.stderr
+    assert await redis.exists(keys.lease("nobody")) == 0
+    assert await redis.exists(keys.sessions_stream) == 0
