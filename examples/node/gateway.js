@@ -1,22 +1,28 @@
 'use strict';
-// A gateway's side of the session-reconciler protocol, with the `redis` npm package.
+// A gateway's side of the session-reconciler protocol, with the `ioredis` npm package.
 //
-//   start      SET {prefix}lease:{name} <json> EX ttl     then XADD session.started
-//   heartbeat  SET {prefix}lease:{name} <json> XX EX ttl  (nil reply: the lease was gone,
-//                                                          so it is a start again)
-//   stop       DEL {prefix}lease:{name}                   then XADD session.stopped
+//   start      EVAL start.lua over lease, queue, parked list, parked-meta  then XADD session.started
+//              (takes the lease and puts the parked messages back at the head of the queue,
+//              oldest first, in one step: drain only after it returns)
+//   heartbeat  SET {prefix}lease:{queue} <json> XX EX ttl  (nil reply: the lease was gone,
+//                                                         so it is a start again)
+//   stop       DEL {prefix}lease:{queue}                   then XADD session.stopped
 //
-// The lease key and the sessions stream live in different Redis Cluster slots, so
-// they are written one after the other -- the lease first -- never in one MULTI.
-// A stream entry has the fields v, type, key and data (the event as JSON, see
-// events/events.schema.json in the session-reconciler repository).
+// The lease, parked list and parked-meta keys carry the queue key as their hash tag, so the
+// start script runs in one Redis Cluster slot. The sessions stream is in another slot: the
+// event is a second step, after the script. A stream entry has the fields v, type, key and
+// data (the event as JSON, see events/events.schema.json in the session-reconciler repository).
 
 const crypto = require('node:crypto');
-const { createClient } = require('redis');
+const fs = require('node:fs');
+const path = require('node:path');
+const Redis = require('ioredis');
 
 const SCHEMA_VERSION = '1';
 const SESSION_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+// The start handshake, the same text as events/parked_scripts.py START (a test compares them).
+const START_SCRIPT = fs.readFileSync(path.join(__dirname, 'start.lua'), 'utf8');
 
 // A time-ordered event id (ULID): 48 bits of milliseconds, 80 random bits.
 function ulid() {
@@ -37,17 +43,31 @@ function checkedName(name) {
 }
 
 class GatewaySessions {
-  constructor(client, { prefix = 'reconciler:', gateway = null, ttl = 30, maxLen = 1000000 } = {}) {
+  // parkedRetention: the reconciler's RECONCILER_PARKED_RETENTION_S; given, batches parked
+  // longer than that stay parked for the reconciler to drop (content audited).
+  constructor(client, {
+    prefix = 'reconciler:', queuePattern = 'queue:{session}', gateway = null, ttl = 30,
+    maxLen = 1000000, parkedRetention = null,
+  } = {}) {
     this.client = client;
     this.prefix = prefix;
+    this.queuePattern = queuePattern;
     this.gateway = gateway;
     this.ttl = Math.max(1, Math.ceil(ttl));
     this.maxLen = maxLen;
+    this.parkedRetention = parkedRetention;
     this.stream = `${prefix}{events}:sessions`;
+    if (!client.reconcilerStart) {
+      client.defineCommand('reconcilerStart', { numberOfKeys: 4, lua: START_SCRIPT });
+    }
+  }
+
+  queueKey(name) {
+    return this.queuePattern.replace('{session}', checkedName(name));
   }
 
   leaseKey(name) {
-    return `${this.prefix}lease:${checkedName(name)}`;
+    return `${this.prefix}lease:{${this.queueKey(name)}}`;
   }
 
   leaseValue() {
@@ -59,22 +79,28 @@ class GatewaySessions {
       type, id: ulid(), occurred_at: new Date().toISOString(), source: 'gateway', key: name,
       gateway: this.gateway, ...fields,
     };
-    const entry = { v: SCHEMA_VERSION, type, key: name, data: JSON.stringify(event) };
-    const options = this.maxLen > 0
-      ? { TRIM: { strategy: 'MAXLEN', strategyModifier: '~', threshold: this.maxLen } }
-      : undefined;
-    await this.client.xAdd(this.stream, '*', entry, options);
+    const trim = this.maxLen > 0 ? ['MAXLEN', '~', String(this.maxLen)] : [];
+    await this.client.xadd(this.stream, ...trim, '*', 'v', SCHEMA_VERSION, 'type', type,
+      'key', name, 'data', JSON.stringify(event));
     return event.id;
   }
 
+  // Take the lease and put the parked messages back; returns how many came back.
+  // When it resolves the queue is ready to drain: parked messages first, then newer ones.
   async start(name) {
-    await this.client.set(this.leaseKey(name), this.leaseValue(), { EX: this.ttl });
-    return this.publish('session.started', name, { lease_ttl_s: this.ttl });
+    const queue = this.queueKey(name);
+    const cutoff = this.parkedRetention === null
+      ? 0 : Math.max(1, Date.now() - Math.round(this.parkedRetention * 1000));
+    const restored = await this.client.reconcilerStart(
+      this.leaseKey(name), queue, `${this.prefix}parked:{${queue}}`,
+      `${this.prefix}parked-meta:{${queue}}`, this.leaseValue(), this.ttl, cutoff);
+    await this.publish('session.started', name, { lease_ttl_s: this.ttl });
+    return Number(restored);
   }
 
   // true: the lease was refreshed; false: it had expired and the session was started again.
   async heartbeat(name) {
-    const reply = await this.client.set(this.leaseKey(name), this.leaseValue(), { EX: this.ttl, XX: true });
+    const reply = await this.client.set(this.leaseKey(name), this.leaseValue(), 'EX', this.ttl, 'XX');
     if (reply !== null) return true;
     await this.start(name);
     return false;
@@ -99,29 +125,49 @@ class GatewaySessions {
 function fromEnvironment(client, env = process.env) {
   return new GatewaySessions(client, {
     prefix: env.RECONCILER_KEY_PREFIX || 'reconciler:',
+    queuePattern: env.RECONCILER_QUEUE_PATTERN || 'queue:{session}',
     gateway: env.GATEWAY_ID || null,
     ttl: Number(env.RECONCILER_SESSION_TTL_S || 30),
     maxLen: Number(env.RECONCILER_STREAM_MAX_LEN || 1000000),
+    parkedRetention: env.RECONCILER_PARKED_RETENTION_S
+      ? Number(env.RECONCILER_PARKED_RETENTION_S) : null,
   });
 }
 
-const USAGE = 'usage: node gateway.js start|heartbeat|stop|demo|run NAME';
+// The gateway's drain loop: start the session, then pop its queue from the head and hand
+// each message on (here: print it as a JSON line) until `count` messages went out.
+async function drain(client, sessions, name, count) {
+  const queue = sessions.queueKey(name);
+  const restored = await sessions.start(name);
+  console.error(`session ${name} live; ${restored} parked messages back at the head`);
+  for (let sent = 0; sent < count;) {
+    const popped = await client.blpop(queue, 1);
+    if (popped !== null) {
+      process.stdout.write(`${JSON.stringify(popped[1])}\n`);
+      sent += 1;
+    }
+  }
+}
+
+const USAGE = 'usage: node gateway.js start|heartbeat|stop|demo|run NAME | drain NAME COUNT';
 
 async function main(argv) {
-  const [action, name] = argv;
-  if (!['start', 'heartbeat', 'stop', 'demo', 'run'].includes(action) || !name) {
+  const [action, name, count] = argv;
+  if (!['start', 'heartbeat', 'stop', 'demo', 'run', 'drain'].includes(action) || !name
+      || (action === 'drain' && !(Number(count) >= 0))) {
     console.error(USAGE);
     return 2;
   }
   checkedName(name);
-  const client = createClient({ url: process.env.REDIS_URL || 'redis://127.0.0.1:6379/0' });
+  const client = new Redis(process.env.REDIS_URL || 'redis://127.0.0.1:6379/0',
+    { maxRetriesPerRequest: 3 });
   client.on('error', (error) => console.error('redis:', error.message));
-  await client.connect();
   const sessions = fromEnvironment(client);
   try {
-    if (action === 'start') await sessions.start(name);
+    if (action === 'start') console.log(`restored ${await sessions.start(name)}`);
     if (action === 'heartbeat') console.log((await sessions.heartbeat(name)) ? 'refreshed' : 'started again');
     if (action === 'stop') await sessions.stop(name);
+    if (action === 'drain') await drain(client, sessions, name, Number(count));
     if (action === 'demo') {
       await sessions.start(name);
       await sessions.heartbeat(name);
@@ -133,14 +179,14 @@ async function main(argv) {
       await new Promise((resolve) => { process.once('SIGINT', resolve); process.once('SIGTERM', resolve); });
       await stop();
     }
-    console.log(`session ${name}: ${action} done`);
+    if (action !== 'drain') console.log(`session ${name}: ${action} done`);
     return 0;
   } finally {
     await client.quit();
   }
 }
 
-module.exports = { GatewaySessions, fromEnvironment, ulid };
+module.exports = { GatewaySessions, fromEnvironment, ulid, START_SCRIPT };
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(

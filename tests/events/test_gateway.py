@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from events import codec
 from events.contract import Event, SessionStarted, SessionStopped
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
+from events.parked_scripts import START
 from tests.support import eventually
 
 
@@ -157,3 +159,8 @@ async def test_an_invalid_session_name_is_refused_before_touching_redis(
     with pytest.raises(ValueError, match="invalid session name"):
         await gateway.start("../etc")
     assert await redis.xlen(keys.sessions_stream) == 0
+
+
+def test_the_wire_protocol_page_prints_the_start_script_the_client_runs() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    assert f"```lua\n{START.strip(chr(10))}\n```" in page

@@ -1,24 +1,29 @@
 """The Node.js gateway example speaks the protocol the Python side decodes.
 
-Runs ``examples/node/gateway.js`` with ``node`` against real Redis; CI installs
-its npm packages (``.ci/extra-setup``).
+Runs ``examples/node/gateway.js`` (ioredis) with ``node`` against real Redis;
+CI installs its npm packages (``.ci/extra-setup``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from consumers.stores.parked_queues import ParkedQueues
 from events import codec
 from events.contract import SessionStarted, SessionStopped
 from events.ids import id_time
 from events.keys import KeySpace
+from events.parked_scripts import START
+from tests.support import eventually
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
@@ -26,13 +31,18 @@ NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (CI has it)")
 
 
+def node_env(redis_url: str, key_prefix: str) -> dict[str, str]:
+    return {**os.environ, "REDIS_URL": redis_url, "RECONCILER_KEY_PREFIX": key_prefix,
+            "RECONCILER_QUEUE_PATTERN": f"{key_prefix}queue:{{session}}",
+            "GATEWAY_ID": "node-gw", "RECONCILER_SESSION_TTL_S": "40"}
+
+
 async def gateway(redis_url: str, key_prefix: str, *args: str) -> str:
-    assert (EXAMPLE / "node_modules" / "redis").is_dir(), (
+    assert (EXAMPLE / "node_modules" / "ioredis").is_dir(), (
         f"run `npm install` in {EXAMPLE} first (CI does it in .ci/extra-setup)")
-    env = {**os.environ, "REDIS_URL": redis_url, "RECONCILER_KEY_PREFIX": key_prefix,
-           "GATEWAY_ID": "node-gw", "RECONCILER_SESSION_TTL_S": "40"}
     result = await asyncio.to_thread(
-        subprocess.run, [str(NODE), "gateway.js", *args], cwd=EXAMPLE, env=env,
+        subprocess.run, [str(NODE), "gateway.js", *args], cwd=EXAMPLE,
+        env=node_env(redis_url, key_prefix),
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -41,7 +51,7 @@ async def gateway(redis_url: str, key_prefix: str, *args: str) -> str:
 async def test_the_node_example_publishes_events_the_python_codec_decodes(
     redis: Any, redis_url: str, key_prefix: str
 ) -> None:
-    keys = KeySpace(prefix=key_prefix)
+    keys = KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}")
 
     await gateway(redis_url, key_prefix, "start", "940740243")
     assert 0 < await redis.ttl(keys.lease("940740243")) <= 40
@@ -70,3 +80,42 @@ async def test_the_node_example_refuses_a_bad_session_name(
     assert result.returncode == 1
     assert "invalid session name" in result.stderr
     assert await redis.exists(KeySpace(prefix=key_prefix).sessions_stream) == 0
+
+
+def test_the_node_example_runs_the_same_start_script_as_the_python_client() -> None:
+    assert (EXAMPLE / "start.lua").read_text() == START
+
+
+async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_then_newer(
+    redis: Any, redis_url: str, key_prefix: str
+) -> None:
+    """The Node gateway drains the instant its session is back; a producer keeps pushing."""
+    keys = KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}")
+    queue = keys.queue("940740243")
+    parked = [f"parked-{n}" for n in range(36)]
+    await redis.rpush(queue, *parked)
+    assert await ParkedQueues(redis, keys).park("940740243", now=time.time(), cause="t") == 36
+    newer = [f"newer-{n}" for n in range(29)]
+    await redis.rpush(queue, *newer)  # pushed while the session was away
+    later = [f"later-{n}" for n in range(50)]
+    total = len(parked) + len(newer) + len(later)
+    assert (EXAMPLE / "node_modules" / "ioredis").is_dir(), f"run `npm install` in {EXAMPLE}"
+    process = await asyncio.create_subprocess_exec(
+        str(NODE), "gateway.js", "drain", "940740243", str(total), cwd=EXAMPLE,
+        env=node_env(redis_url, key_prefix), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+    async def lease_taken() -> bool:
+        return bool(await redis.exists(keys.lease("940740243")))
+
+    await eventually(lease_taken, timeout=60, message="the Node gateway took its lease")
+    for message in later:  # while the gateway drains
+        await redis.rpush(queue, message)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, err.decode()
+
+    drained = [json.loads(line) for line in out.decode().splitlines()]
+    assert drained == [*parked, *newer, *later], "order kept, nothing lost or doubled"
+    assert "36 parked messages back" in err.decode()
+    assert await redis.exists(queue, keys.parked("940740243"), keys.parked_meta("940740243")) == 0
+    assert await ParkedQueues(redis, keys).restore("940740243") == 0  # the backup finds nothing
