@@ -9,7 +9,9 @@ prints it, and ``examples/node/`` does it in JavaScript):
   queue, the parked list and the parked-meta hash: it sets the lease
   (``SET {prefix}lease:{queue:name} <json> EX ttl``) and puts the session's
   parked messages back at the head of its queue, oldest first, in one step;
-  then XADD a ``session.started`` event to the sessions stream.  Only after
+  then XADD a ``session.started`` event to the sessions stream (and, when
+  messages came back, a ``restore_parked`` entry to the audit stream, in the
+  same ``{events}`` slot).  Only after
   the script returns may the gateway drain the queue: the order then holds
   even when no reconciler runs;
 * **heartbeat** -- ``SET {prefix}lease:{queue:name} <json> XX EX ttl``; a nil
@@ -45,7 +47,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from events.contract import SessionStarted, SessionStopped
+from events.contract import ActionRecorded, SessionStarted, SessionStopped
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import spawn
@@ -108,12 +110,22 @@ class GatewaySessions:
         may start draining.
         """
         restored = await self._handshake(name)
-        event = SessionStarted(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
+        now = datetime.now(UTC)
+        event = SessionStarted(id=new_event_id(now), occurred_at=now, source="gateway",
                                key=name, gateway=self.gateway, lease_ttl_s=self.ttl_s)
-        await self._publisher.publish(event)
+        await self._publisher.publish_many(
+            [event, self._restore_audit(event, restored)] if restored else [event])
         log.info("session %s started; %d parked messages back at the head of its queue", name,
                  restored, extra={"key": name, "gateway": self.gateway})
         return Started(event_id=event.id, restored=restored)
+
+    def _restore_audit(self, started: SessionStarted, restored: int) -> ActionRecorded:
+        """The audit entry of the handshake's restore, caused by ``session.started``."""
+        return ActionRecorded(
+            id=new_event_id(), occurred_at=started.occurred_at, source="gateway", key=started.key,
+            cause_id=started.id, action="restore_parked", target=self._keys.queue(started.key),
+            outcome="done", reason=f"start handshake: {restored} parked messages back at the head",
+            before={"parked": restored}, after={"parked": 0, "restored": restored})
 
     async def _handshake(self, name: str) -> int:
         """The START script: lease and restore in one step; returns the messages restored."""

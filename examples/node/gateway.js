@@ -3,7 +3,8 @@
 //
 //   start      EVAL start.lua over lease, queue, parked list, parked-meta  then XADD session.started
 //              (takes the lease and puts the parked messages back at the head of the queue,
-//              oldest first, in one step: drain only after it returns)
+//              oldest first, in one step: drain only after it returns; when messages came
+//              back, XADD a restore_parked entry to the audit stream too)
 //   heartbeat  SET {prefix}lease:{queue} <json> XX EX ttl  (nil reply: the lease was gone,
 //                                                         so it is a start again)
 //   stop       DEL {prefix}lease:{queue}                   then XADD session.stopped
@@ -74,15 +75,29 @@ class GatewaySessions {
     return JSON.stringify({ gateway: this.gateway, started_at: new Date().toISOString() });
   }
 
-  async publish(type, name, fields) {
+  // XADD one event (fields: v, type, key, data) to `stream`; returns the event id.
+  async xaddEvent(stream, type, name, fields) {
     const event = {
       type, id: ulid(), occurred_at: new Date().toISOString(), source: 'gateway', key: name,
-      gateway: this.gateway, ...fields,
+      ...fields,
     };
     const trim = this.maxLen > 0 ? ['MAXLEN', '~', String(this.maxLen)] : [];
-    await this.client.xadd(this.stream, ...trim, '*', 'v', SCHEMA_VERSION, 'type', type,
+    await this.client.xadd(stream, ...trim, '*', 'v', SCHEMA_VERSION, 'type', type,
       'key', name, 'data', JSON.stringify(event));
     return event.id;
+  }
+
+  async publish(type, name, fields) {
+    return this.xaddEvent(this.stream, type, name, { gateway: this.gateway, ...fields });
+  }
+
+  // The audit entry of the handshake's restore (the audit stream shares the {events} slot).
+  async auditRestore(name, restored, causeId) {
+    return this.xaddEvent(`${this.prefix}{events}:audit`, 'audit.action', name, {
+      cause_id: causeId, action: 'restore_parked', target: this.queueKey(name), outcome: 'done',
+      dry_run: false, reason: `start handshake: ${restored} parked messages back at the head`,
+      before: { parked: restored }, after: { parked: 0, restored },
+    });
   }
 
   // Take the lease and put the parked messages back; returns how many came back.
@@ -94,7 +109,8 @@ class GatewaySessions {
     const restored = await this.client.reconcilerStart(
       this.leaseKey(name), queue, `${this.prefix}parked:{${queue}}`,
       `${this.prefix}parked-meta:{${queue}}`, this.leaseValue(), this.ttl, cutoff);
-    await this.publish('session.started', name, { lease_ttl_s: this.ttl });
+    const eventId = await this.publish('session.started', name, { lease_ttl_s: this.ttl });
+    if (Number(restored) > 0) await this.auditRestore(name, Number(restored), eventId);
     return Number(restored);
   }
 

@@ -12,7 +12,7 @@ import pytest
 
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec
-from events.contract import Event, SessionStarted, SessionStopped
+from events.contract import ActionRecorded, Event, SessionStarted, SessionStopped
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
 from events.parked_scripts import START
@@ -107,6 +107,12 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
                               keys.queue("940740243")) == 0
     # The sessions group's own restore, run later, is a backup: it finds nothing to do.
     assert await ParkedQueues(redis, keys).restore("940740243") == 0
+    (audit,) = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
+    (started,) = await session_events(redis, keys)
+    assert isinstance(audit, ActionRecorded)
+    assert (audit.action, audit.source, audit.cause_id, audit.target, audit.after) == (
+        "restore_parked", "gateway", started.id, keys.queue("940740243"),
+        {"parked": 0, "restored": 30})
 
 
 async def test_the_handshake_leaves_batches_past_retention_to_the_reconciler(

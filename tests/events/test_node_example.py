@@ -119,3 +119,7 @@ async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_
     assert "36 parked messages back" in err.decode()
     assert await redis.exists(queue, keys.parked("940740243"), keys.parked_meta("940740243")) == 0
     assert await ParkedQueues(redis, keys).restore("940740243") == 0  # the backup finds nothing
+    audit = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
+    started = [codec.decode(f) for _, f in await redis.xrange(keys.sessions_stream)]
+    assert [(a.action, a.source, a.cause_id, a.after) for a in audit] == [  # type: ignore[attr-defined]
+        ("restore_parked", "gateway", started[0].id, {"parked": 0, "restored": 36})]
