@@ -49,6 +49,11 @@ LOOP_FAILURES = Counter(
     "Background loop iterations that failed and were retried after a backoff.",
     ["loop"],
 )
+STREAM_IDS_EXHAUSTED = Gauge(
+    "reconciler_stream_ids_exhausted",
+    "1 while a stream has used its last possible entry id (every XADD to it fails).",
+    ["stream"],
+)
 LOOP_LAST_TICK = Gauge(
     "reconciler_loop_last_tick_timestamp_seconds",
     "When a background loop last made progress (Unix time).",

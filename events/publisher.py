@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from events import codec, metrics
 from events.contract import EventBase, stream_of, tag_of
 from events.keys import KeySpace
 from events.retention import TRIM_LUA, trim_args
+from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
 BATCH_SIZE = 500
 """Events per pipeline round trip."""
@@ -61,7 +63,13 @@ class Publisher:
             if trim is not None:
                 for stream in dict.fromkeys(streams):  # once per stream, after its XADDs
                     await self._trim(keys=[stream], args=trim, client=pipe)
-            replies = await pipe.execute()
+            try:
+                replies = await pipe.execute()
+            except ResponseError as e:
+                if not is_exhausted_error(e):
+                    raise
+                names = {stream_of(event): key for event, key in zip(batch, streams, strict=True)}
+                raise StreamExhausted(describe(await find_exhausted(self._redis, names))) from e
             for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))

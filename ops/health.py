@@ -30,10 +30,12 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from consumers.runtime import running_groups
+from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, Heartbeats, spawn
 from events.readiness import READINESS, Readiness
 from events.settings import Settings
+from events.streamids import EXHAUSTED, describe, find_exhausted
 from ops.config import ConfigError
 from ops.group_metrics import COLLECT_INTERVAL_S, LOOP_NAME, GroupCollector
 from ops.redact import redact
@@ -107,11 +109,14 @@ class HealthServer:
         return 404, "text/plain", b"not found: try /metrics, /healthz or /readyz\n"
 
     def _health(self) -> tuple[int, str, bytes]:
-        stuck = self.heartbeats.stuck()
-        body = {"status": "stuck" if stuck else "ok",
-                "stuck": {name: round(s, 1) for name, s in stuck.items()},
-                "loops": self.heartbeats.report()}
-        return (503 if stuck else 200), JSON_TYPE, _json(body)
+        stuck, exhausted = self.heartbeats.stuck(), sorted(EXHAUSTED)
+        body: dict[str, Any] = {
+            "status": "stuck" if stuck else "stream ids exhausted" if exhausted else "ok",
+            "stuck": {name: round(s, 1) for name, s in stuck.items()},
+            "loops": self.heartbeats.report()}
+        if exhausted:
+            body["exhausted_streams"] = {"streams": exhausted, "detail": describe(exhausted)}
+        return (503 if stuck or exhausted else 200), JSON_TYPE, _json(body)
 
     async def _ready(self) -> tuple[int, str, bytes]:
         results = await self.readiness.run()
@@ -163,10 +168,21 @@ def add_standard_checks(
                     break
         return f"missing consumer groups: {', '.join(sorted(missing))}" if missing else None
 
+    async def streams_check() -> str | None:
+        found = await find_exhausted(redis, event_streams(keys))
+        return describe(found) if found else None
+
     readiness.add("redis", redis_check)
     readiness.add("consumer_groups", groups_check)
+    readiness.add("stream_ids", streams_check)
     if database_url is not None:
         readiness.add("postgres", _postgres_check(database_url))
+
+
+def event_streams(keys: KeySpace) -> dict[str, str]:
+    """Every stream this project appends to, by name."""
+    names = (CONVERSATIONS, SESSIONS, AUDIT, NOTIFICATIONS, "deadletter")
+    return {name: keys.stream(name) for name in names}
 
 
 def _postgres_check(database_url: str) -> Any:

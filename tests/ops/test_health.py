@@ -103,7 +103,7 @@ async def test_readyz_reports_each_check_and_flag(
     add_standard_checks(readiness, redis=redis, keys=keys, database_url=database_url)
     status, _, body = await get(address, "/readyz")
     assert status == 200, body
-    assert set(json.loads(body)["checks"]) == {"redis", "postgres", "consumer_groups"}
+    assert set(json.loads(body)["checks"]) == {"redis", "postgres", "consumer_groups", "stream_ids"}
 
     readiness.waiting("source:files", "initial scan")
     status, _, body = await get(address, "/readyz")
