@@ -33,9 +33,10 @@ from functools import partial
 from typing import Any
 
 from consumers.audit import Auditor
-from consumers.errors import PermanentError, TemporaryError
+from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
 from consumers.stores.conversations_sql import ConversationsSql, Row
+from consumers.stores.pauses import PauseStore
 from consumers.stores.session_files import FileState, QuarantineError, SessionFiles
 from events.contract import (
     BotRunTimedOut,
@@ -126,6 +127,9 @@ Action = (BackfillFlow | CloseConversation | ClearBotFields | QuarantineFile
 
 CHANGES = (BackfillFlow, CloseConversation, ClearBotFields, QuarantineFile)
 """Actions that change a store (audited, and only planned in a dry run)."""
+CHANGE_VERBS: dict[type, str] = {BackfillFlow: "backfill_flow", CloseConversation: "close_conversation",
+                                 ClearBotFields: "clear_bot_fields", QuarantineFile: "quarantine_file"}
+"""The name each change is audited under (also when skipped: its key is paused)."""
 
 
 def decide(o: Observed) -> list[Action]:
@@ -217,6 +221,7 @@ class ConversationsHandler:
         self.auditor = auditor
         self.timers = timers
         self.keys = settings.keys
+        self.pauses = PauseStore(redis, self.keys)
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         cause = deliveries[-1].event
@@ -271,6 +276,11 @@ class ConversationsHandler:
 
     async def change(self, o: Observed, action: Action, name: str, cause: EventBase) -> bool:
         """Make (or, in a dry run, plan) one change; ``True`` if it was made or planned."""
+        if not self.auditor.dry_run and (reason := await self.pauses.gate(o.key)):
+            await self.auditor.record(action=CHANGE_VERBS[type(action)], target=o.key, key=o.key,
+                                      outcome="skipped", cause=cause, reason=reason,
+                                      before=o.row.as_dict() if o.row else None)
+            return False
         if isinstance(action, QuarantineFile):
             return await self.quarantine(o, action, name, cause)
         row = o.row
@@ -315,19 +325,10 @@ class ConversationsHandler:
                              bot_timeout_s=o.bot_timeout_s, grace_s=o.grace_s)
             return may_move_file(row) and QuarantineFile(action.reason) in decide(again)
 
-        moved = await self.files.quarantine(name, key=o.key, reason=action.reason, cause=cause,
-                                            expected_sha256=o.file.sha256, guard=still_stale)
-        if moved.outcome == "failed":
-            raise TemporaryError(moved.reason)  # retried with backoff
-        if moved.outcome == "reverted":  # moved, found not to be what was decided on, undone
-            await self.auditor.record(
-                action="quarantine_file", target=target, key=o.key, outcome="skipped",
-                cause=cause, reason=f"reverted: {moved.reason}", before=before,
-                after={"kept_as": str(self.files.quarantine_dir / moved.record.name)}
-                if moved.record else None)
-        if moved.outcome != "done" or moved.record is None:
-            return moved.outcome == "reverted"
-        record = moved.record
+        record = await self.files.quarantine(name, key=o.key, reason=action.reason, cause=cause,
+                                             expected_sha256=o.file.sha256, guard=still_stale)
+        if record is None:
+            return False
         await self.auditor.record(
             action="quarantine_file", target=target, key=o.key, outcome="done", cause=cause,
             reason=action.reason, before=before,

@@ -24,6 +24,7 @@ from consumers.relist import Relister, conversation_keys, session_names
 from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
+from consumers.stores.pauses import PauseStore, settling_expiries
 from consumers.stores.session_files import SessionFiles
 from events.grants import missing_grants, wait_until_granted
 from events.publisher import Publisher, Retention
@@ -74,10 +75,13 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
                      publisher=publisher),
             Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher),
         ]
+        pauses, pause_auditor = PauseStore(redis, keys), Auditor(publisher, dry_run=False)
         groups = [
             GroupConsumer(redis, _options(settings, "conversations", keys.conversations_stream),
-                          conversations, on_gap=relisters[0].request),
-            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream), sessions,
+                          settling_expiries(conversations, pauses, pause_auditor),
+                          on_gap=relisters[0].request),
+            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream),
+                          settling_expiries(sessions, pauses, pause_auditor),
                           on_gap=relisters[1].request),
         ]
         await asyncio.gather(*(group.run(stop) for group in groups))

@@ -49,6 +49,7 @@ from consumers.stores.parked_queues import (
     SessionState,
     describe_messages,
 )
+from consumers.stores.pauses import PauseStore
 from events.contract import (
     ActionOutcome,
     EventBase,
@@ -170,6 +171,11 @@ def decide(o: Observed) -> list[Action]:
 # -- the handler -----------------------------------------------------------------
 
 
+CHANGE_VERBS: dict[type, str] = {ParkQueue: "park_queue", RestoreParked: "restore_parked",
+                                 DropQueue: "drop_queue", DropParked: "drop_parked"}
+"""Actions that change a store, by the name they are audited under (skipped while paused)."""
+
+
 class SessionsHandler:
     """``async (key, deliveries)`` for the ``sessions`` group."""
 
@@ -180,6 +186,7 @@ class SessionsHandler:
         self._store = ParkedQueues(redis, self._keys)
         self._auditor = auditor
         self._timers = timers
+        self._pauses = PauseStore(redis, self._keys)
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         try:
@@ -219,6 +226,12 @@ class SessionsHandler:
         return False
 
     async def _apply(self, action: Action, state: SessionState, cause: EventBase) -> None:
+        verb = CHANGE_VERBS.get(type(action))
+        if verb and not self._auditor.dry_run and (reason := await self._pauses.gate(state.session)):
+            before = {"queue": state.queue_length, "parked": state.parked_length}
+            await self._audit(verb, state, cause, before=before, after=before, outcome="skipped",
+                              reason=reason)
+            return
         match action:
             case ParkQueue():
                 await self._park(state, cause)

@@ -101,6 +101,11 @@ class KeySpace:
         """Set once a webhook delivery got a 2xx, so a duplicate entry is not sent again."""
         return f"{self.prefix}webhook-delivered:{delivery_key}"
 
+    @property
+    def pauses(self) -> str:
+        """Hash: paused key (conversation key or session name) -> the pause as JSON."""
+        return f"{self.prefix}pauses"
+
     # -- gateway sessions and queues -------------------------------------
 
     def lease(self, session: str) -> str:

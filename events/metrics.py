@@ -104,6 +104,9 @@ NEXT_DEADLINE = Gauge(
 PARKED_MESSAGES = Gauge(
     "reconciler_parked_messages", "Queue messages parked for sessions that are not live."
 )
+PAUSED_KEYS = Gauge(
+    "reconciler_paused_keys", "Conversations and sessions paused by an operator (nothing acts on them)."
+)
 QUARANTINED_FILES = Gauge(
     "reconciler_quarantined_files", "Session files waiting in the quarantine folder."
 )

@@ -35,6 +35,7 @@ COMMAND_MODULES = (
     "demo",
     "audit",
     "inspect",
+    "pause",
 )
 
 EXIT_ERROR = 1

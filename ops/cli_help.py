@@ -54,6 +54,15 @@ HELP: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
                                 "as restore_file); never overwrites a file that is back.",
                                 ("reconciler quarantine restore "
                                  "20260101T120000-1a2b3c4d-whatsapp_5215550101_940740243.json",)),
+    ("pause",): ("Leave one conversation (PHONE:CHANNEL) or gateway session alone: it is still "
+                 "observed and reported, and every action on it is audited as skipped, reason "
+                 "paused. --until ends the pause by itself and reconciles the key at once.",
+                 ('reconciler pause 5215512345678:109876543210 --until 2h --reason "checking"',
+                  "reconciler pause 940740243 --until 2026-12-01T22:00:00Z")),
+    ("resume",): ("End a pause now; the key is reconciled at once (audited as resume).",
+                  ("reconciler resume 5215512345678:109876543210",)),
+    ("paused",): ("Every pause: the key, until when, why, by whom and since when.",
+                  ("reconciler paused", "reconciler paused --json")),
     ("dlq",): ("Dead letters: entries a consumer group gave up on.",
                ("reconciler dlq list", "reconciler dlq retry 1714564800000-0")),
     ("dlq", "list"): ("The dead letters, oldest first, with the group and the reason.",

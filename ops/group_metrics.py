@@ -95,6 +95,7 @@ class GroupCollector:
         self._seen = seen
         metrics.DEADLETTER_ENTRIES.set(await self.redis.xlen(self.keys.deadletter_stream))
         metrics.PARKED_MESSAGES.set(await self._parked())
+        metrics.PAUSED_KEYS.set(await self.redis.hlen(self.keys.pauses))
         if self.quarantine_dir is not None:
             metrics.QUARANTINED_FILES.set(quarantined_files(self.quarantine_dir))
         return states

@@ -14,14 +14,12 @@ shows, read-only:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from consumers import conversations, sessions
 from consumers.audit import Auditor
 from consumers.stores.conversations_sql import ConversationsSql
+from consumers.stores.pauses import Pause, PauseStore
 from consumers.stores.session_files import SessionFiles
 from events import codec
 from events.contract import ActionRecorded, ConversationRow, EventBase, tag_of
@@ -65,8 +63,9 @@ async def run(args: argparse.Namespace) -> int:
             state = await _session_state(env.settings, env.redis, args.key)
             streams = [keys.sessions_stream, keys.audit_stream]
         timeline = await _timeline(env.redis, streams, args.key)
-    data = {"key": args.key, "kind": "conversation" if conversation else "session", **state,
-            "timeline": timeline[-args.limit:]}
+        pause = await PauseStore(env.redis, keys).active(args.key)
+    data = {"key": args.key, "kind": "conversation" if conversation else "session",
+            "paused": _paused(pause), **state, "timeline": timeline[-args.limit:]}
     emit(data, as_json=args.json,
          columns={"timeline": ("at", "what", "source", "detail", "id", "cause")})
     return 0
@@ -112,22 +111,16 @@ async def _session_state(settings: Settings, redis: Any, name: str) -> dict[str,
     }
 
 
+def _paused(pause: Pause | None) -> str:
+    """``no``, or until when and why (actions are then skipped, the verdict still shown)."""
+    if pause is None:
+        return "no"
+    until = pause.as_dict()["until"] or "resumed"
+    return f"until {until}" + (f" ({pause.reason})" if pause.reason else "")
+
+
 def _actions(actions: list[Any]) -> str:
-    """What the rule table asks for, in words: ``backfill_flow (flow_id promo-v2)``."""
-    return "; ".join(describe(a) for a in actions) or "nothing to do"
-
-
-def describe(action: Any) -> str:
-    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(action).__name__).lower()
-    details = []
-    for spec in dataclasses.fields(action):
-        value = getattr(action, spec.name)
-        if spec.name == "member" or value is None:
-            continue
-        if spec.name in ("due", "at") and isinstance(value, float):
-            value = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        details.append(f"{spec.name} {value}")
-    return f"{name} ({', '.join(details)})" if details else name
+    return "; ".join(type(a).__name__ for a in actions) or "nothing to do"
 
 
 async def _timeline(redis: Any, streams: list[str], key: str) -> list[dict[str, Any]]:

@@ -22,11 +22,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
 from consumers.deadletter import list_dead_letters
 from consumers.notifier import run_notifier
 from consumers.webhooks import retry_delay
-from events.contract import ActionOutcome, SessionExpired
+from events.contract import ActionOutcome, ActionRecorded, SessionExpired, tag_of
 from events.ids import new_event_id
 from events.publisher import Publisher
 from events.settings import Settings
@@ -131,15 +130,20 @@ async def notifier(settings: Settings, redis: Redis) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=30)
 
 
-async def record(auditor: Auditor, action: str, outcome: ActionOutcome, key: str = "5511:42") -> str:
-    entry = await auditor.record(action=action, target=f"crm_conversations#{key}", key=key,
-                                 outcome=outcome, cause=request(key), reason="test",
-                                 before={"bot_flow_id": None}, after={"bot_flow_id": "F"})
+async def record(publisher: Publisher, action: str, outcome: ActionOutcome,
+                 key: str = "5511:42") -> str:
+    """An audit entry as the handlers write it, caused by a ``reconcile.requested``."""
+    cause = request(key)
+    entry = ActionRecorded(id=new_event_id(), occurred_at=datetime.now(UTC), source="reconciler",
+                           key=key, cause_id=cause.id, cause_type=tag_of(type(cause)),
+                           action=action, target=f"crm_conversations#{key}", outcome=outcome,
+                           reason="test", before={"bot_flow_id": None}, after={"bot_flow_id": "F"})
+    await publisher.publish(entry)
     return entry.id
 
 
-def auditor_for(settings: Settings, redis: Redis) -> Auditor:
-    return Auditor(Publisher(redis, settings.keys), dry_run=False)
+def audit_publisher(settings: Settings, redis: Redis) -> Publisher:
+    return Publisher(redis, settings.keys)
 
 
 async def test_every_configured_outcome_is_delivered_signed(
@@ -147,14 +151,14 @@ async def test_every_configured_outcome_is_delivered_signed(
     receiver.start()
     s = notifier_settings(settings, receiver.url, webhook_on=(
         "backfill_flow:*", "*:failed", "session.expired", "inconsistency"))
-    auditor = auditor_for(s, redis)
+    audit = audit_publisher(s, redis)
     async with notifier(s, redis):
-        wanted = [await record(auditor, "backfill_flow", "done"),
-                  await record(auditor, "backfill_flow", "planned"),
-                  await record(auditor, "quarantine_file", "failed"),
-                  await record(auditor, "report_orphan_queue", "skipped", key="940740243")]
-        ignored = [await record(auditor, "quarantine_file", "done"),
-                   await record(auditor, "close_conversation", "skipped")]
+        wanted = [await record(audit, "backfill_flow", "done"),
+                  await record(audit, "backfill_flow", "planned"),
+                  await record(audit, "quarantine_file", "failed"),
+                  await record(audit, "report_orphan_queue", "skipped", key="940740243")]
+        ignored = [await record(audit, "quarantine_file", "done"),
+                   await record(audit, "close_conversation", "skipped")]
         expired = SessionExpired(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
                                  key="940740243")
         await Publisher(redis, s.keys).publish(expired)
@@ -192,9 +196,9 @@ async def settled(redis: Redis, s: Settings) -> bool:
 async def test_receiver_down_then_500s_then_up_delivers_everything_once_per_key(
         settings: Settings, redis: Redis, receiver: Receiver) -> None:
     s = notifier_settings(settings, receiver.url, webhook_max_tries=50)
-    auditor = auditor_for(s, redis)
+    audit = audit_publisher(s, redis)
     async with notifier(s, redis):
-        ids = [await record(auditor, "close_conversation", "done", key=f"5511:{n}")
+        ids = [await record(audit, "close_conversation", "done", key=f"5511:{n}")
                for n in range(20)]
 
         async def retried() -> bool:  # every delivery has failed at least once: nobody listens
@@ -226,7 +230,7 @@ async def test_429_waits_retry_after_then_delivers(
     receiver.start()
     s = notifier_settings(settings, receiver.url, webhook_backoff_max_s=5.0)
     async with notifier(s, redis):
-        action = await record(auditor_for(s, redis), "park_queue", "done", key="940740243")
+        action = await record(audit_publisher(s, redis), "park_queue", "done", key="940740243")
         await eventually(lambda: _true(action in receiver.delivered()), message="delivered after 429")
     first, second = receiver.requests[0], receiver.requests[1]
     assert first["status"] == 429 and second["status"] == 200
@@ -241,7 +245,7 @@ async def test_a_400_goes_to_the_dead_letters_at_once(
     receiver.start()
     s = notifier_settings(settings, receiver.url)
     async with notifier(s, redis):
-        action = await record(auditor_for(s, redis), "quarantine_file", "done")
+        action = await record(audit_publisher(s, redis), "quarantine_file", "done")
 
         async def dead() -> bool:
             return bool(await list_dead_letters(redis, s.keys.deadletter_stream))
@@ -273,8 +277,8 @@ async def test_sigkilled_notifier_loses_nothing(
                 g["name"] == b"notifier" for g in await redis.xinfo_groups(s.keys.audit_stream))
 
         await eventually(group, timeout=60, message="the notifier's group")
-        auditor = auditor_for(s, redis)
-        ids = [await record(auditor, "close_conversation", "done", key=f"5511:{n}")
+        audit = audit_publisher(s, redis)
+        ids = [await record(audit, "close_conversation", "done", key=f"5511:{n}")
                for n in range(60)]
         await eventually(lambda: _true(len(receiver.delivered()) >= 5), timeout=60,
                          message=f"some delivered\n{first.tail()}")
