@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any
 
 from consumers.audit import Auditor
-from consumers.errors import PermanentError
+from consumers.errors import PermanentError, TemporaryError
 from consumers.keyqueue import Delivery
 from consumers.stores.conversations_sql import ConversationsSql, Row
 from consumers.stores.pauses import PauseStore
@@ -325,10 +325,19 @@ class ConversationsHandler:
                              bot_timeout_s=o.bot_timeout_s, grace_s=o.grace_s)
             return may_move_file(row) and QuarantineFile(action.reason) in decide(again)
 
-        record = await self.files.quarantine(name, key=o.key, reason=action.reason, cause=cause,
-                                             expected_sha256=o.file.sha256, guard=still_stale)
-        if record is None:
-            return False
+        moved = await self.files.quarantine(name, key=o.key, reason=action.reason, cause=cause,
+                                            expected_sha256=o.file.sha256, guard=still_stale)
+        if moved.outcome == "failed":
+            raise TemporaryError(moved.reason)  # retried with backoff
+        if moved.outcome == "reverted":  # moved, found not to be what was decided on, undone
+            await self.auditor.record(
+                action="quarantine_file", target=target, key=o.key, outcome="skipped",
+                cause=cause, reason=f"reverted: {moved.reason}", before=before,
+                after={"kept_as": str(self.files.quarantine_dir / moved.record.name)}
+                if moved.record else None)
+        if moved.outcome != "done" or moved.record is None:
+            return moved.outcome == "reverted"
+        record = moved.record
         await self.auditor.record(
             action="quarantine_file", target=target, key=o.key, outcome="done", cause=cause,
             reason=action.reason, before=before,

@@ -1,8 +1,10 @@
 """Printing command output: a readable table on a terminal, JSON with ``--json``.
 
 Every command builds plain data (dicts, lists, numbers, strings) and hands
-it to :func:`emit`; with ``--json`` the data is printed as one JSON document,
-otherwise each named section becomes an aligned table.  Values are shortened
+it to :func:`emit` (a report of sections) or :func:`print_rows` (one list of
+records); with ``--json`` the data is printed as one JSON document, otherwise
+each list becomes an aligned table.  This is the only table printer: no
+command pads columns or prints Python reprs of its own.  Values are shortened
 for the table only; JSON always carries them whole.
 """
 
@@ -24,6 +26,8 @@ def cell(value: Any) -> str:
         return f"{value:.1f}"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, Mapping):  # counts by kind: "stale_file 2, timed_out 1"
+        return ", ".join(f"{k} {cell(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list | tuple):
         value = ", ".join(cell(v) for v in value)
     text = str(value).replace("\n", " ")
@@ -40,6 +44,16 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     lines = ["  ".join(n.upper().ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     return "\n".join(lines)
+
+
+def print_rows(rows: Sequence[Mapping[str, Any]], *, as_json: bool, columns: Sequence[str] | None = None,
+               empty: str = "(none)", out: TextIO | None = None) -> None:
+    """A list of records: a JSON array, or one table (``empty`` when there are none)."""
+    stream = out or sys.stdout
+    if as_json:
+        print(json.dumps(list(rows), default=_default, indent=2), file=stream)
+    else:
+        print(table(rows, columns) if rows else empty, file=stream)
 
 
 def _default(value: Any) -> Any:

@@ -2,43 +2,81 @@
 
 Nothing here unlinks a session file: a stale one is *moved* into the
 quarantine folder under a unique name, with a small JSON record beside it
-(``{name}~record.json``: where from, why, which event caused it, when).  Only
-:meth:`SessionFiles.purge` deletes, and only entries older than the
-retention setting.
+(``{name}~record.json``: where from, why, which event and action caused it,
+when).  Only :meth:`SessionFiles.purge` deletes, and only entries older than
+the retention setting.
+
+A move is *verified* (:meth:`SessionFiles.quarantine`).  The file is read and
+judged, the caller's ``guard`` re-checks the database, and only then is the
+name renamed away -- but a bot may have replaced the file in between, so what
+was renamed is read again (the same inode, the same content) and the guard
+asked again.  If either says no, the entry is put back under its name with a
+rename that never replaces (a newer file that took the name meanwhile wins,
+and the moved one stays in quarantine marked ``superseded``).  The caller gets
+a :class:`Moved` saying ``done``, ``reverted``, ``skipped`` or ``failed``, and why.
+
+Across file systems (``EXDEV``) the entry is first renamed to a hidden name in
+the sessions folder (so exactly one inode is captured and nothing is ever
+unlinked by a name a writer may reuse), opened with ``O_NOFOLLOW |
+O_NONBLOCK``, checked by ``fstat`` to be the inode that was judged, and copied
+from that descriptor (:mod:`consumers.stores.file_moves`), in a worker thread;
+a file over ``max_file_bytes`` is never copied.  Renames, records and copies
+are fsynced with their folders, so a completed move survives a power cut.
 
 Safety, since names come from events and folders from settings:
 
 * every path is built by :func:`events.sessionfiles.path_inside` from a name
   that matches the file pattern (or a quarantine name we made), so it never
-  leaves the configured folders;
-* symlinks and other non-regular files are never moved;
-* a move never overwrites (hard link then unlink; copy with ``O_EXCL`` across
-  file systems), so two consumers racing on one file move it once;
-* just before a move the file is read again and must be the content the
-  caller decided on, and the caller's ``guard`` re-checks the database.
+  leaves the configured folders; the path a record says it came from is never
+  used -- output names the path actually written;
+* symlinks, FIFOs and other non-regular files are never moved, followed or waited on;
+* records are written atomically (never an empty record) and read with a size limit.
 """
 
 from __future__ import annotations
 
-import errno
+import asyncio
+import contextlib
+import hashlib
+import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
+from consumers.stores.file_moves import (
+    Identity,
+    copy_from_fd,
+    fsync_dir,
+    hidden_name,
+    rename_no_replace,
+    same_device,
+)
 from events.contract import EventBase, tag_of
 from events.errors import ReconcilerError
-from events.sessionfiles import FilePattern, Rejected, path_inside, read_session_file
+from events.sessionfiles import (
+    FilePattern,
+    Rejected,
+    open_regular,
+    parse_session_file,
+    path_inside,
+    read_bounded,
+)
 from events.settings import Settings
+
+log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = "~record.json"
 """Suffix of a quarantine record; ``~`` never occurs in a session file name."""
+RECORD_MAX_BYTES = 64 * 1024
+"""A record is a few hundred bytes; anything over this is not one of ours."""
+MOVABLE_REJECTIONS = ("invalid_json", "oversized")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +97,7 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The file's name inside the quarantine folder."""
     original_name: str
     original_path: str
+    """Where a restore puts it: always ``sessions_dir/original_name`` when read back."""
     key: str
     reason: str
     cause_id: str | None
@@ -66,10 +105,46 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
     quarantined_at: datetime
     sha256: str
     flow_id: str | None = None
+    action_id: str = ""
+    """The id of the action that moved it (:mod:`consumers.actions`): how an intent left
+    without an outcome is settled."""
+    superseded: bool = False
+    """Moved, then found not to be what was decided on, and a newer file had taken its name."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What :meth:`SessionFiles.quarantine` did."""
+
+    outcome: Literal["done", "reverted", "skipped", "failed"]
+    reason: str = ""
+    record: QuarantineRecord | None = None
+    """The entry in quarantine (``done``; ``reverted`` when it stayed there as superseded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A file as read just before (or just after) a move."""
+
+    state: FileState
+    identity: Identity
+    digest: str | None
+    """sha256 of the bytes (``None`` when over the size limit)."""
+
+    def same_as(self, other: Seen) -> bool:
+        if (self.identity.dev, self.identity.ino) != (other.identity.dev, other.identity.ino):
+            return False
+        if self.digest is None or other.digest is None:
+            return self.identity == other.identity
+        return self.digest == other.digest
 
 
 class QuarantineError(ReconcilerError):
     """A quarantine entry cannot be restored or read; the message says why."""
+
+
+class _NotDecided(Exception):
+    """What was captured by a move is not what was decided on (the message says how)."""
 
 
 Guard = Callable[[FileState], Awaitable[bool]]
@@ -92,72 +167,225 @@ class SessionFiles:
 
     def read(self, name: str) -> FileState | None:
         """The file ``name`` in the sessions folder, or ``None`` if there is none."""
-        path = self._session_path(name)
-        try:
-            seen = read_session_file(path, max_bytes=self._max_bytes)
-        except FileNotFoundError:
-            return None
-        if isinstance(seen, Rejected):
-            movable = seen.reason in ("invalid_json", "oversized")
-            return FileState(name=name, flow_id=None, sha256=f"rejected:{seen.reason}",
-                             movable=movable)
-        return FileState(name=name, flow_id=seen.flow_id, sha256=seen.content_sha256, movable=True)
+        seen = self._look(self._session_path(name), name)
+        return seen.state if isinstance(seen, Seen) else seen
+
+    # -- quarantine ------------------------------------------------------
 
     async def quarantine(
         self, name: str, *, key: str, reason: str, cause: EventBase | None,
-        expected_sha256: str, guard: Guard,
-    ) -> QuarantineRecord | None:
-        """Move ``name`` into quarantine; ``None`` if it is gone, changed, or ``guard`` says no."""
-        current = self.read(name)
-        if current is None or not current.movable or current.sha256 != expected_sha256:
-            return None
-        if not await guard(current):
-            return None
-        now = datetime.now(UTC)
-        qname = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}-{name}"
+        expected_sha256: str, guard: Guard, action_id: str = "",
+    ) -> Moved:
+        """Move ``name`` into quarantine if it is still ``expected_sha256`` and ``guard``
+        agrees, before and after the move; see the module's docstring."""
         source = self._session_path(name)
-        target = self._quarantine_path(qname)
-        record = QuarantineRecord(
-            name=qname, original_name=name, original_path=str(source), key=key, reason=reason,
-            cause_id=cause.id if cause else None, cause_type=tag_of(type(cause)) if cause else None,
-            quarantined_at=now, sha256=current.sha256, flow_id=current.flow_id)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        record_path = self._quarantine_path(qname + RECORD_SUFFIX)
-        record_path.write_bytes(msgspec.json.encode(record))
+        seen = self._look(source, name)
+        if not isinstance(seen, Seen) or not seen.state.movable:
+            return Moved("skipped", "the file is gone" if seen is None else "not a plain file")
+        if seen.state.sha256 != expected_sha256:
+            return Moved("skipped", "the file changed since it was judged")
+        cross_device = self._cross_device()
+        if cross_device and seen.digest is None:
+            return Moved("skipped", f"over the {self._max_bytes}-byte limit: never copied to "
+                                    "a quarantine on another file system")
+        if not await guard(seen.state):
+            return Moved("skipped", "no longer to be moved")
+        record = self._new_record(name, seen, key=key, reason=reason, cause=cause,
+                                  action_id=action_id)
         try:
-            _move_unique(source, target)
-        except FileNotFoundError:
-            record_path.unlink(missing_ok=True)  # someone else moved it first
-            return None
-        return record
+            self._write_record(record)
+        except OSError as e:
+            return Moved("failed", f"cannot write the quarantine record: {e}")
+        try:
+            return await self._move_verified(source, seen, record, guard, cross_device)
+        except OSError as e:
+            self._drop_record(record.name)
+            return Moved("failed", f"cannot move {name}: {e}")
 
-    def entries(self) -> list[QuarantineRecord]:
-        """Every quarantine entry, oldest first (unreadable records are skipped)."""
+    async def _move_verified(self, source: Path, seen: Seen, record: QuarantineRecord,
+                             guard: Guard, cross_device: bool) -> Moved:
+        target = self._quarantine_path(record.name)
+        captured = hidden_name(self.sessions_dir, seen.state.name, "moving") if cross_device else target
+        try:
+            rename_no_replace(source, captured)
+        except FileNotFoundError:
+            self._drop_record(record.name)  # someone else moved it first
+            return Moved("skipped", "the file is gone")
+        try:
+            if cross_device:
+                await asyncio.to_thread(self._copy_captured, captured, target, seen)
+            else:
+                self._check_captured(target, seen)
+        except _NotDecided as e:
+            return self._put_back(captured, source, record, f"{e}; put back")
+        if not await guard(seen.state):
+            moved_back = target if cross_device else captured
+            return self._put_back(moved_back, source, record, "the guard no longer holds "
+                                  "after the move; put back")
+        fsync_dir(self.sessions_dir)
+        if cross_device:
+            os.unlink(captured)
+            fsync_dir(self.sessions_dir)
+        else:
+            fsync_dir(self.quarantine_dir)
+        return Moved("done", record=record)
+
+    def _check_captured(self, path: Path, seen: Seen) -> None:
+        now = self._look(path, seen.state.name)
+        if not isinstance(now, Seen):
+            raise _NotDecided("what was moved is not a plain file")
+        if not now.same_as(seen):
+            raise _NotDecided("the file was replaced or rewritten while it was being moved")
+
+    def _copy_captured(self, captured: Path, target: Path, seen: Seen) -> None:
+        """Copy the captured entry from one checked descriptor; ``_NotDecided`` if it is not
+        the inode and content judged (nothing is copied then)."""
+        opened = open_regular(captured)
+        if isinstance(opened, Rejected):
+            raise _NotDecided(f"what was moved is not a plain file ({opened.reason})")
+        fd, info = opened
+        try:
+            if (info.st_dev, info.st_ino) != (seen.identity.dev, seen.identity.ino):
+                raise _NotDecided("the file was replaced while it was being moved")
+            digest = copy_from_fd(fd, info, target)
+        finally:
+            os.close(fd)
+        if digest != seen.digest:
+            os.unlink(target)
+            raise _NotDecided("the file was rewritten while it was being moved")
+
+    def _put_back(self, moved: Path, source: Path, record: QuarantineRecord, why: str) -> Moved:
+        """Undo a move without replacing a newer file; ``reverted`` either way."""
+        try:
+            rename_no_replace(moved, source)
+        except FileExistsError:
+            if moved.parent != self.quarantine_dir:
+                log.warning("%s: a newer file took its name; the moved entry is left as %s",
+                            record.original_name, moved.name)
+                self._drop_record(record.name)
+                return Moved("reverted", f"{why} failed: a newer file took its name; the "
+                                         f"moved entry is left as {moved.name}")
+            kept = msgspec.structs.replace(record, superseded=True)
+            self._write_record(kept, replace=True)
+            return Moved("reverted", f"{why} failed: a newer file took its name; the moved one "
+                                     "stays in quarantine as superseded", kept)
+        fsync_dir(self.sessions_dir)
+        self._drop_record(record.name)
+        return Moved("reverted", why)
+
+    def _cross_device(self) -> bool:
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        return not same_device(self.sessions_dir, self.quarantine_dir)
+
+    def _look(self, path: Path, name: str) -> Seen | FileState | None:
+        """The entry at ``path`` read through one descriptor: a :class:`Seen` for a plain
+        file, a not-movable :class:`FileState` for anything else, ``None`` if there is none."""
+        try:
+            opened = open_regular(path)
+        except FileNotFoundError:
+            return None
+        if isinstance(opened, Rejected):
+            return FileState(name=name, flow_id=None, sha256=f"rejected:{opened.reason}",
+                             movable=False)
+        fd, info = opened
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(self._max_bytes + 1) if info.st_size <= self._max_bytes else b""
+        if info.st_size > self._max_bytes or len(raw) > self._max_bytes:
+            state = FileState(name=name, flow_id=None, sha256="rejected:oversized", movable=True)
+            return Seen(state, Identity.of(info), None)
+        parsed = parse_session_file(raw)
+        if isinstance(parsed, Rejected):
+            state = FileState(name=name, flow_id=None, sha256=f"rejected:{parsed.reason}",
+                              movable=parsed.reason in MOVABLE_REJECTIONS)
+        else:
+            state = FileState(name=name, flow_id=parsed.flow_id, sha256=parsed.content_sha256,
+                              movable=True)
+        return Seen(state, Identity.of(info), hashlib.sha256(raw).hexdigest())
+
+    # -- records ---------------------------------------------------------
+
+    def _new_record(self, name: str, seen: Seen, *, key: str, reason: str,
+                    cause: EventBase | None, action_id: str) -> QuarantineRecord:
+        now = datetime.now(UTC)
+        return QuarantineRecord(
+            name=f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}-{name}", original_name=name,
+            original_path=str(self._session_path(name)), key=key, reason=reason,
+            cause_id=cause.id if cause else None, cause_type=tag_of(type(cause)) if cause else None,
+            quarantined_at=now, sha256=seen.state.sha256, flow_id=seen.state.flow_id,
+            action_id=action_id)
+
+    def _write_record(self, record: QuarantineRecord, *, replace: bool = False) -> None:
+        """Write a record atomically (fsynced, then renamed into place): never empty or torn."""
+        path = self._quarantine_path(record.name + RECORD_SUFFIX)
+        partial = hidden_name(self.quarantine_dir, path.name, "partial")
+        try:
+            with partial.open("xb") as out:
+                out.write(msgspec.json.encode(record))
+                out.flush()
+                os.fsync(out.fileno())
+            if replace:
+                os.replace(partial, path)
+            else:
+                rename_no_replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        fsync_dir(self.quarantine_dir)
+
+    def _drop_record(self, qname: str) -> None:
+        self._quarantine_path(qname + RECORD_SUFFIX).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.quarantine_dir)
+
+    def entries(self, *, dangling: bool = False) -> list[QuarantineRecord]:
+        """Every quarantine entry, oldest first (unreadable records are skipped, and so are
+        records whose file is missing -- a move cut short -- unless ``dangling``)."""
         records = []
         if not self.quarantine_dir.is_dir():
             return []
         for entry in os.scandir(self.quarantine_dir):
             if entry.name.endswith(RECORD_SUFFIX) and entry.is_file(follow_symlinks=False):
                 try:
-                    records.append(self.record(entry.name[: -len(RECORD_SUFFIX)]))
+                    record = self.record(entry.name[: -len(RECORD_SUFFIX)])
                 except QuarantineError:
                     continue
+                if dangling or os.path.isfile(self._quarantine_path(record.name)):
+                    records.append(record)
         return sorted(records, key=lambda r: r.quarantined_at)
 
     def record(self, qname: str) -> QuarantineRecord:
+        """The record of entry ``qname`` (read with a size limit); ``original_path`` is
+        where a restore really writes, whatever the file on disk claims."""
         path = self._quarantine_path(qname + RECORD_SUFFIX)
         try:
-            record = _record_decoder.decode(path.read_bytes())
+            found = read_bounded(path, max_bytes=RECORD_MAX_BYTES)
         except FileNotFoundError as e:
             raise QuarantineError(f"no quarantine entry named {qname[:120]!r}") from e
-        except (OSError, msgspec.DecodeError) as e:
+        try:
+            if isinstance(found, Rejected):
+                raise QuarantineError(f"the record of {qname[:120]!r} is unreadable: {found.detail}")
+            record = _record_decoder.decode(found[0])
+        except msgspec.DecodeError as e:
             raise QuarantineError(f"the record of {qname[:120]!r} is unreadable: {e}") from e
         if record.name != qname or self.pattern.parse(record.original_name) is None:
             raise QuarantineError(f"the record of {qname[:120]!r} does not describe it")
-        return record
+        real = str(self._session_path(record.original_name))
+        if record.original_path != real:
+            log.warning("quarantine record %s names %s; a restore writes %s", qname[:120],
+                        record.original_path[:200], real, extra={"quarantine": qname[:120]})
+        return msgspec.structs.replace(record, original_path=real)
+
+    def moved_by(self, action_id: str) -> QuarantineRecord | None:
+        """The entry that the action ``action_id`` moved and kept, if any."""
+        for record in self.entries():
+            if action_id and record.action_id == action_id and not record.superseded:
+                return record
+        return None
+
+    # -- restore, retention ------------------------------------------------
 
     def restore(self, qname: str, *, dry_run: bool = False) -> QuarantineRecord:
-        """Move a quarantined file back to where it was; never over an existing file."""
+        """Move a quarantined file back to where it was; never over an existing file.
+        The record returned names the path written (``original_path``)."""
         record = self.record(qname)
         source = self._quarantine_path(qname)
         target = self._session_path(record.original_name)
@@ -169,16 +397,37 @@ class SessionFiles:
         if dry_run:
             return record
         try:
-            _move_no_clobber(source, target)
+            if same_device(self.quarantine_dir, self.sessions_dir):
+                rename_no_replace(source, target)
+            else:
+                self._copy_back(source, target)
         except FileExistsError as e:
             raise QuarantineError(f"{record.original_name} appeared in the sessions folder") from e
-        self._quarantine_path(qname + RECORD_SUFFIX).unlink(missing_ok=True)
+        fsync_dir(self.sessions_dir)
+        self._drop_record(qname)
         return record
 
+    def _copy_back(self, source: Path, target: Path) -> None:
+        opened = open_regular(source)
+        if isinstance(opened, Rejected):
+            raise QuarantineError(f"the quarantined file {source.name[:120]!r}: {opened.detail}")
+        fd, info = opened
+        staged = hidden_name(self.sessions_dir, target.name, "restoring")
+        try:
+            copy_from_fd(fd, info, staged)
+        finally:
+            os.close(fd)
+        try:
+            rename_no_replace(staged, target)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        os.unlink(source)
+
     def expired(self, retention_s: float, now: float | None = None) -> list[QuarantineRecord]:
-        """Entries quarantined longer than ``retention_s`` ago."""
+        """Entries quarantined longer than ``retention_s`` ago (records of moves cut short too)."""
         cutoff = (time.time() if now is None else now) - retention_s
-        return [r for r in self.entries() if r.quarantined_at.timestamp() <= cutoff]
+        return [r for r in self.entries(dangling=True) if r.quarantined_at.timestamp() <= cutoff]
 
     def purge(self, qname: str) -> bool:
         """Delete a quarantine entry and its record; ``False`` if it was already gone."""
@@ -188,7 +437,7 @@ class SessionFiles:
         except FileNotFoundError:
             return False
         finally:
-            self._quarantine_path(qname + RECORD_SUFFIX).unlink(missing_ok=True)
+            self._drop_record(qname)
         return True
 
     def _session_path(self, name: str) -> Path:
@@ -203,42 +452,3 @@ def _inside(folder: Path, name: str) -> Path:
     if isinstance(path, Rejected):
         raise QuarantineError(f"{name[:120]!r}: {path.detail}")
     return path
-
-
-def _move_unique(source: Path, target: Path) -> None:
-    """Rename ``source`` to a fresh ``target``; of racing callers, one wins, the rest get
-    ``FileNotFoundError``."""
-    try:
-        os.rename(source, target)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        _copy_then_unlink(source, target)
-
-
-def _move_no_clobber(source: Path, target: Path) -> None:
-    """Move a file without ever replacing ``target`` (``FileExistsError`` instead)."""
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except OSError as e:
-        if e.errno != errno.EXDEV:
-            raise
-        _copy_then_unlink(source, target)
-        return
-    _unlink_source(source, target)
-
-
-def _copy_then_unlink(source: Path, target: Path) -> None:
-    with source.open("rb") as src, target.open("xb") as dst:
-        shutil.copyfileobj(src, dst)
-        dst.flush()
-        os.fsync(dst.fileno())
-    _unlink_source(source, target)
-
-
-def _unlink_source(source: Path, target: Path) -> None:
-    try:
-        source.unlink()
-    except FileNotFoundError:
-        target.unlink(missing_ok=True)  # another mover got there first: keep one copy
-        raise

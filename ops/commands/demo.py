@@ -39,6 +39,7 @@ from ops.demo.traffic import LIVE_SESSION, DemoGateway, TrafficCounts, run_traff
 from ops.roles import ROLE_NAMES, serve_roles
 from ops.runtime_env import open_environment
 from ops.scan import by_kind, scan
+from ops.tables import cell
 
 STUCK_TIMEOUT_S = 6.0
 """The stuck chat's flow times out this long after it started, so the demo shows the close."""
@@ -97,7 +98,7 @@ async def _demo(settings: Settings, redis: Any, args: argparse.Namespace) -> int
         await stage_incidents(pg, redis, settings, staged)
         found = by_kind(await scan(pg, redis, settings))
         print(f"staged {len(staged.healthy)} healthy conversations and the incidents; "
-              f"a read-only scan finds: {found}")
+              f"a read-only scan finds: {cell(found)}")
         print("starting every role; actions as they happen:")
         seen, remaining = await _live(pg, redis, settings, staged, gateway, counts, args, rng)
     finally:
@@ -121,7 +122,11 @@ async def _live(pg: Any, redis: Any, settings: Settings, staged: Staged, gateway
         run_traffic(pg, redis, settings, staged.healthy, counts, stop_traffic, rng))
     try:
         await _wait_or_fail(roles, LIVE_INCIDENT_AFTER_S)
-        key = await leave_a_file_behind(pg, settings, staged.healthy)
+        incident_pg = await asyncpg.connect(settings.database_url)  # the traffic task uses `pg`
+        try:
+            key = await leave_a_file_behind(incident_pg, settings, staged.healthy)
+        finally:
+            await incident_pg.close()
         print(f"  the CRM closes bot chat {key} and clears its flow, but leaves its file")
         await _wait_or_fail(roles, GATEWAY_RETURNS_AFTER_S - LIVE_INCIDENT_AFTER_S)
         print(f"  the gateway restarts and session {LOST_SESSION} is back")

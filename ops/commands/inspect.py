@@ -14,6 +14,9 @@ shows, read-only:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from consumers import conversations, sessions
@@ -120,7 +123,21 @@ def _paused(pause: Pause | None) -> str:
 
 
 def _actions(actions: list[Any]) -> str:
-    return "; ".join(type(a).__name__ for a in actions) or "nothing to do"
+    """What the rule table asks for, in words: ``backfill_flow (flow_id promo-v2)``."""
+    return "; ".join(describe(a) for a in actions) or "nothing to do"
+
+
+def describe(action: Any) -> str:
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", type(action).__name__).lower()
+    details = []
+    for spec in dataclasses.fields(action):
+        value = getattr(action, spec.name)
+        if spec.name == "member" or value is None:
+            continue
+        if spec.name in ("due", "at") and isinstance(value, float):
+            value = datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        details.append(f"{spec.name} {value}")
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 async def _timeline(redis: Any, streams: list[str], key: str) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ the audit stream; ``--dry-run`` records it as planned and changes nothing.
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +18,7 @@ from consumers.stores.parked_queues import ParkedQueues, ParkedSummary
 from events.keys import checked_session
 from events.publisher import Publisher
 from ops.runtime_env import open_environment, settings_from_args
+from ops.tables import print_rows
 
 
 def register(subparsers: Any) -> None:
@@ -37,16 +37,8 @@ async def run_list(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config)
     async with open_environment(settings, need_pg=False) as env:
         rows = await ParkedQueues(env.redis, env.settings.keys).list_parked()
-    if args.json:
-        print(json.dumps([_as_dict(r) for r in rows], indent=2))
-        return 0
-    if not rows:
-        print("no parked messages")
-        return 0
-    print(f"{'SESSION':<24} {'PARKED':>7} {'SINCE':<25} {'QUEUE':>6}  LIVE")
-    for r in rows:
-        print(f"{r.session:<24} {r.parked:>7} {_when(r.oldest_at):<25} {r.queue_length:>6}  "
-              f"{'yes' if r.live else 'no'}")
+    print_rows([_as_dict(r) for r in rows], as_json=args.json, empty="no parked messages",
+               columns=("session", "parked", "oldest_parked_at", "queue_length", "live"))
     return 0
 
 

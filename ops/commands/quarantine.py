@@ -19,6 +19,7 @@ from events.contract import ReconcileRequested
 from events.ids import new_event_id
 from events.publisher import Publisher, Retention
 from ops.runtime_env import open_environment, settings_from_args
+from ops.tables import print_rows
 
 
 def register(subparsers: Any) -> None:
@@ -42,14 +43,9 @@ def _row(record: QuarantineRecord) -> dict[str, Any]:
 def run_list(args: argparse.Namespace) -> int:
     files = SessionFiles(settings_from_args(args.config))
     records = files.entries()
-    if args.json:
-        print(json.dumps([_row(r) for r in records]))
-        return 0
-    if not records:
-        print(f"no quarantined files in {files.quarantine_dir}")
-    for r in records:
-        print(f"{r.name}\t{r.quarantined_at:%Y-%m-%d %H:%M:%S}Z\t{r.reason}\t{r.key}\t"
-              f"from {r.original_path}")
+    print_rows([_row(r) for r in records], as_json=args.json,
+               empty=f"no quarantined files in {files.quarantine_dir}",
+               columns=("name", "quarantined_at", "reason", "key", "original_path"))
     return 0
 
 

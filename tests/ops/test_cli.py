@@ -57,3 +57,32 @@ def test_an_unknown_log_level_is_one_line_naming_the_choices() -> None:
     result = run_cli("status", "--log-level", "LOUD")
     assert result.returncode == 2
     assert "DEBUG" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_what_the_rule_table_asks_for_is_said_in_words_not_class_names() -> None:
+    from consumers.conversations import BackfillFlow, ScheduleOrphanGrace
+    from ops.commands.inspect import describe
+
+    assert describe(BackfillFlow("promo-v2")) == "backfill_flow (flow_id promo-v2)"
+    assert describe(ScheduleOrphanGrace("orphan:k:0", 0.0)) == (
+        "schedule_orphan_grace (due 1970-01-01 00:00:00)")
+
+
+def test_one_table_printer_for_lists_and_reports() -> None:
+    import io
+
+    from ops.tables import emit, print_rows
+
+    out = io.StringIO()
+    print_rows([{"session": "gone", "parked": 3}, {"session": "a-much-longer-name", "parked": 12}],
+               as_json=False, out=out)
+    header, first, second = out.getvalue().splitlines()
+    assert header.split() == ["SESSION", "PARKED"]
+    assert header.index("PARKED") == first.index("3") == second.index("12")
+    out = io.StringIO()
+    print_rows([], as_json=False, empty="no parked messages", out=out)
+    assert out.getvalue() == "no parked messages\n"
+    out = io.StringIO()
+    emit({"projections": [{"projection": "conversations", "inconsistent": {"stale_file": 2}}]},
+         as_json=False, out=out)
+    assert "stale_file 2" in out.getvalue() and "{" not in out.getvalue()

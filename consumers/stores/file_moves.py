@@ -1,0 +1,121 @@
+"""Moving one directory entry between two folders without losing or overwriting a file.
+
+The primitives under :mod:`consumers.stores.session_files`, kept apart because
+they are plain POSIX and easy to get subtly wrong:
+
+* :func:`rename_no_replace` -- ``renameat2(RENAME_NOREPLACE)``, or hard link then
+  unlink where the file system has no such flag: a newer file that took a name
+  is never replaced, whatever kind of entry is moved;
+* :func:`copy_from_fd` -- the cross-device half of a move: copies from a
+  descriptor already opened and checked (never reopened by name) into a hidden
+  temporary name, keeps mode and (where permitted) owner, fsyncs, and only
+  then gives it its final name; on any error (``ENOSPC``...) the partial copy
+  is removed, so nothing truncated is ever under a listed name;
+* :func:`fsync_dir` -- a rename is durable only once its folder is fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHUNK = 1 << 20
+RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which inode, and how it looked: what a move must find again to be the one decided on."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> Identity:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _renameat2() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def rename_no_replace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; ``FileExistsError`` if ``target`` exists (never replaced)."""
+    if _RENAMEAT2 is not None:
+        result = _RENAMEAT2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
+                            RENAME_NOREPLACE)
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(source), None, str(target))
+    os.link(source, target, follow_symlinks=False)  # the fallback: regular files and links only
+    os.unlink(source)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the entries of ``folder`` (renames, links, unlinks) survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_device(a: Path, b: Path) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev
+
+
+def hidden_name(folder: Path, name: str, what: str) -> Path:
+    """A fresh name in ``folder`` that every watcher and lister here ignores (leading dot)."""
+    return folder / f".{name}.reconciler-{what}-{uuid.uuid4().hex[:12]}"
+
+
+def copy_from_fd(fd: int, info: os.stat_result, target: Path) -> str:
+    """Copy the open regular file ``fd`` to the fresh name ``target``; its sha256.
+
+    Mode and owner follow ``info`` (owner only where the process may set it);
+    the copy is fsynced under a hidden name and renamed into place without
+    replacing anything.  On failure nothing is left at either name.
+    """
+    partial = hidden_name(target.parent, target.name, "partial")
+    out = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    digest = hashlib.sha256()
+    try:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            while chunk := os.read(fd, CHUNK):
+                digest.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
+            os.fchmod(out, stat.S_IMODE(info.st_mode) & 0o777)
+            with contextlib.suppress(PermissionError):
+                os.fchown(out, info.st_uid, info.st_gid)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        rename_no_replace(partial, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+    fsync_dir(target.parent)
+    return digest.hexdigest()
