@@ -107,6 +107,13 @@ PARKED_MESSAGES = Gauge(
 PAUSED_KEYS = Gauge(
     "reconciler_paused_keys", "Conversations and sessions paused by an operator (nothing acts on them)."
 )
+PARKED_SESSIONS = Gauge(
+    "reconciler_parked_sessions", "Gateway sessions with at least one parked message."
+)
+PARKED_COUNTED_AT = Gauge(
+    "reconciler_parked_counted_timestamp_seconds",
+    "When the parked gauges were last counted from Redis (Unix time; 0 before the first count).",
+)
 QUARANTINED_FILES = Gauge(
     "reconciler_quarantined_files", "Session files waiting in the quarantine folder."
 )

@@ -9,6 +9,9 @@ the dead-letter stream gives the dead letters waiting.
 Reading Redis (not in-process counters) makes the gauges true across
 processes and restarts: every process reports the same values, and alert
 rules take ``max`` over instances.  Groups that disappear lose their series.
+Gauges of the stores (parked messages, quarantined files) are not here: they
+cost a pass over many keys, so :mod:`ops.store_gauges` counts them off the
+health path.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ResponseError
@@ -49,13 +51,6 @@ class GroupState:
     consumers: int
 
 
-def quarantined_files(folder: Path) -> int:
-    """Files waiting in quarantine (each has a ``~record.json`` beside it, not counted)."""
-    if not folder.is_dir():
-        return 0
-    return sum(1 for p in folder.iterdir() if p.is_file() and not p.name.endswith("~record.json"))
-
-
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -67,12 +62,10 @@ def _id_ms(entry_id: Any) -> int:
 class GroupCollector:
     """Sets the group gauges of the streams under one key space."""
 
-    def __init__(self, redis: Any, keys: KeySpace, streams: Sequence[str] = STREAMS,
-                 quarantine_dir: Path | None = None) -> None:
+    def __init__(self, redis: Any, keys: KeySpace, streams: Sequence[str] = STREAMS) -> None:
         self.redis = redis
         self.keys = keys
         self.streams = tuple(streams)
-        self.quarantine_dir = quarantine_dir
         self._seen: set[tuple[str, str]] = set()
 
     async def collect(self) -> list[GroupState]:
@@ -94,18 +87,8 @@ class GroupCollector:
                     gauge.remove(*labels)
         self._seen = seen
         metrics.DEADLETTER_ENTRIES.set(await self.redis.xlen(self.keys.deadletter_stream))
-        metrics.PARKED_MESSAGES.set(await self._parked())
         metrics.PAUSED_KEYS.set(await self.redis.hlen(self.keys.pauses))
-        if self.quarantine_dir is not None:
-            metrics.QUARANTINED_FILES.set(quarantined_files(self.quarantine_dir))
         return states
-
-    async def _parked(self) -> int:
-        """Messages in every parked list, read from Redis (so every process agrees)."""
-        total = 0
-        async for key in self.redis.scan_iter(match=self.keys.parked_glob, count=1000):
-            total += int(await self.redis.llen(key))
-        return total
 
     async def _stream_groups(self, name: str) -> list[GroupState]:
         stream = self.keys.stream(name)

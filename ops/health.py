@@ -39,6 +39,7 @@ from events.streamids import EXHAUSTED, describe, find_exhausted
 from ops.config import ConfigError
 from ops.group_metrics import COLLECT_INTERVAL_S, LOOP_NAME, GroupCollector
 from ops.redact import redact
+from ops.store_gauges import StoreGauges
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,14 @@ async def operations(settings: Settings, redis: Any) -> AsyncIterator[HealthServ
     add_standard_checks(READINESS, redis=redis, keys=settings.keys,
                         database_url=settings.database_url)
     stop = asyncio.Event()
-    collector = GroupCollector(redis, settings.keys, quarantine_dir=settings.quarantine_dir)
-    task = spawn(LOOP_NAME, lambda: collector.run(stop), stall_after_s=60, stop=stop)
+    collector = GroupCollector(redis, settings.keys)
+    tasks = [spawn(LOOP_NAME, lambda: collector.run(stop), stall_after_s=60, stop=stop),
+             StoreGauges(redis, settings.keys, quarantine_dir=settings.quarantine_dir).spawn(stop)]
     try:
         yield server
     finally:
         stop.set()
-        await asyncio.wait([task], timeout=COLLECT_INTERVAL_S)
-        task.cancel()
+        await asyncio.wait(tasks, timeout=COLLECT_INTERVAL_S)
+        for task in tasks:
+            task.cancel()
         await server.close()
