@@ -26,7 +26,7 @@ from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import PauseStore, settling_expiries
 from consumers.stores.session_files import SessionFiles
-from events.grants import missing_grants, wait_until_granted
+from events.grants import missing_grants, missing_redis_rights, wait_until_granted
 from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.timers import TimerWheel
@@ -60,7 +60,7 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
                                                                      settings.concurrency)),
                                      reset=_no_session_state)
     try:
-        if not await wait_until_granted(lambda: _missing(pool, settings), role="consumers",
+        if not await wait_until_granted(lambda: _missing(pool, redis, settings), role="consumers",
                                         stop=stop):
             return
         conversations = ConversationsHandler(
@@ -91,9 +91,10 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         await pool.close()
 
 
-async def _missing(pool: Any, settings: Settings) -> list[str]:
+async def _missing(pool: Any, redis: Any, settings: Settings) -> list[str]:
     async with pool.acquire() as conn:
-        return await missing_grants(conn, settings, "consumers")
+        database = await missing_grants(conn, settings, "consumers")
+    return [*database, *await missing_redis_rights(redis, settings.keys)]
 
 
 def _options(settings: Settings, group: str, stream: str) -> GroupOptions:

@@ -1,4 +1,4 @@
-"""The PostgreSQL rights each role needs, checked before it starts working.
+"""The PostgreSQL and Redis rights each role needs, checked before it starts working.
 
 A role that lacks a grant would otherwise fail on every outbox batch (the
 relay restarting in a loop) or on every handler write (one dead letter per
@@ -15,16 +15,26 @@ The rights, which docs/security.md lists for the operator:
   table and ``UPDATE`` on the four it writes (a table-wide grant does too).
   The capture trigger runs with its installer's rights, so writing the
   table needs nothing on the outbox.
+
+In Redis, the consumers (scheduling a deadline publishes on the timer
+wheel's wake-up channel) and the timers role (subscribed to it) need that
+channel; :func:`missing_redis_rights` finds out by publishing an empty
+wake-up (harmless: a timer loop only looks at the wheel once more).  The
+keyspace notifications of the sessions source are optional and handled
+there (:mod:`events.sources.sessions`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import asyncpg
+from redis.exceptions import NoPermissionError
 
+from events.keys import KeySpace
 from events.loops import sleep_unless_stopped
 from events.readiness import READINESS, Readiness
 from events.settings import Settings
@@ -79,8 +89,36 @@ async def _consumers(conn: Any, settings: Settings, me: str) -> list[str]:
     return [f"GRANT {', '.join(lacking)} ON {table} TO {me}"] if lacking else []
 
 
+async def missing_redis_rights(redis: Any, keys: KeySpace) -> list[str]:
+    """The Redis ACL rule the consumers and timers roles lack, if any."""
+    try:
+        await redis.publish(keys.deadlines_wake, "")
+    except NoPermissionError:
+        return [f"the Redis user may not use channel {keys.deadlines_wake!r}: "
+                f"ACL SETUSER <user> '&{keys.deadlines_wake}'"]
+    return []
+
+
+async def confirm_subscribed(pubsub: Any, count: int, *, timeout_s: float = 5.0) -> None:
+    """Read the confirmations of ``count`` (p)subscriptions just sent.
+
+    redis-py sends SUBSCRIBE without reading the reply, so a refusal by the
+    ACL would otherwise surface later, inside the loop reading messages.
+    Raises ``NoPermissionError`` when refused, ``TimeoutError`` when silent.
+    """
+    loop = asyncio.get_running_loop()
+    deadline, confirmed = loop.time() + timeout_s, 0
+    while confirmed < count:
+        left = deadline - loop.time()
+        if left <= 0:
+            raise TimeoutError(f"no confirmation of {count} subscription(s) within {timeout_s:g}s")
+        message = await pubsub.get_message(timeout=left)
+        if message is not None and message.get("type") in ("subscribe", "psubscribe"):
+            confirmed += 1
+
+
 async def wait_until_granted(
-    probe: Callable[[], Awaitable[list[str]]], *, role: GrantedRole, stop: Any,
+    probe: Callable[[], Awaitable[list[str]]], *, role: str, stop: Any,
     readiness: Readiness = READINESS, recheck_s: float | None = None,
     beat: Callable[[], None] = lambda: None,
 ) -> bool:
@@ -101,7 +139,7 @@ async def wait_until_granted(
         detail = "; ".join(problems)
         readiness.waiting(flag, f"missing: {detail}")
         if detail != reported:
-            log.error("%s cannot start until the database role has its rights: %s "
+            log.error("%s cannot start until it has its rights: %s "
                       "(checking again every %gs)", role, detail, recheck_s, extra={"role": role})
             reported = detail
         beat()

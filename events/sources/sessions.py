@@ -35,10 +35,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoPermissionError, ResponseError
 
 from events import metrics
 from events.contract import EventBase, SessionExpired, SourceResynced
+from events.grants import confirm_subscribed
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
@@ -60,7 +61,8 @@ IDLE_WAIT_S = 1.0
 """Longest wait for a notification before the loop beats its heartbeat."""
 EXPIRY_EVENTS = frozenset({b"expired", b"evicted"})
 
-_warned_no_notifications = False
+_warned: set[str] = set()
+"""The kinds of notification trouble already logged in this process (one WARNING each)."""
 
 
 def merged_flags(current: str, required: str = REQUIRED_FLAGS) -> str:
@@ -72,11 +74,21 @@ def merged_flags(current: str, required: str = REQUIRED_FLAGS) -> str:
 async def enable_notifications(redis: Any, *, rescan_interval_s: float) -> bool:
     """Turn on the keyspace notifications this source needs; ``False`` if Redis refuses.
 
+    A user the ACL keeps from CONFIG gets ``True``: the operator is taken to have set the
+    flags in redis.conf (docs/security.md says which).
+
     The first refusal in a process is logged as one WARNING; later ones are not.
     """
-    global _warned_no_notifications
     try:
         reply = await redis.config_get("notify-keyspace-events")
+    except NoPermissionError:
+        _warn_once("config", "the Redis user may not run CONFIG (ACL), so notify-keyspace-events is taken "
+                   f"as set by the operator: it must include {REQUIRED_FLAGS!r}", rescan_interval_s)
+        return True
+    except ResponseError as e:
+        _warn_once("config", f"cannot read notify-keyspace-events ({e})", rescan_interval_s)
+        return False
+    try:
         current = next(iter(reply.values()), b"")
         current = current.decode() if isinstance(current, bytes) else str(current)
         wanted = merged_flags(current)
@@ -85,13 +97,18 @@ async def enable_notifications(redis: Any, *, rescan_interval_s: float) -> bool:
             log.info("keyspace notifications set to %r (were %r)", wanted, current)
         return True
     except ResponseError as e:
-        if not _warned_no_notifications:
-            _warned_no_notifications = True
-            rescan = f"every {rescan_interval_s:g}s" if rescan_interval_s > 0 else "(turned off)"
-            log.warning("cannot set notify-keyspace-events (%s): expired leases and queue pushes "
-                        "are found only by the start-up scan and the slow rescan %s",
-                        e, rescan, extra={"source": SOURCE})
+        _warn_once("config", f"cannot set notify-keyspace-events ({e})", rescan_interval_s)
         return False
+
+
+def _warn_once(kind: str, why: str, rescan_interval_s: float) -> None:
+    """One WARNING per kind and process that notifications may not arrive, and what follows."""
+    if kind not in _warned:
+        _warned.add(kind)
+        rescan = f"every {rescan_interval_s:g}s" if rescan_interval_s > 0 else "(turned off)"
+        log.warning("%s; if notifications do not arrive, expired leases and queue pushes are "
+                    "found only by the start-up scan and the slow rescan %s", why, rescan,
+                    extra={"source": SOURCE})
 
 
 def channel_prefix(redis: Any) -> str:
@@ -137,13 +154,26 @@ class SessionsSource:
         watch = _ReconnectWatch()
         try:
             if notifying:
-                await pubsub.psubscribe(self._channels + self._keys.lease_glob,
-                                        self._channels + self._keys.queue_glob)
+                notifying = await self._subscribe(pubsub)
+            if notifying:
                 pubsub.connection.register_connect_callback(watch.on_connect)
             await self.resync(reason)
             await self._watch(pubsub if notifying else None, watch, stop)
         finally:
             await pubsub.aclose()
+
+    async def _subscribe(self, pubsub: Any) -> bool:
+        """Subscribe to the notifications; ``False`` (and one warning) if the ACL refuses."""
+        patterns = (self._channels + self._keys.lease_glob, self._channels + self._keys.queue_glob)
+        await pubsub.psubscribe(*patterns)
+        try:
+            await confirm_subscribed(pubsub, len(patterns))
+        except NoPermissionError:
+            rules = " ".join(f"'&{p}'" for p in patterns)
+            _warn_once("subscribe", f"the Redis user may not subscribe to the keyspace notifications "
+                       f"(ACL SETUSER <user> {rules})", self._settings.rescan_interval_s)
+            return False
+        return True
 
     async def _watch(self, pubsub: Any, watch: _ReconnectWatch, stop: asyncio.Event) -> None:
         interval = self._settings.rescan_interval_s

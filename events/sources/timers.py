@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from events import metrics
+from events.grants import missing_redis_rights, wait_until_granted
 from events.loops import HEARTBEATS, spawn
 from events.settings import Settings
 from events.timers import TimerWheel
@@ -33,6 +34,9 @@ MIN_SLEEP_S = 0.001
 async def run_timers(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """Role ``timers``: fire deadlines until ``stop`` is set."""
     wheel = TimerWheel(redis, settings.keys, max_len=settings.stream_max_len)
+    if not await wait_until_granted(lambda: missing_redis_rights(redis, settings.keys),
+                                    role="timers", stop=stop):
+        return
     task = spawn(LOOP_NAME, lambda: timer_loop(redis, wheel, stop), stall_after_s=MAX_SLEEP_S * 3,
                  stop=stop)
     await stop.wait()

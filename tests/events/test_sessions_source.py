@@ -153,7 +153,7 @@ async def test_without_config_it_warns_once_and_relies_on_the_scans(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     redis = config_disabled_redis
-    monkeypatch.setattr(sessions_module, "_warned_no_notifications", False)
+    monkeypatch.setattr(sessions_module, "_warned", set())
     await redis.rpush(keys.queue("before"), b"m")
     source = SessionsSource(replace(settings, rescan_interval_s=0.5), redis)
     with caplog.at_level(logging.WARNING, logger="events.sources.sessions"):
