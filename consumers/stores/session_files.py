@@ -36,7 +36,6 @@ Safety, since names come from events and folders from settings:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -58,24 +57,27 @@ from consumers.stores.file_moves import (
     rename_no_replace,
     same_device,
 )
+from consumers.stores.quarantine_records import (
+    RECORD_SUFFIX,
+    QuarantineError,
+    QuarantineRecord,
+    QuarantineRecords,
+    inside,
+)
 from events.contract import EventBase, tag_of
-from events.errors import ReconcilerError
 from events.sessionfiles import (
     FilePattern,
     Rejected,
     open_regular,
     parse_session_file,
-    path_inside,
-    read_bounded,
 )
 from events.settings import Settings
 
+__all__ = ["RECORD_SUFFIX", "FileState", "Guard", "Moved", "QuarantineError", "QuarantineRecord",
+           "SessionFiles"]
+
 log = logging.getLogger(__name__)
 
-RECORD_SUFFIX = "~record.json"
-"""Suffix of a quarantine record; ``~`` never occurs in a session file name."""
-RECORD_MAX_BYTES = 64 * 1024
-"""A record is a few hundred bytes; anything over this is not one of ours."""
 MOVABLE_REJECTIONS = ("invalid_json", "oversized")
 
 
@@ -88,28 +90,6 @@ class FileState:
     sha256: str
     movable: bool
     """False for what is not a plain file we can read (symlink, directory...)."""
-
-
-class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The record kept beside a quarantined file."""
-
-    name: str
-    """The file's name inside the quarantine folder."""
-    original_name: str
-    original_path: str
-    """Where a restore puts it: always ``sessions_dir/original_name`` when read back."""
-    key: str
-    reason: str
-    cause_id: str | None
-    cause_type: str | None
-    quarantined_at: datetime
-    sha256: str
-    flow_id: str | None = None
-    action_id: str = ""
-    """The id of the action that moved it (:mod:`consumers.actions`): how an intent left
-    without an outcome is settled."""
-    superseded: bool = False
-    """Moved, then found not to be what was decided on, and a newer file had taken its name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,18 +119,11 @@ class Seen:
         return self.digest == other.digest
 
 
-class QuarantineError(ReconcilerError):
-    """A quarantine entry cannot be restored or read; the message says why."""
-
-
 class _NotDecided(Exception):
     """What was captured by a move is not what was decided on (the message says how)."""
 
 
 Guard = Callable[[FileState], Awaitable[bool]]
-
-_record_decoder = msgspec.json.Decoder(QuarantineRecord)
-
 
 class SessionFiles:
     """Reads session files and moves them in and out of quarantine."""
@@ -160,6 +133,7 @@ class SessionFiles:
         self.quarantine_dir = settings.quarantine_dir
         self.pattern = FilePattern(settings.file_pattern)
         self._max_bytes = settings.max_file_bytes
+        self.records = QuarantineRecords(self.quarantine_dir, self.sessions_dir, self.pattern)
 
     def name_for(self, phone: str, channel: str) -> str:
         """The session file name of a conversation; ``ValueError`` if unsafe."""
@@ -193,13 +167,13 @@ class SessionFiles:
         record = self._new_record(name, seen, key=key, reason=reason, cause=cause,
                                   action_id=action_id)
         try:
-            self._write_record(record)
+            self.records.write(record)
         except OSError as e:
             return Moved("failed", f"cannot write the quarantine record: {e}")
         try:
             return await self._move_verified(source, seen, record, guard, cross_device)
         except OSError as e:
-            self._drop_record(record.name)
+            self.records.drop(record.name)
             return Moved("failed", f"cannot move {name}: {e}")
 
     async def _move_verified(self, source: Path, seen: Seen, record: QuarantineRecord,
@@ -209,7 +183,7 @@ class SessionFiles:
         try:
             rename_no_replace(source, captured)
         except FileNotFoundError:
-            self._drop_record(record.name)  # someone else moved it first
+            self.records.drop(record.name)  # someone else moved it first
             return Moved("skipped", "the file is gone")
         try:
             if cross_device:
@@ -218,6 +192,10 @@ class SessionFiles:
                 self._check_captured(target, seen)
         except _NotDecided as e:
             return self._put_back(captured, source, record, f"{e}; put back")
+        except OSError as e:  # ENOSPC...: no copy is left, the original goes back
+            undone = self._put_back(captured, source, record, "the original was put back")
+            return Moved("failed", f"cannot copy {seen.state.name} into quarantine: {e}; "
+                                   f"{undone.reason}")
         if not await guard(seen.state):
             moved_back = target if cross_device else captured
             return self._put_back(moved_back, source, record, "the guard no longer holds "
@@ -262,15 +240,15 @@ class SessionFiles:
             if moved.parent != self.quarantine_dir:
                 log.warning("%s: a newer file took its name; the moved entry is left as %s",
                             record.original_name, moved.name)
-                self._drop_record(record.name)
+                self.records.drop(record.name)
                 return Moved("reverted", f"{why} failed: a newer file took its name; the "
                                          f"moved entry is left as {moved.name}")
             kept = msgspec.structs.replace(record, superseded=True)
-            self._write_record(kept, replace=True)
+            self.records.write(kept, replace=True)
             return Moved("reverted", f"{why} failed: a newer file took its name; the moved one "
                                      "stays in quarantine as superseded", kept)
         fsync_dir(self.sessions_dir)
-        self._drop_record(record.name)
+        self.records.drop(record.name)
         return Moved("reverted", why)
 
     def _cross_device(self) -> bool:
@@ -314,72 +292,17 @@ class SessionFiles:
             quarantined_at=now, sha256=seen.state.sha256, flow_id=seen.state.flow_id,
             action_id=action_id)
 
-    def _write_record(self, record: QuarantineRecord, *, replace: bool = False) -> None:
-        """Write a record atomically (fsynced, then renamed into place): never empty or torn."""
-        path = self._quarantine_path(record.name + RECORD_SUFFIX)
-        partial = hidden_name(self.quarantine_dir, path.name, "partial")
-        try:
-            with partial.open("xb") as out:
-                out.write(msgspec.json.encode(record))
-                out.flush()
-                os.fsync(out.fileno())
-            if replace:
-                os.replace(partial, path)
-            else:
-                rename_no_replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-        fsync_dir(self.quarantine_dir)
-
-    def _drop_record(self, qname: str) -> None:
-        self._quarantine_path(qname + RECORD_SUFFIX).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            fsync_dir(self.quarantine_dir)
-
     def entries(self, *, dangling: bool = False) -> list[QuarantineRecord]:
-        """Every quarantine entry, oldest first (unreadable records are skipped, and so are
-        records whose file is missing -- a move cut short -- unless ``dangling``)."""
-        records = []
-        if not self.quarantine_dir.is_dir():
-            return []
-        for entry in os.scandir(self.quarantine_dir):
-            if entry.name.endswith(RECORD_SUFFIX) and entry.is_file(follow_symlinks=False):
-                try:
-                    record = self.record(entry.name[: -len(RECORD_SUFFIX)])
-                except QuarantineError:
-                    continue
-                if dangling or os.path.isfile(self._quarantine_path(record.name)):
-                    records.append(record)
-        return sorted(records, key=lambda r: r.quarantined_at)
+        """Every quarantine entry, oldest first (see :meth:`QuarantineRecords.entries`)."""
+        return self.records.entries(dangling=dangling)
 
     def record(self, qname: str) -> QuarantineRecord:
-        """The record of entry ``qname`` (read with a size limit); ``original_path`` is
-        where a restore really writes, whatever the file on disk claims."""
-        path = self._quarantine_path(qname + RECORD_SUFFIX)
-        try:
-            found = read_bounded(path, max_bytes=RECORD_MAX_BYTES)
-        except FileNotFoundError as e:
-            raise QuarantineError(f"no quarantine entry named {qname[:120]!r}") from e
-        try:
-            if isinstance(found, Rejected):
-                raise QuarantineError(f"the record of {qname[:120]!r} is unreadable: {found.detail}")
-            record = _record_decoder.decode(found[0])
-        except msgspec.DecodeError as e:
-            raise QuarantineError(f"the record of {qname[:120]!r} is unreadable: {e}") from e
-        if record.name != qname or self.pattern.parse(record.original_name) is None:
-            raise QuarantineError(f"the record of {qname[:120]!r} does not describe it")
-        real = str(self._session_path(record.original_name))
-        if record.original_path != real:
-            log.warning("quarantine record %s names %s; a restore writes %s", qname[:120],
-                        record.original_path[:200], real, extra={"quarantine": qname[:120]})
-        return msgspec.structs.replace(record, original_path=real)
+        """The record of entry ``qname``; ``original_path`` is where a restore writes."""
+        return self.records.read(qname)
 
     def moved_by(self, action_id: str) -> QuarantineRecord | None:
         """The entry that the action ``action_id`` moved and kept, if any."""
-        for record in self.entries():
-            if action_id and record.action_id == action_id and not record.superseded:
-                return record
-        return None
+        return self.records.moved_by(action_id)
 
     # -- restore, retention ------------------------------------------------
 
@@ -404,7 +327,7 @@ class SessionFiles:
         except FileExistsError as e:
             raise QuarantineError(f"{record.original_name} appeared in the sessions folder") from e
         fsync_dir(self.sessions_dir)
-        self._drop_record(qname)
+        self.records.drop(qname)
         return record
 
     def _copy_back(self, source: Path, target: Path) -> None:
@@ -437,18 +360,11 @@ class SessionFiles:
         except FileNotFoundError:
             return False
         finally:
-            self._drop_record(qname)
+            self.records.drop(qname)
         return True
 
     def _session_path(self, name: str) -> Path:
-        return _inside(self.sessions_dir, name)
+        return inside(self.sessions_dir, name)
 
     def _quarantine_path(self, name: str) -> Path:
-        return _inside(self.quarantine_dir, name)
-
-
-def _inside(folder: Path, name: str) -> Path:
-    path = path_inside(folder, name)
-    if isinstance(path, Rejected):
-        raise QuarantineError(f"{name[:120]!r}: {path.detail}")
-    return path
+        return inside(self.quarantine_dir, name)
