@@ -1,12 +1,14 @@
 """The audit trail: every action, with its target, before/after and cause.
 
 Every module that changes something records it here, in a dry run as
-``planned``.  The entry is an :class:`events.contract.ActionRecorded` on the
+``planned``, and each entry is also one log line (so ``reconciler run``'s
+output shows every action as it happens).  The entry is an :class:`events.contract.ActionRecorded` on the
 audit stream, so the same codec, tools and projections read it.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,17 @@ from events import metrics
 from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.ids import new_event_id
 from events.publisher import Publisher
+
+log = logging.getLogger(__name__)
+
+
+def log_action(entry: ActionRecorded) -> None:
+    """One readable line per action: what, outcome, target, why, and the event that caused it."""
+    why = f": {entry.reason}" if entry.reason else ""
+    cause = f" (cause {entry.cause_type} {entry.cause_id})" if entry.cause_id else ""
+    log.info("%s %s %s%s%s", entry.action, entry.outcome, entry.target, why, cause,
+             extra={"key": entry.key, "action": entry.action, "outcome": entry.outcome,
+                    "cause_id": entry.cause_id})
 
 
 class Auditor:
@@ -56,6 +69,7 @@ class Auditor:
             after=after,
         )
         await self._publisher.publish(entry)
+        log_action(entry)
         metrics.ACTIONS.labels(action, outcome).inc()
         if cause is not None and outcome == "done":
             metrics.REACTION_LATENCY.labels(action).observe(

@@ -334,8 +334,6 @@ class SessionsHandler:
         await self._auditor.record(
             action=action, target=self._keys.queue(state.session), key=state.session,
             outcome=outcome, cause=cause, reason=reason, before=before, after=after)
-        log.info("%s %s (%s)", action, state.session, outcome,
-                 extra={"key": state.session, "action": action, "cause_id": cause.id})
 
     async def _schedule(self, session: str, due: float, cause: EventBase) -> None:
         if self._timers is None or self._auditor.dry_run:

@@ -3,9 +3,10 @@
 Only ``ops`` configures handlers.  Every record passes through
 :func:`ops.redact.redact`, so a URL with a password never reaches a log.
 Context given in ``extra`` (stream, message id, event type, key, group,
-loop, source) is kept as fields of the JSON line and appended to a text
-line; any other ``extra`` is left out, so a message body handed to a log
-call by mistake never reaches the output.
+loop, source, and an action's name, outcome and cause) is kept as fields
+of the JSON line and appended to a text line; any other ``extra`` is left
+out, so a message body handed to a log call by mistake never reaches the
+output.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import time
 
 from ops.redact import redact
 
-CONTEXT_FIELDS = ("stream", "message_id", "event_type", "key", "group", "loop", "source")
+CONTEXT_FIELDS = ("stream", "message_id", "event_type", "key", "group", "loop", "source", "action",
+                  "outcome", "cause_id")
 
 
 class RedactingFilter(logging.Filter):

@@ -114,7 +114,12 @@ def test_a_fresh_folder_keeps_parked_messages_across_restarts_and_every_command_
              "the parked messages back in order")
     client.close()
     run.stop()
-    assert "Traceback" not in log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output
+    actions = [json.loads(line) for line in output.splitlines() if '"action"' in line]
+    assert [(a["action"], a["outcome"], a["key"]) for a in actions] == [
+        ("park_queue", "done", "gone")], actions
+    assert actions[0]["msg"].startswith("park_queue done queue:gone: ")
 
 
 def test_a_stale_state_file_from_a_killed_run_is_ignored(folder: Path) -> None:
