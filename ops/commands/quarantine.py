@@ -35,9 +35,13 @@ def register(subparsers: Any) -> None:
 
 
 def _row(record: QuarantineRecord) -> dict[str, Any]:
+    """One entry; ``original_path`` is where a restore writes (never what a record claims),
+    and a superseded entry (a newer file holds its name) says so in its reason."""
+    reason = f"{record.reason} (superseded)" if record.superseded else record.reason
     return {"name": record.name, "original_path": record.original_path, "key": record.key,
-            "reason": record.reason, "cause_id": record.cause_id, "cause_type": record.cause_type,
-            "quarantined_at": record.quarantined_at.isoformat(), "flow_id": record.flow_id}
+            "reason": reason, "cause_id": record.cause_id, "cause_type": record.cause_type,
+            "quarantined_at": record.quarantined_at.isoformat(), "flow_id": record.flow_id,
+            "action_id": record.action_id, "superseded": record.superseded}
 
 
 def run_list(args: argparse.Namespace) -> int:
