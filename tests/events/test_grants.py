@@ -92,6 +92,13 @@ async def test_the_relay_waits_for_its_grants_says_so_once_then_publishes(
         await eventually(lambda: _flag_is("source:postgres", (True, "")))
         assert await flag("grants:relay") is None
         await eventually(lambda: _stream_has(redis, settings.keys.conversations_stream, 2))
+        outbox = outbox_names(settings.table).qualified_outbox
+        await pg.execute(f'REVOKE DELETE ON {outbox} FROM "{relay}"')  # revoked while running
+        await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES (2, 1)')
+        await eventually(lambda: _detail_has("grants:relay", f"GRANT DELETE ON {outbox}"))
+        await pg.execute(f'GRANT DELETE ON {outbox} TO "{relay}"')
+        await eventually(lambda: _stream_has(redis, settings.keys.conversations_stream, 4))
+        assert await flag("grants:relay") is None
         assert not task.done()
     finally:
         stop.set()

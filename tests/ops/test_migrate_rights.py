@@ -145,6 +145,12 @@ async def test_migrate_advises_the_lookup_index_and_builds_it_concurrently(
     assert built.returncode == 0, built.stderr
     assert f"lookup index reconciler_lookup_{settings.table} serves" in built.stdout
     assert (await migrate.install(pg, settings)).index.serving  # type: ignore[union-attr]
+    await pg.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass",
+                     f"reconciler_lookup_{settings.table}")  # as a failed concurrent build leaves it
+    invalid = reconciler(settings, "migrate", "--create-index")
+    assert invalid.returncode == 1
+    assert f'DROP INDEX CONCURRENTLY reconciler_lookup_{settings.table}' in invalid.stderr
+    assert "is invalid" in reconciler(settings, "migrate").stdout
     await pg.execute(f'DROP INDEX "reconciler_lookup_{settings.table}"')
     await pg.execute(f'CREATE INDEX ON "{settings.table}" (phone_number_id, phone, status)')
     found = await migrate.install(pg, settings)
