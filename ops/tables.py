@@ -19,9 +19,12 @@ from typing import Any, TextIO
 CELL_LIMIT = 60
 
 
-def cell(value: Any) -> str:
+def cell(value: Any, limit: int | None = CELL_LIMIT) -> str:
+    """One value as table text; ``limit`` shortens it (``None``: whole, for ``name: value`` lines)."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.1f}"
     if isinstance(value, datetime):
@@ -31,7 +34,7 @@ def cell(value: Any) -> str:
     if isinstance(value, list | tuple):
         value = ", ".join(cell(v) for v in value)
     text = str(value).replace("\n", " ")
-    return text if len(text) <= CELL_LIMIT else text[: CELL_LIMIT - 1] + "…"
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -73,7 +76,7 @@ def emit(data: Mapping[str, Any], *, as_json: bool, columns: Mapping[str, Sequen
         return
     scalars = {k: v for k, v in data.items() if not isinstance(v, list)}
     for name, value in scalars.items():
-        print(f"{name.replace('_', ' ')}: {cell(value)}", file=stream)
+        print(f"{name.replace('_', ' ')}: {cell(value, limit=None)}", file=stream)
     for name, value in data.items():
         if isinstance(value, list):
             if scalars or len(data) > 1:

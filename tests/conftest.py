@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -173,6 +175,35 @@ def settings(
         queue_pattern=keys.queue_pattern,
         table=f"crm_conversations_{uuid.uuid4().hex[:8]}",
     )
+
+
+NODE_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
+NODE_PACKAGES = ("ioredis", "write-file-atomic")
+
+
+@pytest.fixture(scope="session")
+def node_example() -> Path:
+    """``examples/node`` with its npm packages: installed here (``npm ci``) when missing.
+
+    Skips, saying why, when node or npm is not installed or the install fails,
+    so a fresh clone needs no ``npm install`` by hand.
+    """
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if all((NODE_EXAMPLE / "node_modules" / p).is_dir() for p in NODE_PACKAGES):
+        return NODE_EXAMPLE
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip(f"npm is not installed, and {NODE_EXAMPLE} has no node_modules")
+    try:
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_EXAMPLE,
+                                capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"`npm ci` in {NODE_EXAMPLE} did not finish: {e}")
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"`npm ci` in {NODE_EXAMPLE} failed: {reason}")
+    return NODE_EXAMPLE
 
 
 def settings_with(settings: Settings, **changes: Any) -> Settings:

@@ -73,12 +73,13 @@ def _rejections(stream: Stream) -> list[SessionFileRejected]:
     return [e for e in stream.events if isinstance(e, SessionFileRejected)]
 
 
-@pytest.mark.skipif(NODE is None, reason="node is not installed (CI has it)")
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+@pytest.mark.usefixtures("node_example")
 async def test_write_file_atomic_temporaries_are_not_reported(
     settings: Settings, redis: Any, stream: Stream
 ) -> None:
     assert (EXAMPLE / "node_modules" / "write-file-atomic").is_dir(), (
-        f"run `npm install` in {EXAMPLE} first (CI does it in .ci/extra-setup)")
+        f"no npm packages in {EXAMPLE}")
     folder = settings.sessions_dir
     before = _not_ours()
     async with watching(settings, redis, stream):

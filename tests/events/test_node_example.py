@@ -1,7 +1,8 @@
 """The Node.js gateway example speaks the protocol the Python side decodes.
 
 Runs ``examples/node/gateway.js`` (ioredis) with ``node`` against real Redis;
-CI installs its npm packages (``.ci/extra-setup``).
+the ``node_example`` fixture installs its npm packages when they are missing,
+and skips with the reason when it cannot.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tests.support import eventually
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
 
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (CI has it)")
+pytestmark = [pytest.mark.skipif(NODE is None, reason="node is not installed"),
+              pytest.mark.usefixtures("node_example")]
 
 
 def node_env(redis_url: str, key_prefix: str) -> dict[str, str]:
@@ -39,7 +41,7 @@ def node_env(redis_url: str, key_prefix: str) -> dict[str, str]:
 
 async def gateway(redis_url: str, key_prefix: str, *args: str) -> str:
     assert (EXAMPLE / "node_modules" / "ioredis").is_dir(), (
-        f"run `npm install` in {EXAMPLE} first (CI does it in .ci/extra-setup)")
+        f"no npm packages in {EXAMPLE}")
     result = await asyncio.to_thread(
         subprocess.run, [str(NODE), "gateway.js", *args], cwd=EXAMPLE,
         env=node_env(redis_url, key_prefix),

@@ -74,10 +74,11 @@ def test_one_table_printer_for_lists_and_reports() -> None:
     from ops.tables import emit, print_rows
 
     out = io.StringIO()
-    print_rows([{"session": "gone", "parked": 3}, {"session": "a-much-longer-name", "parked": 12}],
-               as_json=False, out=out)
+    print_rows([{"session": "gone", "parked": 3, "live": False},
+                {"session": "a-much-longer-name", "parked": 12, "live": True}], as_json=False, out=out)
     header, first, second = out.getvalue().splitlines()
-    assert header.split() == ["SESSION", "PARKED"]
+    assert header.split() == ["SESSION", "PARKED", "LIVE"]
+    assert first.split()[-1] == "no" and second.split()[-1] == "yes"
     assert header.index("PARKED") == first.index("3") == second.index("12")
     out = io.StringIO()
     print_rows([], as_json=False, empty="no parked messages", out=out)
