@@ -30,6 +30,7 @@ from events.ids import new_event_id
 from events.publisher import Publisher
 from events.settings import Settings
 from tests.chaos.harness import RoleProcess, role_env
+from tests.ops.cli_support import cli
 from tests.support import eventually, request
 
 SECRET = "s3cret-for-tests"
@@ -251,11 +252,20 @@ async def test_a_400_goes_to_the_dead_letters_at_once(
             return bool(await list_dead_letters(redis, s.keys.deadletter_stream))
 
         await eventually(dead, message="the 400 dead-lettered")
-    [letter] = await list_dead_letters(redis, s.keys.deadletter_stream)
-    assert letter.group == "webhooks" and letter.reason == "permanent"
-    assert "HTTP 400" in letter.error and letter.fields["type"] == "webhook.due"
-    assert letter.fields["key"].startswith(f"{action}:")
-    assert len(receiver.requests) == 1
+        [letter] = await list_dead_letters(redis, s.keys.deadletter_stream)
+        assert letter.group == "webhooks" and letter.reason == "permanent"
+        assert "HTTP 400" in letter.error and letter.fields["type"] == "webhook.due"
+        assert letter.fields["key"].startswith(f"{action}:")
+        assert len(receiver.requests) == 1
+        code, out, err = await cli(s, "--json", "dlq", "list")
+        assert code == 0, err
+        [row] = json.loads(out)["dead_letters"]
+        assert (row["group"], row["type"]) == ("webhooks", "webhook.due") and "HTTP 400" in row["error"]
+        receiver.answer = lambda n: (200, {})  # the receiver is fixed: send it again
+        code, out, err = await cli(s, "dlq", "retry", letter.entry_id)
+        assert code == 0, err
+        await eventually(lambda: _true(action in receiver.delivered()), message="the retried one")
+    assert not await list_dead_letters(redis, s.keys.deadletter_stream)
 
 
 async def test_sigkilled_notifier_loses_nothing(
