@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from events import codec, metrics
@@ -42,6 +43,7 @@ class Publisher:
         self._keys = keys
         self._retention = retention or Retention()
         self._trim = redis.register_script(TRIM_LUA)
+        self._cluster = isinstance(redis, RedisCluster)
 
     def stream_key(self, event: EventBase) -> str:
         return self._keys.stream(stream_of(event))
@@ -60,7 +62,7 @@ class Publisher:
             for stream, event in zip(streams, batch, strict=True):
                 pipe.xadd(stream, codec.encode(event))
             trim = self._trim_args()
-            if trim is not None:
+            if trim is not None and not self._cluster:
                 for stream in dict.fromkeys(streams):  # once per stream, after its XADDs
                     await self._trim(keys=[stream], args=trim, client=pipe)
             try:
@@ -70,6 +72,9 @@ class Publisher:
                     raise
                 names = {stream_of(event): key for event, key in zip(batch, streams, strict=True)}
                 raise StreamExhausted(describe(await find_exhausted(self._redis, names))) from e
+            if trim is not None and self._cluster:  # a cluster pipeline refuses EVALSHA
+                for stream in dict.fromkeys(streams):
+                    await self._trim(keys=[stream], args=trim)
             for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
