@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from events import codec
 from events.contract import CONVERSATIONS, SESSIONS, EventBase, stream_of
 from events.keys import KeySpace
 from events.retention import TRIM_FUNCTION
+from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
 FIRE_BATCH = 500
 """Deadlines fired per script call (a long backlog is fired in several calls)."""
@@ -55,7 +57,13 @@ for _, member in ipairs(due) do
   redis.call('HDEL', KEYS[2], member)
   local ok, p = pcall(cjson.decode, raw or '')
   if ok and type(p) == 'table' and allowed[p.stream] ~= nil then
-    redis.call('XADD', p.stream, '*', 'v', p.v, 'type', p.type, 'key', p.key, 'data', p.data)
+    local added = redis.pcall('XADD', p.stream, '*', 'v', p.v, 'type', p.type, 'key', p.key,
+                              'data', p.data)
+    if type(added) == 'table' and added.err then  -- e.g. the stream ran out of ids: keep it
+      redis.call('ZADD', KEYS[1], ARGV[1], member)
+      redis.call('HSET', KEYS[2], member, raw)
+      return redis.error_reply(added.err)
+    end
     allowed[p.stream] = true
     fired = fired + 1
   else
@@ -125,10 +133,16 @@ class TimerWheel:
     async def fire_due(self, now: float | None = None, *, batch: int = FIRE_BATCH) -> Fired:
         """Take the deadlines due at ``now`` (default: the clock) and publish their events."""
         now_ms = int((time.time() if now is None else now) * 1000)
-        reply = await self._fire(
-            keys=[self._keys.deadlines, self._keys.deadline_payloads, *self._streams],
-            args=[now_ms, batch, self._max_len],
-        )
+        try:
+            reply = await self._fire(
+                keys=[self._keys.deadlines, self._keys.deadline_payloads, *self._streams],
+                args=[now_ms, batch, self._max_len],
+            )
+        except ResponseError as e:  # the deadline that could not be appended is kept
+            if not is_exhausted_error(e):
+                raise
+            streams = dict(zip((CONVERSATIONS, SESSIONS), self._streams, strict=True))
+            raise StreamExhausted(describe(await find_exhausted(self._redis, streams))) from e
         fired, lost, next_ms, count = reply
         next_text = next_ms.decode() if isinstance(next_ms, bytes) else str(next_ms)
         return Fired(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,6 +16,7 @@ from events.loops import Heartbeats
 from events.publisher import Publisher
 from events.readiness import Readiness
 from events.streamids import EXHAUSTED, LAST_POSSIBLE_ID, StreamExhausted
+from events.timers import TimerWheel
 from ops.health import HealthServer, add_standard_checks
 from tests.ops.test_health import get
 from tests.support import request
@@ -71,3 +73,20 @@ async def test_an_exhausted_stream_fails_publishing_health_and_readiness_until_r
     new_id = await publisher.publish(request("k"))
     delivered = await redis.xreadgroup("conversations", "c1", {stream: ">"})
     assert [e[0].decode() for e in delivered[0][1]] == [new_id]
+
+
+async def test_a_deadline_due_on_an_exhausted_stream_is_kept_until_it_can_be_appended(
+    redis: Redis, keys: KeySpace
+) -> None:
+    wheel = TimerWheel(redis, keys)
+    await wheel.schedule("bot:k", time.time() - 1, request("k"))
+    await redis.xadd(keys.conversations_stream, {"junk": "1"}, id=LAST_POSSIBLE_ID)
+    try:
+        with pytest.raises(StreamExhausted, match="conversations"):
+            await wheel.fire_due()
+        assert await wheel.count() == 1
+        await redis.xdel(keys.conversations_stream, LAST_POSSIBLE_ID)
+        await redis.execute_command("XSETID", keys.conversations_stream, "1-1")
+        assert (await wheel.fire_due()).fired == 1 and await wheel.count() == 0
+    finally:
+        EXHAUSTED.clear()
