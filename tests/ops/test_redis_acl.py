@@ -22,7 +22,7 @@ from events.readiness import READINESS
 from events.settings import Settings
 from events.sources import sessions
 from ops import migrate
-from ops.roles import serve_roles
+from ops.roles import ROLE_NAMES, serve_roles
 from tests.support import create_conversations_table, eventually
 
 PASSWORD = "acl-" + uuid.uuid4().hex
@@ -82,12 +82,13 @@ async def test_every_role_works_under_the_documented_acl(
     await migrate.install(pg, settings)
     limited = await acl_user(documented_rules(settings))
     stop = asyncio.Event()
-    roles = ["relay", "consumers", "timers", "sessions"]
+    roles = list(ROLE_NAMES)
     task = asyncio.create_task(serve_roles(settings, limited, roles, stop))
     try:
         async def caught_up() -> bool:
             state = await flags()
-            return all(state.get(f, (False, ""))[0] for f in ("source:postgres", "source:sessions"))
+            return all(state.get(f, (False, ""))[0]
+                       for f in ("source:postgres", "source:sessions", "source:files"))
         await eventually(caught_up, message="the sources' first snapshots")
         await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id, status, '
                          "assigned_to) VALUES ('5511', 'c', 'active', 'agent')")
