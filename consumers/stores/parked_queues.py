@@ -36,6 +36,9 @@ from redis.asyncio import Redis
 from events.keys import KeySpace
 from events.parked_scripts import PARK, PUSH_HEAD, RESTORE
 
+LIST_PAGE = 1000
+"""Parked sessions read per round trip when listing them."""
+
 TAKE_QUEUE = """
 -- KEYS: queue, lease
 if redis.call('EXISTS', KEYS[2]) == 1 then return {} end
@@ -143,18 +146,27 @@ class ParkedQueues:
 
     async def observe(self, session: str) -> SessionState:
         """Lease, queue length, parked length and batches, read in one round trip."""
+        return (await self.observe_many([session]))[0]
+
+    async def observe_many(self, sessions: list[str]) -> list[SessionState]:
+        """:meth:`observe` for several sessions, in one pipelined round trip."""
         k = self._keys
         pipe = self._redis.pipeline(transaction=False)
-        pipe.exists(k.lease(session))
-        pipe.llen(k.queue(session))
-        pipe.llen(k.parked(session))
-        pipe.hget(k.parked_meta(session), "batches")
-        pipe.get(k.session_noted(session))
-        live, queue_length, parked_length, raw, noted = await pipe.execute()
-        return SessionState(
-            session=session, live=bool(live), queue_length=int(queue_length),
-            parked_length=int(parked_length), batches=decode_batches(raw),
-            noted=noted.decode() if isinstance(noted, bytes) else noted)
+        for session in sessions:
+            pipe.exists(k.lease(session))
+            pipe.llen(k.queue(session))
+            pipe.llen(k.parked(session))
+            pipe.hget(k.parked_meta(session), "batches")
+            pipe.get(k.session_noted(session))
+        replies = await pipe.execute()
+        out = []
+        for n, session in enumerate(sessions):
+            live, queue_length, parked_length, raw, noted = replies[5 * n : 5 * n + 5]
+            out.append(SessionState(
+                session=session, live=bool(live), queue_length=int(queue_length),
+                parked_length=int(parked_length), batches=decode_batches(raw),
+                noted=noted.decode() if isinstance(noted, bytes) else noted))
+        return out
 
     async def lease_exists(self, session: str) -> bool:
         return bool(await self._redis.exists(self._keys.lease(session)))
@@ -212,22 +224,28 @@ class ParkedQueues:
             await self._redis.set(key, signature, ex=ttl_s)
 
     async def list_parked(self) -> list[ParkedSummary]:
-        """Every session with parked messages, oldest batch first."""
+        """Every session with parked messages, oldest batch first (a SCAN page per round trip)."""
         out: list[ParkedSummary] = []
-        async for raw_key in self._redis.scan_iter(match=self._keys.parked_glob, count=1000):
+        page: list[str] = []
+        async for raw_key in self._redis.scan_iter(match=self._keys.parked_glob, count=LIST_PAGE):
             session = self.session_of_parked(raw_key.decode() if isinstance(raw_key, bytes)
                                              else raw_key)
-            if session is None:
-                continue
-            state = await self.observe(session)
-            if state.parked_length == 0:
-                continue
-            oldest = state.batches[0].at if state.batches else None
-            out.append(ParkedSummary(session=session, queue=self._keys.queue(session),
-                                     parked=state.parked_length, oldest_at=oldest,
-                                     queue_length=state.queue_length, live=state.live))
+            if session is not None:
+                page.append(session)
+            if len(page) >= LIST_PAGE:
+                out += self._summaries(await self.observe_many(page))
+                page = []
+        if page:
+            out += self._summaries(await self.observe_many(page))
         out.sort(key=lambda s: (s.oldest_at or 0.0, s.session))
         return out
+
+    def _summaries(self, states: list[SessionState]) -> list[ParkedSummary]:
+        return [ParkedSummary(session=s.session, queue=self._keys.queue(s.session),
+                              parked=s.parked_length,
+                              oldest_at=s.batches[0].at if s.batches else None,
+                              queue_length=s.queue_length, live=s.live)
+                for s in states if s.parked_length]
 
     def session_of_parked(self, key: str) -> str | None:
         head = f"{self._keys.prefix}parked:{{"

@@ -107,3 +107,21 @@ def test_keys_of_one_session_share_a_hash_tag(keys: KeySpace) -> None:
 def test_binary_messages_are_described_as_base64() -> None:
     assert describe_messages([b"hola", b"\xff\x00"]) == ["hola", {"base64": "/wA="}]
     assert ParkedBatch(at=1.0, count=1).cause == ""
+
+
+async def test_listing_reads_many_parked_sessions_page_by_page(redis: Redis, keys: KeySpace) -> None:
+    store = ParkedQueues(redis, keys)
+    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    for n in range(2500):
+        pipe.rpush(keys.parked(f"s{n}"), "m")
+    await pipe.execute()
+    await redis.rpush(keys.queue("oldest"), "a", "b")
+    await store.park("oldest", now=now - 60, cause="e")
+    await redis.set(keys.lease("oldest"), "gw", ex=30)
+
+    listed = await store.list_parked()
+
+    assert len(listed) == 2501
+    assert (listed[-1].session, listed[-1].parked, listed[-1].live) == ("oldest", 2, True)
+    assert {s.session for s in listed[:-1]} == {f"s{n}" for n in range(2500)}
