@@ -22,34 +22,28 @@ file it left behind).  It does not care which event woke it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
-from consumers.audit import Auditor
-from consumers.errors import PermanentError, TemporaryError
+from consumers.actions import Actions, Result
+from consumers.conversations_act import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, envelope, utc
+from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
 from consumers.stores.conversations_sql import ConversationsSql, Row
-from consumers.stores.pauses import PauseStore
 from consumers.stores.session_files import FileState, QuarantineError, SessionFiles
 from events.contract import (
     BotRunTimedOut,
     EventBase,
     OrphanGraceElapsed,
     QuarantineRetentionDue,
-    ReconcileRequested,
     SessionFileRejected,
     SnapshotFinished,
     SnapshotStarted,
     SourceResynced,
 )
-from events.ids import new_event_id
 from events.keys import split_conversation_key
 from events.settings import Settings
 from events.timers import TimerWheel
@@ -127,9 +121,6 @@ Action = (BackfillFlow | CloseConversation | ClearBotFields | QuarantineFile
 
 CHANGES = (BackfillFlow, CloseConversation, ClearBotFields, QuarantineFile)
 """Actions that change a store (audited, and only planned in a dry run)."""
-CHANGE_VERBS: dict[type, str] = {BackfillFlow: "backfill_flow", CloseConversation: "close_conversation",
-                                 ClearBotFields: "clear_bot_fields", QuarantineFile: "quarantine_file"}
-"""The name each change is audited under (also when skipped: its key is paused)."""
 
 
 def decide(o: Observed) -> list[Action]:
@@ -203,8 +194,6 @@ def may_move_file(row: Row | None) -> bool:
 MAX_ROUNDS = 4
 """Observe-decide-act rounds per call; each round after the first follows a change we made."""
 SEEN_TTL_S = 30 * 86400
-PLANNED_TTL_S = 7 * 86400
-"""How long a dry run remembers that it already recorded an action as planned."""
 INFORMATIONAL = (SnapshotStarted, SnapshotFinished, SourceResynced, SessionFileRejected)
 """Events that may carry a key that is not a conversation key; those are ignored."""
 
@@ -213,15 +202,16 @@ class ConversationsHandler:
     """``async (key, deliveries)`` for the ``conversations`` group."""
 
     def __init__(self, *, settings: Settings, sql: ConversationsSql, files: SessionFiles,
-                 redis: Any, auditor: Auditor, timers: TimerWheel) -> None:
+                 redis: Any, actions: Actions, timers: TimerWheel) -> None:
         self.settings = settings
         self.sql = sql
         self.files = files
         self.redis = redis
-        self.auditor = auditor
+        self.actions = actions
         self.timers = timers
+        self.acts = ConversationActs(settings=settings, sql=sql, files=files, actions=actions,
+                                     timers=timers)
         self.keys = settings.keys
-        self.pauses = PauseStore(redis, self.keys)
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         cause = deliveries[-1].event
@@ -232,15 +222,18 @@ class ConversationsHandler:
             if all(isinstance(d.event, INFORMATIONAL) for d in deliveries):
                 return
             raise PermanentError(f"not a conversation key: {e}") from e
+        left = await self.actions.settle(key, self.acts.check)
         for d in deliveries:
             if isinstance(d.event, QuarantineRetentionDue):
                 await self.purge_entry(d.event.name, cause=d.event)
         for _ in range(MAX_ROUNDS):
             observed = await self.observe(key, phone, channel, name)
             if not await self.apply(observed, decide(observed), name, cause):
-                return
-        log.warning("key %s still changing after %d rounds; the next event goes on", key,
-                    MAX_ROUNDS, extra={"key": key, "stream": deliveries[-1].stream})
+                break
+        else:
+            log.warning("key %s still changing after %d rounds; the next event goes on", key,
+                        MAX_ROUNDS, extra={"key": key, "stream": deliveries[-1].stream})
+        await self.actions.close_left(key, left)
 
     async def observe(self, key: str, phone: str, channel: str, name: str) -> Observed:
         row = await self.sql.read(phone, channel)
@@ -264,98 +257,37 @@ class ConversationsHandler:
                 await self.redis.delete(self.keys.first_seen(action.kind, o.key))
             elif isinstance(action, ScheduleBotTimeout):
                 await self.timers.schedule(action.member, action.due, BotRunTimedOut(
-                    **_envelope(o.key, cause, action.due), flow_id=action.flow_id,
+                    **envelope(o.key, cause, action.due), flow_id=action.flow_id,
                     started_at=o.row.bot_started_at if o.row else None,
-                    deadline=_utc(action.due)))
+                    deadline=utc(action.due)))
             elif isinstance(action, ScheduleOrphanGrace):
                 await self.timers.schedule(action.member, action.due, OrphanGraceElapsed(
-                    **_envelope(o.key, cause, action.due), deadline=_utc(action.due)))
-            elif await self.change(o, action, name, cause) and not self.auditor.dry_run:
-                return True
+                    **envelope(o.key, cause, action.due), deadline=utc(action.due)))
+            elif (await self.change(o, action, name, cause)).outcome in ("done", "reverted"):
+                return True  # the state changed: observe again
         return False
 
-    async def change(self, o: Observed, action: Action, name: str, cause: EventBase) -> bool:
-        """Make (or, in a dry run, plan) one change; ``True`` if it was made or planned."""
-        if not self.auditor.dry_run and (reason := await self.pauses.gate(o.key)):
-            await self.auditor.record(action=CHANGE_VERBS[type(action)], target=o.key, key=o.key,
-                                      outcome="skipped", cause=cause, reason=reason,
-                                      before=o.row.as_dict() if o.row else None)
-            return False
+    async def change(self, o: Observed, action: Action, name: str, cause: EventBase) -> Result:
+        """Make (or, in a dry run, plan) one change through the action executor."""
         if isinstance(action, QuarantineFile):
-            return await self.quarantine(o, action, name, cause)
-        row = o.row
-        assert row is not None
-        table_target = f"{self.settings.table}#{row.id}"
-        before = row.as_dict()
-        write: Callable[[], Awaitable[bool]]
+            assert o.file is not None
+            return await self.acts.quarantine(o.key, name, o.file, reason=action.reason,
+                                              cause=cause, guard=self._still_stale(o, action))
+        assert o.row is not None
         if isinstance(action, BackfillFlow):
-            verb, after = "backfill_flow", {**before, "bot_flow_id": action.flow_id}
-            write = partial(self.sql.backfill_flow, row, action.flow_id)
-        elif isinstance(action, CloseConversation):
-            verb, after = "close_conversation", {**before, "status": "closed", "assigned_to": None,
-                                                 "bot_flow_id": None, "bot_started_at": None}
-            write = partial(self.sql.close, row)
-        else:
-            assert isinstance(action, ClearBotFields)
-            verb = "clear_bot_fields"
-            after = {**before, "bot_flow_id": None, "bot_started_at": None,
-                     "assigned_to": None if row.assigned_to == BOT else row.assigned_to}
-            write = partial(self.sql.clear_bot_fields, row)
-        if self.auditor.dry_run:
-            return await self.plan(verb, table_target, o.key, cause, before, after)
-        if not await write():
-            return False  # the row changed since it was read: observe again on the next event
-        await self.auditor.record(action=verb, target=table_target, key=o.key, outcome="done",
-                                  cause=cause, before=before, after=after)
-        return True
+            return await self.acts.row_change(BACKFILL, o.key, o.row, cause, action.flow_id)
+        verb = CLOSE if isinstance(action, CloseConversation) else CLEAR
+        return await self.acts.row_change(verb, o.key, o.row, cause)
 
-    async def quarantine(self, o: Observed, action: QuarantineFile, name: str,
-                         cause: EventBase) -> bool:
-        assert o.file is not None
-        target = str(self.files.sessions_dir / name)
-        before = {"path": target, "flow_id": o.file.flow_id, "sha256": o.file.sha256}
-        if self.auditor.dry_run:
-            return await self.plan("quarantine_file", target, o.key, cause, before,
-                                   {"reason": action.reason}, reason=action.reason)
-
+    def _still_stale(self, o: Observed, action: QuarantineFile) -> Guard:
+        """The guard checked right before a move: the database still says to move it."""
         async def still_stale(now_file: FileState) -> bool:
             row = await self.sql.read(*split_conversation_key(o.key))
             again = Observed(key=o.key, now=time.time(), row=row, file=now_file,
                              bot_seen_at=o.bot_seen_at, orphan_seen_at=o.orphan_seen_at,
                              bot_timeout_s=o.bot_timeout_s, grace_s=o.grace_s)
             return may_move_file(row) and QuarantineFile(action.reason) in decide(again)
-
-        moved = await self.files.quarantine(name, key=o.key, reason=action.reason, cause=cause,
-                                            expected_sha256=o.file.sha256, guard=still_stale)
-        if moved.outcome == "failed":
-            raise TemporaryError(moved.reason)  # retried with backoff
-        if moved.outcome == "reverted":  # moved, found not to be what was decided on, undone
-            await self.auditor.record(
-                action="quarantine_file", target=target, key=o.key, outcome="skipped",
-                cause=cause, reason=f"reverted: {moved.reason}", before=before,
-                after={"kept_as": str(self.files.quarantine_dir / moved.record.name)}
-                if moved.record else None)
-        if moved.outcome != "done" or moved.record is None:
-            return moved.outcome == "reverted"
-        record = moved.record
-        await self.auditor.record(
-            action="quarantine_file", target=target, key=o.key, outcome="done", cause=cause,
-            reason=action.reason, before=before,
-            after={"quarantined_as": str(self.files.quarantine_dir / record.name)})
-        due = record.quarantined_at.timestamp() + self.settings.quarantine_retention_s
-        await self.timers.schedule(f"purge:{record.name}", due, QuarantineRetentionDue(
-            **_envelope(o.key, cause, due), name=record.name, deadline=_utc(due)))
-        return True
-
-    async def plan(self, verb: str, target: str, key: str, cause: EventBase,
-                   before: dict[str, Any], after: dict[str, Any], reason: str = "") -> bool:
-        """Record a planned action once per observed state (repeated events plan nothing new)."""
-        digest = hashlib.sha256(json.dumps([verb, target, before, after], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:32]
-        if await self.redis.set(self.keys.planned(digest), b"1", nx=True, ex=PLANNED_TTL_S):
-            await self.auditor.record(action=verb, target=target, key=key, outcome="planned",
-                                      cause=cause, reason=reason, before=before, after=after)
-        return True
+        return still_stale
 
     async def purge_entry(self, qname: str, *, cause: EventBase | None) -> bool:
         """Delete a quarantine entry whose retention is over (audited); ``True`` if deleted."""
@@ -365,44 +297,15 @@ class ConversationsHandler:
             log.info("quarantine entry not purged: %s", e, extra={"quarantine": qname[:120]})
             return False
         due = record.quarantined_at.timestamp() + self.settings.quarantine_retention_s
-        target = str(self.files.quarantine_dir / qname)
         if due > time.time():  # the retention was raised since it was scheduled
-            await self.timers.schedule(f"purge:{qname}", due, QuarantineRetentionDue(
-                **_envelope(record.key, cause, due), name=qname, deadline=_utc(due)))
+            await self.acts.schedule_purge(record, cause)
             return False
-        before = {"path": target, "original_path": record.original_path,
-                  "quarantined_at": record.quarantined_at.isoformat()}
-        if self.auditor.dry_run:
-            return await self.plan("purge_quarantine", target, record.key, cause or _nothing(),
-                                   before, {"deleted": True})
-        if not self.files.purge(qname):
-            return False
-        await self.auditor.record(action="purge_quarantine", target=target, key=record.key,
-                                  outcome="done", cause=cause, before=before,
-                                  after={"deleted": True})
-        return True
+        return (await self.acts.purge(record, cause)).outcome == "done"
 
     async def purge_expired(self) -> int:
         """Purge every entry past its retention (run at start: the list before the watch)."""
         expired = self.files.expired(self.settings.quarantine_retention_s)
         return sum([await self.purge_entry(r.name, cause=None) for r in expired])
-
-
-def _envelope(key: str, cause: EventBase | None, due: float | None = None) -> dict[str, Any]:
-    """Envelope of an event the timer wheel will publish: it occurs at its deadline,
-    so its id and time say when it was due, not when it was scheduled."""
-    at = _utc(due) if due is not None else datetime.now(UTC)
-    return {"id": new_event_id(at), "occurred_at": at, "source": "timers",
-            "key": key, "cause_id": cause.id if cause is not None else None}
-
-
-def _nothing() -> EventBase:
-    return ReconcileRequested(**_envelope("quarantine", None), scope="conversations",
-                              reason="quarantine retention sweep")
-
-
-def _utc(unix: float) -> datetime:
-    return datetime.fromtimestamp(unix, UTC)
 
 
 def _float(raw: bytes | str | None) -> float | None:

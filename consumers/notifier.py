@@ -72,8 +72,8 @@ def selected(event: EventBase, selectors: Sequence[str]) -> bool:
     """Whether ``webhook_on`` asks for a notification of ``event``."""
     if isinstance(event, SessionExpired):
         return "session.expired" in selectors
-    if not isinstance(event, ActionRecorded):
-        return False
+    if not isinstance(event, ActionRecorded) or event.outcome == "intent":
+        return False  # an intent is not an outcome; its outcome follows
     if "inconsistency" in selectors and event.action.startswith("report_"):
         return True
     for selector in selectors:

@@ -1,7 +1,7 @@
 """The ``consumers`` role: the ``conversations`` and ``sessions`` consumer groups in one process.
 
 It opens what the handlers share (an asyncpg pool, the publisher and the
-auditor, the timer wheel), waits until its database role holds the grants it
+action executor, the timer wheel), waits until its database role holds the grants it
 needs (:mod:`events.grants`: one clear line and a failing ``/readyz`` meanwhile,
 never a dead letter per event), purges quarantine entries past their retention
 (the list before the watch: deadlines cover the rest), and runs one
@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from consumers.audit import Auditor
+from consumers.actions import Actions
 from consumers.conversations import ConversationsHandler
 from consumers.options import GroupOptions
 from consumers.relist import Relister, conversation_keys, session_names
@@ -27,7 +27,6 @@ from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import PauseStore, settling_expiries
 from consumers.stores.session_files import SessionFiles
 from events.grants import missing_grants, missing_redis_rights, wait_until_granted
-from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.timers import TimerWheel
 
@@ -51,9 +50,8 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
     if settings.database_url is None:
         raise ValueError("DATABASE_URL is needed by the consumers role")
     keys = settings.keys
-    publisher = Publisher(redis, keys, Retention(max_len=settings.stream_max_len,
-                                                 max_age_s=settings.stream_retention_s))
-    auditor = Auditor(publisher, dry_run=settings.dry_run)
+    actions = Actions.for_settings(redis, settings)
+    publisher = actions.publisher
     timers = TimerWheel(redis, keys, max_len=settings.stream_max_len)
     pool = await asyncpg.create_pool(settings.database_url, min_size=POOL_MIN_SIZE,
                                      max_size=max(POOL_MIN_SIZE, min(POOL_MAX_SIZE,
@@ -65,23 +63,23 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
             return
         conversations = ConversationsHandler(
             settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
-            redis=redis, auditor=auditor, timers=timers)
+            redis=redis, actions=actions, timers=timers)
         purged = await conversations.purge_expired()
         if purged:
             log.info("purged %d quarantine entries past their retention", purged)
-        sessions = SessionsHandler(settings=settings, redis=redis, auditor=auditor, timers=timers)
+        sessions = SessionsHandler(settings=settings, redis=redis, actions=actions, timers=timers)
         relisters = [
             Relister(scope="conversations", keys=conversation_keys(settings, pool),
                      publisher=publisher),
             Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher),
         ]
-        pauses, pause_auditor = PauseStore(redis, keys), Auditor(publisher, dry_run=False)
+        pauses = PauseStore(redis, keys)
         groups = [
             GroupConsumer(redis, _options(settings, "conversations", keys.conversations_stream),
-                          settling_expiries(conversations, pauses, pause_auditor),
+                          settling_expiries(conversations, pauses, actions),
                           on_gap=relisters[0].request),
             GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream),
-                          settling_expiries(sessions, pauses, pause_auditor),
+                          settling_expiries(sessions, pauses, actions),
                           on_gap=relisters[1].request),
         ]
         await asyncio.gather(*(group.run(stop) for group in groups))

@@ -17,8 +17,10 @@ and :func:`decide` turns that into actions, as the rule of DESIGN.md reads:
   for the oldest batch still parked.
 
 Duplicates and replays are harmless: after an action the state no longer
-calls for it.  Reports and dry-run plans change no state, so the last one is
-remembered (``keys.session_noted``) and not repeated for the same state.
+calls for it.  The changes are carried out by :mod:`consumers.queue_acts`
+through the action executor (intent first; planned in a dry run, once per
+state).  Reports change no state, so the last one is remembered
+(``keys.session_noted``) and not repeated for the same state.
 
 Race with a returning session.  The lease shares the queue's hash tag, so
 the park script checks it itself: a session that is live when the script
@@ -36,22 +38,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
-from consumers.errors import PermanentError, TemporaryError
+from consumers.actions import Actions
+from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
-from consumers.stores.parked_queues import (
-    ParkedBatch,
-    ParkedQueues,
-    SessionState,
-    describe_messages,
-)
-from consumers.stores.pauses import PauseStore
+from consumers.queue_acts import QueueActs
+from consumers.stores.parked_queues import ParkedBatch, ParkedQueues, SessionState
 from events.contract import (
-    ActionOutcome,
     EventBase,
     ParkedRetentionDue,
     SnapshotFinished,
@@ -70,8 +66,6 @@ NOTED_TTL_S = 86_400
 MARKERS = (SnapshotStarted, SnapshotFinished, SourceResynced)
 """Events on the sessions stream that mark a source's progress, not a session's change."""
 
-AUDIT_CONTENT_BYTES = 128 * 1024
-"""Message content per audit entry; a larger drop is audited in several parts."""
 
 
 class Timers(Protocol):
@@ -171,22 +165,17 @@ def decide(o: Observed) -> list[Action]:
 # -- the handler -----------------------------------------------------------------
 
 
-CHANGE_VERBS: dict[type, str] = {ParkQueue: "park_queue", RestoreParked: "restore_parked",
-                                 DropQueue: "drop_queue", DropParked: "drop_parked"}
-"""Actions that change a store, by the name they are audited under (skipped while paused)."""
-
-
 class SessionsHandler:
     """``async (key, deliveries)`` for the ``sessions`` group."""
 
-    def __init__(self, *, settings: Settings, redis: Redis, auditor: Auditor,
+    def __init__(self, *, settings: Settings, redis: Redis, actions: Actions,
                  timers: Timers | None = None) -> None:
         self._settings = settings
         self._keys = settings.keys
         self._store = ParkedQueues(redis, self._keys)
-        self._auditor = auditor
+        self._actions = actions
+        self._acts = QueueActs(store=self._store, keys=self._keys, actions=actions)
         self._timers = timers
-        self._pauses = PauseStore(redis, self._keys)
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         try:
@@ -197,12 +186,16 @@ class SessionsHandler:
         if not events:  # a source's snapshot or resync marker: its key is not a session
             return
         cause = events[-1]
+        left = await self._actions.settle(key, self._acts.check)
         state, observed = await self.observe(key)
         actions = decide(observed)
-        if await self._already_noted(state, actions):
-            return
-        for action in actions:
-            await self._apply(action, state, cause)
+        if not await self._already_noted(state, actions):
+            planned = False
+            for action in actions:
+                if isinstance(action, ScheduleRetention | CancelRetention) and planned:
+                    continue  # the deadline would follow a change only planned (a dry run)
+                planned = await self._apply(action, state, cause, now=observed.now) or planned
+        await self._actions.close_left(key, left)
 
     async def observe(self, key: str) -> tuple[SessionState, Observed]:
         """What the stores say about session ``key`` now, as :func:`decide` reads it."""
@@ -214,9 +207,9 @@ class SessionsHandler:
             retention_s=self._settings.parked_retention_s)
 
     async def _already_noted(self, state: SessionState, actions: list[Action]) -> bool:
-        """Reports and dry-run plans change nothing: say them once per state."""
+        """Reports change nothing: say them once per state."""
         says = [a for a in actions if not isinstance(a, ScheduleRetention | CancelRetention)]
-        if says and (self._auditor.dry_run or all(isinstance(a, ReportOrphanQueue) for a in says)):
+        if says and all(isinstance(a, ReportOrphanQueue) for a in says):
             signature = f"{says}|queue={state.queue_length}|parked={state.parked_length}"
             if signature == state.noted:
                 return True
@@ -225,118 +218,30 @@ class SessionsHandler:
             await self._store.note(state.session, None, ttl_s=NOTED_TTL_S)
         return False
 
-    async def _apply(self, action: Action, state: SessionState, cause: EventBase) -> None:
-        verb = CHANGE_VERBS.get(type(action))
-        if verb and not self._auditor.dry_run and (reason := await self._pauses.gate(state.session)):
-            before = {"queue": state.queue_length, "parked": state.parked_length}
-            await self._audit(verb, state, cause, before=before, after=before, outcome="skipped",
-                              reason=reason)
-            return
+    async def _apply(self, action: Action, state: SessionState, cause: EventBase, *,
+                     now: float) -> bool:
+        """Carry out one action; ``True`` if it was a change only planned."""
+        result = None
         match action:
             case ParkQueue():
-                await self._park(state, cause)
+                result = await self._acts.park(state, cause, now=now)
             case RestoreParked():
-                await self._restore(state, cause)
+                result = await self._acts.restore(state, cause)
             case DropQueue():
-                await self._drop_queue(state, cause)
+                result = await self._acts.drop_queue(state, cause)
             case DropParked(cutoff=cutoff):
-                await self._drop_parked(state, cutoff, cause)
-            case ReportOrphanQueue(count=count):
-                await self._audit("report_orphan_queue", state, cause, outcome="skipped",
-                                  reason="session not live; policy report leaves the queue as it is",
-                                  before={"queue": count}, after={"queue": count})
+                result = await self._acts.drop_parked(state, cutoff, cause)
+            case ReportOrphanQueue():
+                await self._acts.report(state, cause)
             case ScheduleRetention(due=due):
                 await self._schedule(state.session, due, cause)
             case CancelRetention():
-                if self._timers is not None and not self._auditor.dry_run:
+                if self._timers is not None:
                     await self._timers.cancel(retention_member(state.session))
-
-    async def _park(self, state: SessionState, cause: EventBase) -> None:
-        before = {"queue": state.queue_length, "parked": state.parked_length}
-        if self._auditor.dry_run:
-            await self._audit("park_queue", state, cause, before=before,
-                              after={"queue": 0, "parked": state.parked_length + state.queue_length})
-            return
-        # The lease is in another slot than the queue, so the script cannot check it:
-        # check it here, just before.  A session that returns after this check gets
-        # its messages back from the restore that runs on its SessionStarted event.
-        if await self._store.lease_exists(state.session):
-            return
-        moved = await self._store.park(state.session, now=time.time(), cause=cause.id)
-        if moved == 0:
-            return
-        await self._audit("park_queue", state, cause, before=before,
-                          after={"queue": 0, "parked": state.parked_length + moved},
-                          reason=f"session not live; parked {moved} messages")
-
-    async def _restore(self, state: SessionState, cause: EventBase) -> None:
-        before = {"queue": state.queue_length, "parked": state.parked_length}
-        if self._auditor.dry_run:
-            await self._audit("restore_parked", state, cause, before=before,
-                              after={"queue": state.queue_length + state.parked_length, "parked": 0})
-            return
-        moved = await self._store.restore(state.session)
-        if moved == 0:
-            return
-        await self._audit("restore_parked", state, cause, before=before,
-                          after={"queue": state.queue_length + moved, "parked": 0},
-                          reason=f"session live; {moved} parked messages back at the head")
-
-    async def _drop_queue(self, state: SessionState, cause: EventBase) -> None:
-        if self._auditor.dry_run:
-            items = await self._store.queued(state.session)
-            await self._audit_content("drop_queue", state, cause, items, counts={"queue": len(items)})
-            return
-        items = await self._store.take_queue(state.session)
-        if not items:
-            return
-        try:
-            await self._audit_content("drop_queue", state, cause, items,
-                                      counts={"queue": len(items)})
-        except Exception as e:
-            # Not audited means not dropped: the messages go back, in order.
-            await self._store.put_back_queue(state.session, items)
-            raise TemporaryError(f"could not audit a queue drop: {e}") from e
-
-    async def _drop_parked(self, state: SessionState, cutoff: float, cause: EventBase) -> None:
-        if self._auditor.dry_run:
-            count = sum(b.count for b in state.batches if b.at <= cutoff)
-            items = await self._store.parked(state.session, count)
-            await self._audit_content("drop_parked", state, cause, items,
-                                      counts={"parked": state.parked_length})
-            return
-        batches, items = await self._store.take_expired(state.session, cutoff=cutoff)
-        if not items:
-            return
-        try:
-            await self._audit_content("drop_parked", state, cause, items,
-                                      counts={"parked": state.parked_length})
-        except Exception as e:
-            await self._store.put_back_parked(state.session, batches, items)
-            raise TemporaryError(f"could not audit a parked drop: {e}") from e
-
-    async def _audit_content(self, action: str, state: SessionState, cause: EventBase,
-                             items: list[bytes], *, counts: dict[str, int]) -> None:
-        """One audit entry per part of at most ``AUDIT_CONTENT_BYTES`` of content."""
-        parts = split_by_size(items, AUDIT_CONTENT_BYTES)
-        (what, count), = counts.items()
-        for n, part in enumerate(parts, start=1):
-            before: dict[str, Any] = {what: count, "messages": describe_messages(part)}
-            if len(parts) > 1:
-                before["part"] = f"{n}/{len(parts)}"
-            await self._audit(action, state, cause, before=before,
-                              after={what: count - len(items)},
-                              reason=f"{len(items)} messages dropped, content in 'before'")
-
-    async def _audit(self, action: str, state: SessionState, cause: EventBase, *,
-                     before: dict[str, Any], after: dict[str, Any], outcome: ActionOutcome = "done",
-                     reason: str = "") -> None:
-        await self._auditor.record(
-            action=action, target=self._keys.queue(state.session), key=state.session,
-            outcome=outcome, cause=cause, reason=reason, before=before, after=after)
+        return result is not None and result.outcome == "planned"
 
     async def _schedule(self, session: str, due: float, cause: EventBase) -> None:
-        if self._timers is None or self._auditor.dry_run:
+        if self._timers is None:
             return
         deadline = datetime.fromtimestamp(due, UTC)
         event = ParkedRetentionDue(id=new_event_id(deadline), occurred_at=deadline, source="timers",
@@ -347,15 +252,3 @@ class SessionsHandler:
 def retention_member(session: str) -> str:
     """The timer-wheel member of a session's parked-retention deadline."""
     return f"parked:{session}"
-
-
-def split_by_size(items: list[bytes], limit: int) -> list[list[bytes]]:
-    parts: list[list[bytes]] = [[]]
-    size = 0
-    for item in items:
-        if parts[-1] and size + len(item) > limit:
-            parts.append([])
-            size = 0
-        parts[-1].append(item)
-        size += len(item)
-    return parts

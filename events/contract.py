@@ -247,16 +247,21 @@ class ReconcileRequested(EventBase, frozen=True, kw_only=True, tag="reconcile.re
     reason: BoundedText = ""
 
 
-ActionOutcome = Literal["done", "planned", "skipped", "failed"]
+ActionOutcome = Literal["intent", "done", "planned", "skipped", "failed", "reverted"]
+"""``intent`` comes first, before any store is touched; exactly one of ``done``,
+``skipped``, ``failed`` or ``reverted`` follows it (same ``action_id``).  A dry
+run records ``planned`` alone."""
 
 
 class ActionRecorded(EventBase, frozen=True, kw_only=True, tag="audit.action"):
-    """Something this project changed (or, in a dry run, would have changed)."""
+    """One step of an action: its intent, or its outcome (see :mod:`consumers.actions`)."""
 
     stream: ClassVar[str] = AUDIT
     action: BoundedText
     target: BoundedText
     outcome: ActionOutcome
+    action_id: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    """Deterministic id shared by an action's intent and its outcome ("" before 2026-12)."""
     dry_run: bool = False
     reason: BoundedText = ""
     before: dict[str, Any] | None = None

@@ -87,6 +87,15 @@ class KeySpace:
         """Pub/sub channel: a deadline earlier than every other one was scheduled."""
         return self.stream("deadlines-wake")
 
+    def open_actions(self, key: str) -> str:
+        """Hash: action id -> the intent of an action on ``key`` still without its outcome
+        (tag ``{events}``: it is written in one MULTI with the audit entry)."""
+        return self.stream(f"open-actions:{key}")
+
+    def settled_actions(self, key: str) -> str:
+        """Hash: action id -> outcome of the recent actions on ``key`` (tag ``{events}``)."""
+        return self.stream(f"settled-actions:{key}")
+
     # -- conversation bookkeeping ----------------------------------------
 
     def first_seen(self, kind: str, key: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -79,6 +80,15 @@ class Publisher:
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         return ids
+
+    async def add_to(self, pipe: Any, event: EventBase) -> None:
+        """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also
+        writes other keys of the ``{events}`` slot); the caller counts it after EXEC."""
+        stream = self.stream_key(event)
+        pipe.xadd(stream, codec.encode(event))
+        trim = self._trim_args()
+        if trim is not None:
+            await self._trim(keys=[stream], args=trim, client=pipe)
 
     def _trim_args(self) -> list[object] | None:
         if self._retention.max_age_s > 0:

@@ -48,6 +48,22 @@ class ActionSeen(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     cause_id: str | None = None
     target: str = ""
     dry_run: bool = False
+    action_id: str = ""
+
+
+def with_action(actions: tuple[ActionSeen, ...], event: ActionRecorded) -> tuple[ActionSeen, ...]:
+    """The recent actions after ``event``: one line per action, its outcome replacing its
+    intent (an intent still alone shows as ``intent``)."""
+    seen = ActionSeen(id=event.id, at=event.occurred_at, action=event.action,
+                      outcome=event.outcome, cause_id=event.cause_id, target=event.target,
+                      dry_run=event.dry_run, action_id=event.action_id)
+    if event.action_id:
+        for n, earlier in enumerate(actions):
+            if earlier.action_id == event.action_id:
+                if event.outcome == "intent":
+                    return actions
+                return (*actions[:n], seen, *actions[n + 1:])
+    return (*actions, seen)[-RECENT_ACTIONS:]
 
 
 class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -101,10 +117,7 @@ def fold(view: ConversationView | None, event: Event) -> ConversationView | None
     elif isinstance(event, BotRunTimedOut):
         current = _replace(current, timeout_fired_for=event.started_at)
     elif isinstance(event, ActionRecorded):
-        seen = ActionSeen(id=event.id, at=event.occurred_at, action=event.action,
-                          outcome=event.outcome, cause_id=event.cause_id, target=event.target,
-                          dry_run=event.dry_run)
-        return _replace(current, actions=(*current.actions, seen)[-RECENT_ACTIONS:])
+        return _replace(current, actions=with_action(current.actions, event))
     else:
         return view
     return _with_rules(current, event.occurred_at)

@@ -26,7 +26,7 @@ from events.contract import (
     SessionStopped,
 )
 from events.keys import SESSION_NAME
-from projections.conversations import RECENT_ACTIONS, ActionSeen
+from projections.conversations import ActionSeen, with_action
 from projections.encoding import ItemCodec
 
 NAME = "sessions"
@@ -90,11 +90,8 @@ def fold(view: SessionView | None, event: Event) -> SessionView | None:
         return _replace(current, queue=event.queue, queue_length=event.length,
                         queue_seen_at=event.occurred_at)
     if isinstance(event, ActionRecorded):
-        seen = ActionSeen(id=event.id, at=event.occurred_at, action=event.action,
-                          outcome=event.outcome, cause_id=event.cause_id, target=event.target,
-                          dry_run=event.dry_run)
         parked = parked_after(current.parked, event) if event.action in PARK_ACTIONS else current.parked
-        return _replace(current, parked=parked, actions=(*current.actions, seen)[-RECENT_ACTIONS:])
+        return _replace(current, parked=parked, actions=with_action(current.actions, event))
     return view
 
 

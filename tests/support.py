@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from events.contract import ReconcileRequested, SessionStarted
+from events.contract import ActionRecorded, ReconcileRequested, SessionStarted
 from events.ids import new_event_id
 from ops.demo.stage import create_table
 
@@ -84,3 +84,32 @@ def output_of(process: subprocess.Popen[bytes]) -> str:
 async def create_conversations_table(pg: object, table: str) -> None:
     """The users' table, as a CRM has it (plus a free-text column we do not care about)."""
     await create_table(pg, table)
+
+
+def one_line_per_action(entries: list[ActionRecorded], *,
+                        allow_open: bool = False) -> list[ActionRecorded]:
+    """The audit as its readers show it: each action's outcome (``planned`` in a dry run).
+
+    Checks the promise of :mod:`consumers.actions` on the way: every action that
+    is not a dry-run plan has exactly one ``intent`` and exactly one outcome,
+    the intent first; an intent still without its outcome fails the test
+    (``allow_open``: is left out, for a test still waiting for it).
+    """
+    by_id: dict[str, list[ActionRecorded]] = {}
+    for e in entries:
+        assert e.action_id, f"an audit entry without an action id: {e.action} {e.target}"
+        by_id.setdefault(e.action_id, []).append(e)
+    lines = []
+    for action_id, steps in by_id.items():
+        kinds = [s.outcome for s in steps]
+        if allow_open and kinds == ["intent"]:
+            continue
+        if kinds == ["planned"]:
+            lines.append(steps[0])
+            continue
+        assert len(kinds) == 2 and kinds[0] == "intent" and kinds[1] != "intent", (
+            f"action {action_id} ({steps[0].action} {steps[0].target}): {kinds}, "
+            "expected one intent, then one outcome")
+        lines.append(steps[1])
+    return lines
+

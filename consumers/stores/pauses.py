@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from consumers.audit import Auditor
+from consumers.actions import Action, Actions, done
 from consumers.keyqueue import Delivery
 from consumers.runtime import Handler
 from events.contract import ReconcileRequested
@@ -156,23 +156,23 @@ class PauseStore:
         pauses = [p for p in (_parse(v) for v in raw.values()) if p is not None]
         return sorted(pauses, key=lambda p: p.key)
 
-    async def settle_expiries(self, deliveries: Sequence[Delivery], auditor: Auditor) -> None:
+    async def settle_expiries(self, deliveries: Sequence[Delivery], actions: Actions) -> None:
         """Record the end of a pause when its deadline's event is handled (once, across processes)."""
         for d in deliveries:
             event = d.event
             if isinstance(event, ReconcileRequested) and event.reason == PAUSE_EXPIRED:
                 ended = await self.expire(event.key)
                 if ended is not None:
-                    await auditor.record(
-                        action="pause_expired", target=event.key, key=event.key, outcome="done",
-                        cause=event, reason=ended.reason, before=ended.as_dict(), after=None)
+                    await actions.record_made(Action(
+                        verb="pause_expired", target=event.key, key=event.key, cause=event,
+                        reason=ended.reason, before=ended.as_dict()), done())
 
 
-def settling_expiries(handler: Handler, store: PauseStore, auditor: Auditor) -> Handler:
+def settling_expiries(handler: Handler, store: PauseStore, actions: Actions) -> Handler:
     """``handler``, first recording the end of any pause whose deadline woke the key."""
 
     async def handle(key: str, deliveries: Sequence[Delivery]) -> None:
-        await store.settle_expiries(deliveries, auditor)
+        await store.settle_expiries(deliveries, actions)
         await handler(key, deliveries)
 
     return handle

@@ -39,7 +39,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
+from consumers.actions import Actions
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
@@ -62,8 +62,8 @@ WAIT_S = 30.0
 @contextlib.asynccontextmanager
 async def running(redis: Redis, settings: Settings, variant: str) -> AsyncIterator[None]:
     keys = settings.keys
-    auditor = Auditor(Publisher(redis, keys), dry_run=False)
-    handler = SessionsHandler(settings=settings, redis=redis, auditor=auditor)
+    handler = SessionsHandler(settings=settings, redis=redis,
+                              actions=Actions.for_settings(redis, settings, dry_run=False))
     options = GroupOptions(group="sessions", streams=(keys.sessions_stream,),
                            deadletter_stream=keys.deadletter_stream, block_ms=500)
     stop = asyncio.Event()

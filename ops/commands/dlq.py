@@ -16,15 +16,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
+from consumers.actions import Action, Actions, Result, done
 from consumers.deadletter import (
     DeadLetter,
     drop_dead_letter,
     list_dead_letters,
     retry_dead_letter,
 )
+from events.ids import new_event_id
 from events.keys import KeySpace
-from events.publisher import Publisher, Retention
 from events.settings import Settings
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
@@ -73,19 +73,22 @@ async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_
     """Retry or drop one dead letter (or, in a dry run, only audit the plan)."""
     keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
     fields = await find(redis, keys, entry_id)
-    publisher = Publisher(redis, keys, Retention(settings.stream_max_len, settings.stream_retention_s))
-    auditor = Auditor(publisher, dry_run=dry_run, source="operator")
     result: dict[str, Any] = {"action": action, "entry_id": entry_id, "dry_run": dry_run,
                               "origin_stream": fields.get("dl_stream", "")}
-    if not dry_run:
+
+    async def act(_action_id: str) -> Result:
         if action == "retry":
             result["new_id"] = await retry_dead_letter(redis, keys.deadletter_stream, entry_id)
         else:
             await drop_dead_letter(redis, keys.deadletter_stream, entry_id)
-    await auditor.record(action=f"dlq_{action}", target=f"{keys.deadletter_stream} {entry_id}",
-                         key=f"deadletter/{entry_id}", outcome="done", cause=None,
-                         reason="operator request", before=fields if action == "drop" else None,
-                         after={k: v for k, v in result.items() if k in ("origin_stream", "new_id")})
+        return done({k: v for k, v in result.items() if k in ("origin_stream", "new_id")})
+
+    executor = Actions.for_settings(redis, settings, source="operator", dry_run=dry_run)
+    await executor.run(Action(
+        verb=f"dlq_{action}", target=f"{keys.deadletter_stream} {entry_id}",
+        key=f"deadletter/{entry_id}", reason="operator request", origin=new_event_id(),
+        before=fields if action == "drop" else None,
+        after={"origin_stream": result["origin_stream"]}), act)
     return result
 
 

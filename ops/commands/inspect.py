@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumers import conversations, sessions
-from consumers.audit import Auditor
+from consumers.actions import Actions
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import Pause, PauseStore
 from consumers.stores.session_files import SessionFiles
@@ -29,7 +29,6 @@ from events.contract import ActionRecorded, ConversationRow, EventBase, tag_of
 from events.errors import MalformedEntry
 from events.ids import id_time
 from events.keys import SESSION_NAME, split_conversation_key
-from events.publisher import Publisher
 from events.settings import Settings
 from events.timers import TimerWheel
 from ops.runtime_env import connect_pg, open_environment, require_sessions_dir, settings_from_args
@@ -80,7 +79,7 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
     try:
         handler = conversations.ConversationsHandler(
             settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),
-            redis=redis, auditor=Auditor(Publisher(redis, settings.keys), dry_run=True),
+            redis=redis, actions=Actions.for_settings(redis, settings, dry_run=True),
             timers=TimerWheel(redis, settings.keys))
         name = handler.files.name_for(phone, channel)
         observed = await handler.observe(key, phone, channel, name)
@@ -103,7 +102,8 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
 
 async def _session_state(settings: Settings, redis: Any, name: str) -> dict[str, Any]:
     handler = sessions.SessionsHandler(
-        settings=settings, redis=redis, auditor=Auditor(Publisher(redis, settings.keys), dry_run=True))
+        settings=settings, redis=redis,
+        actions=Actions.for_settings(redis, settings, dry_run=True))
     state, observed = await handler.observe(name)
     ttl = await redis.ttl(settings.keys.lease(name))
     return {
@@ -152,7 +152,15 @@ async def _timeline(redis: Any, streams: list[str], key: str) -> list[dict[str, 
             except MalformedEntry:
                 continue
     found.sort(key=lambda item: (item[1].occurred_at, item[0]))
-    return [_line(event) for _, event in found]
+    return [_line(event) for event in one_per_action([event for _, event in found])]
+
+
+def one_per_action(events: list[EventBase]) -> list[EventBase]:
+    """``events`` with each settled intent left out: an action is one line, its outcome."""
+    settled = {e.action_id for e in events
+               if isinstance(e, ActionRecorded) and e.action_id and e.outcome != "intent"}
+    return [e for e in events if not (isinstance(e, ActionRecorded) and e.outcome == "intent"
+                                      and e.action_id in settled)]
 
 
 async def _newest(redis: Any, stream: str) -> Any:
@@ -170,7 +178,8 @@ async def _newest(redis: Any, stream: str) -> Any:
 
 def _line(event: EventBase) -> dict[str, Any]:
     if isinstance(event, ActionRecorded):
-        what = f"action {event.action} ({event.outcome})"
+        state = "intent, no outcome yet" if event.outcome == "intent" else event.outcome
+        what = f"action {event.action} ({state})"
         detail = event.reason or event.target
     else:
         what = tag_of(type(event))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from consumers.audit import Auditor
-from events.publisher import Publisher
+from consumers.actions import Action, Actions, Result, done
+from events.ids import new_event_id
 from ops import migrate
 from ops.runtime_env import open_environment, settings_from_args
 
@@ -41,36 +41,49 @@ async def run(args: argparse.Namespace) -> int:
     async with open_environment(settings) as env:
         conn = await env.connect_pg()
         try:
-            outcome = await _migrate(conn, env.settings, args)
+            outcome = await _audited(env, conn, args)
         finally:
             await conn.close()
-        auditor = Auditor(Publisher(env.redis, env.settings.keys), dry_run=args.dry_run,
-                          source="operator")
-        await _record(auditor, outcome, uninstall=args.uninstall)
     _print(outcome, uninstall=args.uninstall)
     return 0
 
 
-async def _migrate(conn: Any, settings: Any, args: argparse.Namespace) -> migrate.Outcome:
+async def _audited(env: Any, conn: Any, args: argparse.Namespace) -> migrate.Outcome:
+    """The migration as an audited action; in a dry run, only the SQL it would run."""
+    table = env.settings.table
+    executor = Actions.for_settings(env.redis, env.settings, source="operator",
+                                    dry_run=args.dry_run)
+    action = Action(verb="migrate.uninstall" if args.uninstall else "migrate.install",
+                    key=f"postgres:{table}", target=table, origin=new_event_id(),
+                    before={"version": await migrate.installed_version(conn, table)})
+    outcomes: list[migrate.Outcome] = []
+
+    async def act(_action_id: str) -> Result:
+        outcomes.append(await _migrate(conn, env.settings, args, dry_run=False))
+        return _result(outcomes[0], uninstall=args.uninstall)
+
+    if (await executor.run(action, act)).outcome == "planned":
+        outcomes.append(await _migrate(conn, env.settings, args, dry_run=True))
+    return outcomes[0]
+
+
+async def _migrate(conn: Any, settings: Any, args: argparse.Namespace, *,
+                   dry_run: bool) -> migrate.Outcome:
     if args.uninstall:
-        return await migrate.uninstall(conn, settings, dry_run=args.dry_run, force=args.force,
+        return await migrate.uninstall(conn, settings, dry_run=dry_run, force=args.force,
                                        lock_timeout_s=args.lock_timeout)
-    outcome = await migrate.install(conn, settings, dry_run=args.dry_run,
+    outcome = await migrate.install(conn, settings, dry_run=dry_run,
                                     lock_timeout_s=args.lock_timeout)
-    if args.create_index and not args.dry_run:
+    if args.create_index and not dry_run:
         outcome.index = await migrate.create_index(conn, settings)
     return outcome
 
 
-async def _record(auditor: Auditor, outcome: migrate.Outcome, *, uninstall: bool) -> None:
+def _result(outcome: migrate.Outcome, *, uninstall: bool) -> Result:
     changed = outcome.before is not None if uninstall else outcome.before != outcome.after
-    await auditor.record(
-        action="migrate.uninstall" if uninstall else "migrate.install",
-        target=outcome.table, key=f"postgres:{outcome.table}",
-        outcome="done" if changed else "skipped", cause=None,
-        reason=", ".join(outcome.applied) or ("not installed" if uninstall else "up to date"),
-        before={"version": outcome.before, "pending_rows": outcome.pending_rows},
-        after={"version": outcome.after})
+    after = {"version": outcome.after, "pending_rows": outcome.pending_rows}
+    reason = ", ".join(outcome.applied) or ("not installed" if uninstall else "up to date")
+    return done(after, reason=reason) if changed else Result("skipped", reason, after)
 
 
 def _print(outcome: migrate.Outcome, *, uninstall: bool) -> None:

@@ -13,10 +13,11 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.audit import Auditor
+from consumers.actions import Actions
+from consumers.queue_acts import QueueActs
 from consumers.stores.parked_queues import ParkedQueues, ParkedSummary
+from events.ids import new_event_id
 from events.keys import checked_session
-from events.publisher import Publisher
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import print_rows
 
@@ -49,16 +50,13 @@ async def run_restore(args: argparse.Namespace) -> int:
         keys = env.settings.keys
         store = ParkedQueues(env.redis, keys)
         state = await store.observe(session)
-        auditor = Auditor(Publisher(env.redis, keys), dry_run=env.settings.dry_run,
-                          source="operator")
-        before = {"queue": state.queue_length, "parked": state.parked_length}
-        moved = state.parked_length if auditor.dry_run else await store.restore(session)
-        entry = await auditor.record(
-            action="restore_parked", target=keys.queue(session), key=session,
-            outcome="done" if moved else "skipped", cause=None,
-            reason="operator restore" if moved else "nothing parked", before=before,
-            after={"queue": state.queue_length + moved, "parked": 0})
-    verb = "would restore" if entry.outcome == "planned" else "restored"
+        acts = QueueActs(store=store, keys=keys, actions=Actions.for_settings(
+            env.redis, env.settings, source="operator"))
+        result = await acts.restore(state, None, origin=new_event_id(), reason="operator restore")
+    after = result.after or {}
+    moved = (int(after.get("queue", 0)) - state.queue_length if result.outcome == "done"
+             else state.parked_length if result.outcome == "planned" else 0)
+    verb = "would restore" if result.outcome == "planned" else "restored"
     print(f"{verb} {moved} parked messages to the head of {keys.queue(session)}")
     if moved and not state.live and env.settings.orphan_queue_policy == "park":
         print(f"note: session {session} is not live; the sessions group parks the queue "

@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.audit import Auditor
+from consumers.actions import Action, Actions, done
 from consumers.stores.pauses import PAUSE_EXPIRED, Pause, PauseStore, expiry_member, scope_of
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
@@ -92,10 +92,11 @@ async def run_pause(args: argparse.Namespace) -> int:
                                   _request(args.key, PAUSE_EXPIRED, "timers", at))
         else:
             await timers.cancel(expiry_member(args.key))
-        auditor = Auditor(publisher_for(env.settings, redis), dry_run=False, source="operator")
-        await auditor.record(action="pause", target=args.key, key=args.key, outcome="done",
-                             cause=None, reason=args.reason or "operator pause",
-                             before=old.as_dict() if old else None, after=pause.as_dict())
+        executor = Actions.for_settings(redis, env.settings, source="operator", dry_run=False)
+        await executor.record_made(Action(
+            verb="pause", target=args.key, key=args.key, origin=new_event_id(),
+            reason=args.reason or "operator pause", before=old.as_dict() if old else None,
+            after=pause.as_dict()), done())
     emit({"paused": args.key, "scope": pause.scope, "until": pause.as_dict()["until"] or "resumed",
           "replaced": bool(old)}, as_json=args.json)
     return 0
@@ -111,10 +112,12 @@ async def run_resume(args: argparse.Namespace) -> int:
             raise LookupError(f"{args.key} is not paused (`reconciler paused` lists the pauses)")
         await TimerWheel(redis, keys).cancel(expiry_member(args.key))
         publisher = publisher_for(env.settings, redis)
-        entry = await Auditor(publisher, dry_run=False, source="operator").record(
-            action="resume", target=args.key, key=args.key, outcome="done", cause=None,
-            reason="operator resume", before=old.as_dict(), after=None)
-        await publisher.publish(_request(args.key, "resumed", "operator", entry.occurred_at))
+        executor = Actions.for_settings(redis, env.settings, source="operator", dry_run=False)
+        entry = await executor.record_made(Action(
+            verb="resume", target=args.key, key=args.key, origin=new_event_id(),
+            reason="operator resume", before=old.as_dict()), done())
+        at = entry.occurred_at if entry is not None else datetime.now(UTC)
+        await publisher.publish(_request(args.key, "resumed", "operator", at))
     emit({"resumed": args.key, "reconcile": "requested"}, as_json=args.json)
     return 0
 

@@ -2,8 +2,9 @@
 
 ``list`` reads the quarantine folder's records (no servers needed).
 ``restore`` moves a file back to the sessions folder -- never over a file
-that is there again -- and records ``restore_file`` in the audit stream;
-``--dry-run`` checks everything and records the restore as planned.
+that is there again -- as an audited action (:mod:`consumers.actions`:
+intent, then ``done`` or ``failed``); ``--dry-run`` checks everything and
+records the restore as planned.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.audit import Auditor
+from consumers.actions import Action, Actions, Result, done
 from consumers.stores.session_files import QuarantineRecord, SessionFiles
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
-from events.publisher import Publisher, Retention
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import print_rows
 
@@ -58,22 +58,24 @@ async def run_restore(args: argparse.Namespace) -> int:
     files = SessionFiles(settings)
     record = files.record(args.name)
     async with open_environment(settings, need_pg=False) as env:
-        publisher = Publisher(env.redis, env.settings.keys,
-                              Retention(max_len=settings.stream_max_len,
-                                        max_age_s=settings.stream_retention_s))
-        auditor = Auditor(publisher, dry_run=settings.dry_run, source="operator")
-        files.restore(args.name, dry_run=settings.dry_run)
+        files.restore(args.name, dry_run=True)  # every check, before the intent is recorded
         cause = ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC),
                                    source="operator", key=record.key, scope="conversations",
                                    reason="quarantine restore")
-        await auditor.record(
-            action="restore_file", target=record.original_path, key=record.key, outcome="done",
-            cause=cause, reason="operator restore",
-            before={"path": str(files.quarantine_dir / record.name)},
-            after={"path": record.original_path})
-    verb = "would restore" if settings.dry_run else "restored"
+        action = Action(verb="restore_file", target=record.original_path, key=record.key,
+                        cause=cause, reason="operator restore",
+                        before={"path": str(files.quarantine_dir / record.name)},
+                        after={"path": record.original_path})
+
+        async def act(_action_id: str) -> Result:
+            files.restore(args.name)
+            return done()
+
+        executor = Actions.for_settings(env.redis, env.settings, source="operator")
+        result = await executor.run(action, act)
+    verb = "would restore" if result.outcome == "planned" else "restored"
     if args.json:
-        print(json.dumps({**_row(record), "outcome": "planned" if settings.dry_run else "done"}))
+        print(json.dumps({**_row(record), "outcome": result.outcome}))
     else:
         print(f"{verb} {record.name} -> {record.original_path}")
     return 0

@@ -67,8 +67,8 @@ class AuditTail:
             event = codec.decode(fields)
         except MalformedEntry:
             return
-        if not isinstance(event, ActionRecorded):
-            return
+        if not isinstance(event, ActionRecorded) or event.outcome == "intent":
+            return  # one line per action: its outcome
         changed = id_time(event.cause_id) if event.cause_id else None
         latency = event.occurred_at.timestamp() - changed if changed is not None else None
         live = event.occurred_at.timestamp() >= self.roles_started + START_UP_S

@@ -158,7 +158,8 @@ async def test_every_configured_outcome_is_delivered_signed(
                   await record(audit, "backfill_flow", "planned"),
                   await record(audit, "quarantine_file", "failed"),
                   await record(audit, "report_orphan_queue", "skipped", key="940740243")]
-        ignored = [await record(audit, "quarantine_file", "done"),
+        ignored = [await record(audit, "backfill_flow", "intent"),  # not an outcome
+                   await record(audit, "quarantine_file", "done"),
                    await record(audit, "close_conversation", "skipped")]
         expired = SessionExpired(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
                                  key="940740243")

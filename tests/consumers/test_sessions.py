@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
+from consumers.actions import Actions
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler, Timers, retention_member
@@ -39,7 +39,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
-from tests.support import eventually, group_caught_up
+from tests.support import eventually, group_caught_up, one_line_per_action
 
 SESSION = "940740243"
 
@@ -78,8 +78,8 @@ class RecordingTimers:
 async def sessions_group(redis: Redis, settings: Settings,
                          timers: Timers | None = None) -> AsyncIterator[None]:
     keys = settings.keys
-    auditor = Auditor(Publisher(redis, keys), dry_run=settings.dry_run)
-    handler = SessionsHandler(settings=settings, redis=redis, auditor=auditor, timers=timers)
+    handler = SessionsHandler(settings=settings, redis=redis,
+                              actions=Actions.for_settings(redis, settings), timers=timers)
     options = GroupOptions(group="sessions", streams=(keys.sessions_stream,),
                            deadletter_stream=keys.deadletter_stream, read_count=100,
                            block_ms=100, concurrency=4, shutdown_deadline_s=5.0)
@@ -100,7 +100,7 @@ async def drained(redis: Redis, keys: KeySpace) -> None:
 
 async def audits(redis: Redis, keys: KeySpace, action: str | None = None) -> list[ActionRecorded]:
     entries = [codec.decode(fields) for _, fields in await redis.xrange(keys.audit_stream)]
-    found = [e for e in entries if isinstance(e, ActionRecorded)]
+    found = one_line_per_action([e for e in entries if isinstance(e, ActionRecorded)])
     return [e for e in found if action is None or e.action == action]
 
 
@@ -160,7 +160,7 @@ async def test_drop_policy_audits_every_message_content(
     assert not await redis.exists(keys.queue(SESSION), keys.parked(SESSION))
     (drop,) = await audits(redis, keys, "drop_queue")
     assert drop.outcome == "done" and drop.target == keys.queue(SESSION)
-    assert drop.before == {"queue": 3, "messages": [
+    assert drop.before == {"queue": 3, "parked": 0, "dropped": 3, "messages": [
         "hola", "cita confirmada \u2713", {"base64": "//4="}]}
     assert drop.after == {"queue": 0}
 
@@ -177,7 +177,7 @@ async def test_report_policy_touches_nothing_and_reports_once(
     assert not await redis.exists(keys.parked(SESSION))
     (report,) = await audits(redis, keys, "report_orphan_queue")
     assert report.outcome == "skipped" and "report" in report.reason
-    assert report.before == {"queue": 2}
+    assert report.before == {"queue": 2, "parked": 0}
 
 
 async def test_dry_run_changes_nothing_and_audits_planned(
@@ -222,7 +222,7 @@ async def test_parked_retention_drops_old_messages_audited(
         await drained(redis, keys)
     assert await store.parked(SESSION) == [b"young"]
     (drop,) = await audits(redis, keys, "drop_parked")
-    assert drop.before == {"parked": 3, "messages": ["old 1", "old 2"]}
+    assert drop.before == {"queue": 0, "parked": 3, "dropped": 2, "messages": ["old 1", "old 2"]}
     assert drop.after == {"parked": 1} and drop.cause_id == due.id
     young_at = (await store.observe(SESSION)).batches[0].at
     assert abs(timers.due[retention_member(SESSION)] - (young_at + 3600)) < 0.01

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from consumers.audit import Auditor
+from consumers.actions import Actions
 from consumers.keyqueue import Delivery
 from consumers.stores.pauses import PAUSE_EXPIRED, PauseStore, expiry_member, settling_expiries
 from events import codec, metrics
@@ -100,7 +100,8 @@ async def test_a_pause_ends_at_its_deadline_once_and_wakes_the_key(
     async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
         handled.append(key)
 
-    wrapped = settling_expiries(handler, store, Auditor(Publisher(redis, keys), dry_run=False))
+    wrapped = settling_expiries(handler, store, Actions(redis=redis, publisher=Publisher(redis, keys),
+                                                        keys=keys))
     delivery = Delivery(keys.conversations_stream, entry_id.decode(), event, fields)
     await store.pause("940740243", reason="other", by="t")  # untouched by this expiry
     await wrapped(KEY, [delivery])
