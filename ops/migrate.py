@@ -43,7 +43,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 VERSION_TABLE = f"{quote_ident(SCHEMA)}.schema_version"
 LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('reconciler.migrate'))"
-LOCK_TIMEOUT_S = 3.0
+LOCK_TIMEOUT_S = 1.0
 """How long DDL may wait for a table lock (writers queue behind the wait)."""
 
 
