@@ -134,6 +134,13 @@ class KeySpace:
             return None
         return self.session_of_queue(key[len(head) : -1])
 
+    def session_of_legacy_lease(self, key: str) -> str | None:
+        """The session of a lease under the untagged name of earlier releases
+        (``{prefix}lease:NAME``), which is no longer read: a gateway still writing it
+        looks not live."""
+        name = key[len(self.lease_prefix) :] if key.startswith(self.lease_prefix) else ""
+        return name if SESSION_NAME.fullmatch(name) else None
+
     def queue(self, session: str) -> str:
         return self.queue_pattern.replace("{session}", checked_session(session))
 

@@ -141,6 +141,7 @@ class SessionsSource:
             self._coalescer.window_s = coalesce_window_s
         self._channels = channel_prefix(redis)
         self._runs = 0
+        self._legacy_reported: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Subscribe, list, then watch until ``stop`` is set; raises on a lost connection."""
@@ -241,9 +242,12 @@ class SessionsSource:
     async def _scan_leases(self) -> list[SessionExpired]:
         live: set[str] = set()
         async for raw in self._redis.scan_iter(match=self._keys.lease_glob, count=SCAN_COUNT):
-            session = self._keys.session_of_lease(raw.decode() if isinstance(raw, bytes) else raw)
+            key = raw.decode() if isinstance(raw, bytes) else raw
+            session = self._keys.session_of_lease(key)
             if session is not None:
                 live.add(session)
+            else:
+                self._report_legacy_lease(key)
         seen = {m.decode() if isinstance(m, bytes) else str(m)
                 for m in await self._redis.smembers(self._keys.leases_seen)}
         pipe = self._redis.pipeline(transaction=True)
@@ -252,6 +256,18 @@ class SessionsSource:
             pipe.sadd(self._keys.leases_seen, *sorted(live))
         await pipe.execute()
         return [self._expired(s, "lease gone while unwatched") for s in sorted(seen - live)]
+
+    def _report_legacy_lease(self, key: str) -> None:
+        """A gateway of an earlier release still writes the untagged lease name: say so once."""
+        session = self._keys.session_of_legacy_lease(key)
+        if session is None or session in self._legacy_reported:
+            return
+        self._legacy_reported.add(session)
+        metrics.INVALID_INPUTS.labels(SOURCE, "legacy_lease").inc()
+        log.warning("lease key %s has the name of an earlier release and is not read: session %s "
+                    "counts as not live and its queue is parked; upgrade that gateway (the lease "
+                    "is now %s, see docs/gateway.md)", key, session, self._keys.lease(session),
+                    extra={"key": session, "source": SOURCE})
 
     def _expired(self, session: str, why: str) -> SessionExpired:
         log.info("session %s: %s", session, why, extra={"key": session, "source": SOURCE})

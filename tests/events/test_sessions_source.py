@@ -192,3 +192,17 @@ async def test_after_a_reconnect_it_resyncs_and_keeps_watching(
         await wait_for(redis, keys, SessionExpired, "after")
     assert markers[1].reason in ("reconnect", "restart")
     assert of_type(await session_events(redis, keys), QueueObserved, "while-down")
+
+
+async def test_a_lease_under_the_name_of_an_earlier_release_is_reported_once(
+    redis: Any, keys: KeySpace, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    await redis.set(f"{keys.prefix}lease:old-gateway", "gw", ex=60)
+    source = SessionsSource(settings, redis)
+    with caplog.at_level(logging.WARNING, logger="events.sources.sessions"):
+        await source.scan()
+        await source.scan()
+    warnings = [r.getMessage() for r in caplog.records if "earlier release" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "session old-gateway counts as not live" in warnings[0]
+    assert keys.lease("old-gateway") in warnings[0]
