@@ -20,8 +20,11 @@ the sessions folder (so exactly one inode is captured and nothing is ever
 unlinked by a name a writer may reuse), opened with ``O_NOFOLLOW |
 O_NONBLOCK``, checked by ``fstat`` to be the inode that was judged, and copied
 from that descriptor (:mod:`consumers.stores.file_moves`), in a worker thread;
-a file over ``max_file_bytes`` is never copied.  Renames, records and copies
-are fsynced with their folders, so a completed move survives a power cut.
+a file over ``max_file_bytes`` is never copied.  Records and copies are fsynced
+(a copy with its folder) before the original is unlinked, and a put-back with its
+folder; a rename on one file system is atomic, so a power cut can at worst undo
+a move (the file is judged again) or lose its record (it is rebuilt from the
+file's name), never lose the file -- and the common path pays no fsync.
 
 Safety, since names come from events and folders from settings:
 
@@ -167,7 +170,10 @@ class SessionFiles:
         record = self._new_record(name, seen, key=key, reason=reason, cause=cause,
                                   action_id=action_id)
         try:
-            self.records.write(record)
+            if cross_device:  # fsynced: in a thread
+                await asyncio.to_thread(self.records.write, record)
+            else:
+                self.records.write(record, durable=False)
         except OSError as e:
             return Moved("failed", f"cannot write the quarantine record: {e}")
         try:
@@ -191,22 +197,29 @@ class SessionFiles:
             else:
                 self._check_captured(target, seen)
         except _NotDecided as e:
-            return self._put_back(captured, source, record, f"{e}; put back")
+            return await asyncio.to_thread(self._put_back, captured, source, record,
+                                           f"{e}; put back")
         except OSError as e:  # ENOSPC...: no copy is left, the original goes back
-            undone = self._put_back(captured, source, record, "the original was put back")
+            undone = await asyncio.to_thread(self._put_back, captured, source, record,
+                                             "the original was put back")
             return Moved("failed", f"cannot copy {seen.state.name} into quarantine: {e}; "
                                    f"{undone.reason}")
         if not await guard(seen.state):
-            moved_back = target if cross_device else captured
-            return self._put_back(moved_back, source, record, "the guard no longer holds "
-                                  "after the move; put back")
-        fsync_dir(self.sessions_dir)
+            return await asyncio.to_thread(
+                self._put_back, captured, source, record,
+                "the guard no longer holds after the move; put back",
+                target if cross_device else None)
         if cross_device:
+            await asyncio.to_thread(self._settle, captured)
+        return Moved("done", record=record)
+
+    def _settle(self, captured: Path | None) -> None:
+        """Drop the captured original of a cross-device copy (the copy and its folder are
+        fsynced already), durably.  A rename on one file system needs nothing: a power cut
+        leaves the file under one of its two names, never neither."""
+        if captured is not None:
             os.unlink(captured)
             fsync_dir(self.sessions_dir)
-        else:
-            fsync_dir(self.quarantine_dir)
-        return Moved("done", record=record)
 
     def _check_captured(self, path: Path, seen: Seen) -> None:
         now = self._look(path, seen.state.name)
@@ -232,12 +245,16 @@ class SessionFiles:
             os.unlink(target)
             raise _NotDecided("the file was rewritten while it was being moved")
 
-    def _put_back(self, moved: Path, source: Path, record: QuarantineRecord, why: str) -> Moved:
-        """Undo a move without replacing a newer file; ``reverted`` either way."""
+    def _put_back(self, moved: Path, source: Path, record: QuarantineRecord, why: str,
+                  copy: Path | None = None) -> Moved:
+        """Undo a move without replacing a newer file; ``reverted`` either way.  ``copy``:
+        the quarantine copy already made of a cross-device move (``moved`` is the original)."""
         try:
             rename_no_replace(moved, source)
         except FileExistsError:
-            if moved.parent != self.quarantine_dir:
+            if copy is not None:  # the copy in quarantine is the one kept
+                os.unlink(moved)
+            elif moved.parent != self.quarantine_dir:
                 log.warning("%s: a newer file took its name; the moved entry is left as %s",
                             record.original_name, moved.name)
                 self.records.drop(record.name)
@@ -247,6 +264,8 @@ class SessionFiles:
             self.records.write(kept, replace=True)
             return Moved("reverted", f"{why} failed: a newer file took its name; the moved one "
                                      "stays in quarantine as superseded", kept)
+        if copy is not None:
+            os.unlink(copy)
         fsync_dir(self.sessions_dir)
         self.records.drop(record.name)
         return Moved("reverted", why)

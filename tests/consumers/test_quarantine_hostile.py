@@ -183,3 +183,19 @@ def reconciler(settings: Settings, *args: str) -> str:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+async def test_a_quarantined_file_whose_record_was_lost_is_still_listed_and_restorable(
+    settings: Settings
+) -> None:
+    files = SessionFiles(settings)
+    sha = write(settings.sessions_dir / NAME, json.dumps({"flowId": "f"}).encode())
+    moved = await quarantine(files, sha)
+    assert moved.outcome == "done"
+    (settings.quarantine_dir / (moved.record.name + RECORD_SUFFIX)).write_bytes(b"")  # torn
+    [entry] = files.entries()
+    assert (entry.name, entry.key, entry.reason) == (moved.record.name, KEY, "record lost")
+    assert entry.quarantined_at.replace(microsecond=0) == moved.record.quarantined_at.replace(
+        microsecond=0)
+    files.restore(entry.name)
+    assert (settings.sessions_dir / NAME).exists() and os.listdir(settings.quarantine_dir) == []

@@ -144,7 +144,18 @@ async def test_a_writer_racing_quarantines_on_another_file_system(
     print("across file systems:", dict(outcomes))
 
 
-async def test_a_move_the_guard_no_longer_allows_is_put_back(settings: Settings) -> None:
+@pytest.fixture(params=[False, True], ids=["same-fs", "exdev"])
+def where(request: Any, settings: Settings, tmp_path: Path) -> Any:
+    """The test's settings, with the quarantine on the same or on a second file system."""
+    if not request.param:
+        yield settings
+        return
+    with second_file_system(tmp_path / "other", size="8m") as other:
+        yield settings_with(settings, quarantine_dir=other)
+
+
+async def test_a_move_the_guard_no_longer_allows_is_put_back(where: Settings) -> None:
+    settings = where
     files = SessionFiles(settings)
     replace_atomically(settings.sessions_dir, body("stale"))
     answers = iter([True, False])  # the row became a bot run while the file moved
@@ -160,7 +171,8 @@ async def test_a_move_the_guard_no_longer_allows_is_put_back(settings: Settings)
     assert os.listdir(settings.quarantine_dir) == []
 
 
-async def test_a_newer_file_is_never_overwritten_by_a_put_back(settings: Settings) -> None:
+async def test_a_newer_file_is_never_overwritten_by_a_put_back(where: Settings) -> None:
+    settings = where
     files = SessionFiles(settings)
     replace_atomically(settings.sessions_dir, body("stale"))
     calls = []
@@ -181,3 +193,4 @@ async def test_a_newer_file_is_never_overwritten_by_a_put_back(settings: Setting
     assert kept.superseded and kept.action_id == "a1"
     assert (settings.quarantine_dir / kept.name).read_bytes() == body("stale")
     assert files.moved_by("a1") is None  # the action did not stand
+    assert sorted(os.listdir(settings.sessions_dir)) == [NAME]
