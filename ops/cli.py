@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -62,7 +63,8 @@ def _add_globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
                        help="print JSON instead of tables")
     group.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
                        default=default(None),
-                       help="DEBUG, INFO (default; or RECONCILER_LOG_LEVEL), WARNING, ERROR")
+                       help="DEBUG, INFO, WARNING or ERROR (or RECONCILER_LOG_LEVEL); default INFO for run, "
+                            "WARNING for the other commands")
 
 
 def command_parsers(parser: argparse.ArgumentParser,
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logs.configure(level=args.log_level)
+    # A command's output is its result; its INFO lines (each action it audits, say) are for `run`.
+    quiet = None if args.command == "run" else "WARNING"
+    logs.configure(level=args.log_level or os.environ.get("RECONCILER_LOG_LEVEL") or quiet)
     try:
         result = args.handler(args)
         if asyncio.iscoroutine(result):
