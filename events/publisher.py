@@ -53,11 +53,12 @@ class Publisher:
         """Publish one event; returns its stream entry id."""
         return (await self.publish_many([event]))[0]
 
-    async def publish_many(self, events: Sequence[EventBase]) -> list[str]:
-        """Publish events in order, ``BATCH_SIZE`` per round trip; returns entry ids."""
+    async def publish_many(self, events: Sequence[EventBase], *,
+                           batch_size: int = BATCH_SIZE) -> list[str]:
+        """Publish events in order, ``batch_size`` per round trip; returns entry ids."""
         ids: list[str] = []
-        for start in range(0, len(events), BATCH_SIZE):
-            batch = events[start : start + BATCH_SIZE]
+        for start in range(0, len(events), batch_size):
+            batch = events[start : start + batch_size]
             pipe = self._redis.pipeline(transaction=False)
             streams = [self.stream_key(event) for event in batch]
             for stream, event in zip(streams, batch, strict=True):

@@ -95,6 +95,7 @@ def render(template: str, settings: Settings) -> str:
         function=names.qualified_function,
         trigger=quote_ident(names.trigger),
         update_trigger=quote_ident(names.update_trigger),
+        delete_trigger=quote_ident(names.delete_trigger),
         channel_literal="'" + names.channel.replace("'", "''") + "'",
         **columns,
     )
@@ -110,14 +111,19 @@ async def installed_version(conn: Any, table: str) -> int | None:
 
 
 async def install(conn: Any, settings: Settings, *, dry_run: bool = False,
-                  lock_timeout_s: float = LOCK_TIMEOUT_S) -> Outcome:
-    """Apply the migrations not yet applied to ``settings.table``."""
+                  lock_timeout_s: float = LOCK_TIMEOUT_S, up_to: int | None = None) -> Outcome:
+    """Apply the migrations not yet applied to ``settings.table``.
+
+    ``up_to`` stops at that version, as an older release would (benchmarks
+    compare versions; tests upgrade an installed version in place).
+    """
     async with conn.transaction():
         if not await _begin(conn, settings, lock_timeout_s):
             raise MigrationError(f"table {settings.table!r} does not exist (RECONCILER_TABLE)")
         before = await installed_version(conn, settings.table)
         await require_rights(conn, settings, new_outbox=before is None)
-        pending = [m for m in migrations() if m.version > (before or 0)]
+        pending = [m for m in migrations()
+                   if (before or 0) < m.version <= (up_to or m.version)]
         outcome = Outcome(table=settings.table, before=before, dry_run=dry_run,
                           after=pending[-1].version if pending else before,
                           applied=[m.name for m in pending],

@@ -86,6 +86,7 @@ class OutboxNames:
     function: str
     trigger: str
     update_trigger: str
+    delete_trigger: str
     channel: str
 
     @property
@@ -104,6 +105,7 @@ def outbox_names(table: str) -> OutboxNames:
         function=_name("capture_", table),
         trigger=_name("reconciler_capture_", table),
         update_trigger=_name("reconciler_capture_upd_", table),
+        delete_trigger=_name("reconciler_capture_del_", table),
         channel=_name("reconciler_", table),
     )
 

@@ -194,7 +194,7 @@ class OutboxRelay:
                     failed.append((row["id"], e.reason))
                     self._report(row["id"], e)
             if events:
-                await self._publisher.publish_many(events)
+                await self._publisher.publish_many(events, batch_size=self._options.batch)
                 metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
             await conn.execute(self._delete, published, timeout=timeout)
             if failed:

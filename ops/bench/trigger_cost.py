@@ -1,10 +1,10 @@
 """What the capture trigger costs the user's writes: with it against without, one run.
 
-Two identical tables of ``--rows`` conversations (default 10,000); one has
-the capture installed (trigger + outbox), the other nothing.  The variants
-alternate for ``--rounds`` rounds, each round in the other order (median
-reported), since a shared 2-core
-machine is noisy:
+Three identical tables of ``--rows`` conversations (default 10,000): one
+with nothing, one with the capture of version 2 (a trigger per row), one with
+the latest capture (a trigger per statement with transition tables).  The
+variants alternate for ``--rounds`` rounds, each round in another order
+(median reported), since a shared 2-core machine is noisy:
 
 * ``single`` -- ``--updates`` single-row UPDATEs of ``bot_flow_id``, each its
   own transaction (updates per second);
@@ -12,8 +12,13 @@ machine is noisy:
 * ``notes_only`` -- single-row UPDATEs of a column we do not capture: the
   trigger's WHEN clause should make these cost nothing.
 
+``--bulk-rows N`` adds the big case: three more tables of N rows (say
+1,000,000) and one ``UPDATE`` of every row on each, once, so the ratio of a
+bulk statement is measured on the scale where it matters.
+
 The outbox is emptied between rounds (no relay runs).  Ratios are
-with/without; the target for single-row writes is 0.6 or better.
+with/without; the targets are 0.6 for single-row writes and, for the bulk
+case, 0.6 as well.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ from ops.bench import common
 
 NAME = "trigger-cost"
 TARGET = 0.6
+ROW_CAPTURE_VERSION = 2
+"""The last version that captured per row."""
+KINDS = ("plain", "per_row", "per_statement")
+DDL = ('CREATE TABLE "{table}" (id bigserial PRIMARY KEY, phone text NOT NULL, '
+       "phone_number_id text NOT NULL, status text NOT NULL DEFAULT 'active', "
+       "assigned_to text, bot_flow_id text, bot_started_at timestamptz, notes text)")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -41,45 +52,74 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--rows", type=int, default=10_000)
     p.add_argument("--updates", type=int, default=2_000)
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--bulk-rows", type=int, default=0,
+                   help="also time one UPDATE of a table this big (0: skip)")
     args = p.parse_args(list(argv))
-    result, servers = asyncio.run(_run(args.database_url, args.rows, args.updates, args.rounds))
+    result, servers = asyncio.run(_run(args.database_url, args.rows, args.updates, args.rounds,
+                                       args.bulk_rows))
     common.emit(NAME, result, argv=argv, out=args.out, servers=servers)
     return 0
 
 
-async def _run(database_url: str, rows: int, updates: int,
-               rounds: int) -> tuple[dict[str, Any], dict[str, str]]:
-    suffix = uuid.uuid4().hex[:8]
-    plain, captured = f"bench_plain_{suffix}", f"bench_captured_{suffix}"
-    settings = Settings(database_url=database_url, table=captured)
+async def _run(database_url: str, rows: int, updates: int, rounds: int,
+               bulk_rows: int) -> tuple[dict[str, Any], dict[str, str]]:
     pg = await asyncpg.connect(database_url)
     samples: dict[str, dict[str, list[float]]] = {
-        v: {"plain": [], "captured": []} for v in ("single", "bulk", "notes_only")}
+        v: {kind: [] for kind in KINDS} for v in ("single", "bulk", "notes_only")}
+    tables = await _tables(pg, database_url, rows)
     try:
-        for table in (plain, captured):
-            await pg.execute(f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, phone text NOT NULL, '
-                             "phone_number_id text NOT NULL, status text NOT NULL DEFAULT 'active', "
-                             "assigned_to text, bot_flow_id text, bot_started_at timestamptz, notes text)")
-            await pg.execute(f'INSERT INTO "{table}" (phone, phone_number_id, assigned_to) '
-                             "SELECT '5511' || g, '940740243', 'bot' FROM generate_series(1, $1) g", rows)
-        await migrate.install(pg, settings)
-        outbox = outbox_names(captured).qualified_outbox
         for n in range(rounds):
-            order = [("plain", plain), ("captured", captured)]
-            for name, table in order if n % 2 == 0 else order[::-1]:
-                samples["single"][name].append(
+            shift = n % len(KINDS)
+            for kind in KINDS[shift:] + KINDS[:shift]:
+                table = tables[kind].table
+                samples["single"][kind].append(
                     await _single(pg, table, rows, updates, "bot_flow_id", f"s{n}"))
-                samples["notes_only"][name].append(
+                samples["notes_only"][kind].append(
                     await _single(pg, table, rows, updates, "notes", f"n{n}"))
-                samples["bulk"][name].append(await _bulk(pg, table, rows, f"b{n}"))
-                await pg.execute(f"TRUNCATE {outbox}")
-                await pg.execute(f'VACUUM "{table}"')
+                samples["bulk"][kind].append(await _bulk(pg, table, rows, f"b{n}"))
+                await _reset(pg, tables[kind], captured=kind != "plain")
+        if bulk_rows:
+            samples["bulk_large"] = await _large(pg, database_url, bulk_rows)
         servers = {"postgresql": await common.postgres_version(pg)}
     finally:
-        await migrate.uninstall(pg, settings, force=True)
-        await pg.execute(f'DROP TABLE IF EXISTS "{plain}", "{captured}"')
+        for settings in tables.values():
+            await common.drop_captured_table(pg, settings)
         await pg.close()
-    return _result(samples, rows=rows, updates=updates, rounds=rounds), servers
+    return _result(samples, rows=rows, updates=updates, rounds=rounds, bulk_rows=bulk_rows), servers
+
+
+async def _tables(pg: Any, database_url: str, rows: int) -> dict[str, Settings]:
+    """One table per kind, filled with ``rows`` bot conversations, capture installed as named."""
+    return {kind: await _table(pg, database_url, rows, kind) for kind in KINDS}
+
+
+async def _table(pg: Any, database_url: str, rows: int, kind: str) -> Settings:
+    settings = Settings(database_url=database_url, table=f"bench_{kind}_{uuid.uuid4().hex[:8]}")
+    await pg.execute(DDL.format(table=settings.table))
+    await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id, assigned_to) '
+                     "SELECT '5511' || g, '940740243', 'bot' FROM generate_series(1, $1) g", rows)
+    await pg.execute(f'VACUUM ANALYZE "{settings.table}"')
+    if kind != "plain":
+        await migrate.install(pg, settings, up_to=ROW_CAPTURE_VERSION if kind == "per_row" else None)
+    return settings
+
+
+async def _reset(pg: Any, settings: Settings, *, captured: bool) -> None:
+    if captured:
+        await pg.execute(f"TRUNCATE {outbox_names(settings.table).qualified_outbox}")
+    await pg.execute(f'VACUUM "{settings.table}"')
+
+
+async def _large(pg: Any, database_url: str, rows: int) -> dict[str, list[float]]:
+    """One UPDATE of every row of a ``rows``-row table per kind; one table at a time on disk."""
+    out: dict[str, list[float]] = {}
+    for kind in KINDS:
+        settings = await _table(pg, database_url, rows, kind)
+        try:
+            out[kind] = [await _bulk(pg, settings.table, rows, "big")]
+        finally:
+            await common.drop_captured_table(pg, settings)
+    return out
 
 
 async def _single(pg: Any, table: str, rows: int, updates: int, column: str, tag: str) -> float:
@@ -99,21 +139,27 @@ async def _bulk(pg: Any, table: str, rows: int, tag: str) -> float:
 def _result(samples: dict[str, dict[str, list[float]]], **parameters: int) -> dict[str, Any]:
     figures: dict[str, dict[str, float]] = {}
     ratios: dict[str, dict[str, Any]] = {}
-    for variant, by_table in samples.items():
-        plain, captured = (statistics.median(by_table[t]) for t in ("plain", "captured"))
-        unit = "rows_per_s" if variant == "bulk" else "updates_per_s"
-        figures[f"{variant}_without_trigger"] = {unit: round(plain, 1)}
-        figures[f"{variant}_with_trigger"] = {unit: round(captured, 1)}
-        value = common.ratio(captured, plain)
-        target = TARGET if variant == "single" else None
-        ratios[f"{variant}: with/without"] = {
-            "ratio": value, "target": target,
-            "met": None if target is None or value is None else value >= target}
+    for variant, by_kind in samples.items():
+        median = {kind: statistics.median(values) for kind, values in by_kind.items()}
+        unit = "updates_per_s" if variant in ("single", "notes_only") else "rows_per_s"
+        for kind, value in median.items():
+            figures[f"{variant}: {kind}"] = {unit: round(value, 1)}
+        target = None if variant == "notes_only" else TARGET
+        for kind in ("per_row", "per_statement"):
+            ratio = common.ratio(median[kind], median["plain"])
+            ratios[f"{variant}: {kind} capture / none"] = {
+                "ratio": ratio, "target": target if kind == "per_statement" else None,
+                "met": None if target is None or ratio is None or kind == "per_row"
+                else ratio >= target}
     return {
         "parameters": parameters,
         "figures": figures,
         "ratios": ratios,
-        "notes": ["Each single-row UPDATE is its own transaction over one connection, so the "
-                  "round trip dominates; the bulk UPDATE shows the trigger's own cost per row "
-                  "(a jsonb image pair and an outbox insert)."],
+        "notes": ["per_row is the capture of version 2 (a trigger per row), per_statement the "
+                  "latest (a trigger per statement, one INSERT ... SELECT over the transition "
+                  "tables); the target applies to the latest.",
+                  "Each single-row UPDATE is its own transaction over one connection, so the "
+                  "round trip dominates; the bulk UPDATE shows the capture's own cost per row "
+                  "(a jsonb image pair and an outbox row).",
+                  "bulk_large (with --bulk-rows) runs once per kind, on a fresh table each."],
     }

@@ -13,6 +13,7 @@ BENCHES: dict[str, str] = {
     "reaction-latency": "reaction_latency",
     "db-capture": "db_capture",
     "trigger-cost": "trigger_cost",
+    "relay-drain": "relay_drain",
     "park-latency": "park_latency",
     "file-capture": "file_capture",
 }

@@ -50,13 +50,14 @@ async def test_the_application_writer_keeps_writing_after_migrate(
 ) -> None:
     _, writer = await owned_table(pg, roles, settings)
     done = await migrate.install(pg, settings)
-    assert done.applied == ["0001_outbox.sql", "0002_definer_rights.sql"] and done.after == 2
+    assert done.applied[:2] == ["0001_outbox.sql", "0002_definer_rights.sql"]
+    assert done.after == migrate.migrations()[-1].version
     await write_as(roles, writer, settings.table)
     assert await outbox_rows(pg, settings.table) == 3
     function = await pg.fetchrow(
         "SELECT prosecdef, proconfig, has_function_privilege('public', p.oid, 'EXECUTE') AS public "
         "FROM pg_proc p WHERE proname = $1", f"capture_{settings.table}")
-    assert function["prosecdef"] and function["proconfig"] == ["search_path=pg_catalog, pg_temp"]
+    assert function["prosecdef"] and "search_path=pg_catalog, pg_temp" in function["proconfig"]
     assert not function["public"]
     await migrate.uninstall(pg, settings, force=True)
 
@@ -72,7 +73,8 @@ async def test_an_installed_version_1_is_upgraded_in_place(
         await write_as(roles, writer, settings.table)  # what version 1 did to the CRM
     monkeypatch.undo()
     upgraded = await migrate.install(pg, settings)
-    assert (upgraded.before, upgraded.after, upgraded.applied) == (1, 2, ["0002_definer_rights.sql"])
+    assert (upgraded.before, upgraded.after) == (1, shipped[-1].version)
+    assert upgraded.applied == [m.name for m in shipped[1:]]
     await write_as(roles, writer, settings.table)
     assert await outbox_rows(pg, settings.table) == 3
     await migrate.uninstall(pg, settings, force=True)
@@ -128,7 +130,7 @@ async def test_an_open_write_transaction_makes_migrate_give_up_not_stall_writers
         await open_write.commit()
     finally:
         await holder.close()
-    assert (await migrate.install(pg, settings)).after == 2
+    assert (await migrate.install(pg, settings)).after == migrate.migrations()[-1].version
     await migrate.uninstall(pg, settings, force=True)
 
 
