@@ -29,6 +29,7 @@ from events.settings import Settings
 from ops.config import ConfigError, load_settings
 from ops.embedded_state import Attached, attach, detach
 from ops.redact import redact
+from ops.task_connection import TaskBound
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,12 @@ def settings_from_args(config: str | None, **overrides: Any) -> Settings:
 
 
 async def connect_pg(url: str) -> Any:
-    """Connect, or raise :class:`StoreUnreachable` saying what is wrong with ``DATABASE_URL``."""
+    """Connect, or raise :class:`StoreUnreachable` saying what is wrong with ``DATABASE_URL``.
+
+    The connection is this task's alone (:class:`ops.task_connection.TaskBound`)."""
     shown = redact(url)
     try:
-        return await asyncpg.connect(url, timeout=10)
+        return TaskBound(await asyncpg.connect(url, timeout=10))
     except asyncpg.InvalidCatalogNameError as e:
         raise StoreUnreachable(f"PostgreSQL at {shown}: {e}: create it, or fix the database "
                                "name in DATABASE_URL") from e

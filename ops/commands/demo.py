@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from events.settings import Settings
 from ops import migrate
 from ops.demo.show import AuditTail, summary
@@ -37,7 +35,7 @@ from ops.demo.stage import (
 )
 from ops.demo.traffic import LIVE_SESSION, DemoGateway, TrafficCounts, run_traffic
 from ops.roles import ROLE_NAMES, serve_roles
-from ops.runtime_env import open_environment
+from ops.runtime_env import connect_pg, open_environment
 from ops.scan import by_kind, scan
 from ops.tables import cell
 
@@ -86,7 +84,8 @@ async def run(args: argparse.Namespace) -> int:
 async def _demo(settings: Settings, redis: Any, args: argparse.Namespace) -> int:
     started = time.monotonic()
     rng = random.Random(20261122)
-    pg = await asyncpg.connect(settings.database_url)
+    assert settings.database_url is not None
+    pg = await connect_pg(settings.database_url)  # this task's; the traffic task opens its own
     counts = TrafficCounts()
     gateway = DemoGateway(redis, settings, counts)
     staged = Staged()
@@ -119,14 +118,10 @@ async def _live(pg: Any, redis: Any, settings: Settings, staged: Staged, gateway
     tail_task = asyncio.create_task(tail.run(stop_tail))
     roles = asyncio.create_task(serve_roles(settings, redis, ROLE_NAMES, stop_roles))
     traffic = asyncio.create_task(
-        run_traffic(pg, redis, settings, staged.healthy, counts, stop_traffic, rng))
+        _traffic(redis, settings, staged.healthy, counts, stop_traffic, rng), name="demo-traffic")
     try:
         await _wait_or_fail(roles, LIVE_INCIDENT_AFTER_S)
-        incident_pg = await asyncpg.connect(settings.database_url)  # the traffic task uses `pg`
-        try:
-            key = await leave_a_file_behind(incident_pg, settings, staged.healthy)
-        finally:
-            await incident_pg.close()
+        key = await leave_a_file_behind(pg, settings, staged.healthy)
         print(f"  the CRM closes bot chat {key} and clears its flow, but leaves its file")
         await _wait_or_fail(roles, GATEWAY_RETURNS_AFTER_S - LIVE_INCIDENT_AFTER_S)
         print(f"  the gateway restarts and session {LOST_SESSION} is back")
@@ -145,6 +140,17 @@ async def _live(pg: Any, redis: Any, settings: Settings, staged: Staged, gateway
         stop_tail.set()
         await tail_task
     return tail, remaining
+
+
+async def _traffic(redis: Any, settings: Settings, healthy: list[str], counts: TrafficCounts,
+                   stop: asyncio.Event, rng: random.Random) -> None:
+    """The CRM's traffic, on a database connection of its own."""
+    assert settings.database_url is not None
+    pg = await connect_pg(settings.database_url)
+    try:
+        await run_traffic(pg, redis, settings, healthy, counts, stop, rng)
+    finally:
+        await pg.close()
 
 
 async def _wait_or_fail(roles: asyncio.Task[None], seconds: float) -> None:

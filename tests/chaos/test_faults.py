@@ -5,7 +5,10 @@ test run's PostgreSQL, while :mod:`tests.chaos.load` drives conversations,
 files and queue pushes.  Faults come at seeded random moments (``CHAOS_SEED``
 picks another sequence).  Then the load stops and the stores must agree with
 the rule table, every pushed message must be somewhere, no live bot run's
-file may have been moved, and no action may have been done twice.
+file may have been moved, and no action may have been done twice.  Per action
+id the audit holds exactly one intent and one outcome, no intent is left open,
+and the quarantine folder agrees with the outcomes (each kept file names the
+action that moved it, audited ``done`` there).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ops.migrate import install
 from ops.scan import Inconsistency, scan
 from tests.chaos.harness import Cluster, Faults, PrivateRedis, harness_redis, pg_pids, role_env
 from tests.chaos.load import CHANNEL, Crm, FakeGateway, Ledger, burst, phone, push_messages, run_crm
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, one_line_per_action
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
@@ -160,9 +163,11 @@ async def test_faults_under_load(pg: Any, settings: Settings, tmp_path: Path) ->
         assert cluster.crashed() == {}, "a role process gave up while the stores converged"
         await check_messages(client, s, gateway, ledger)
         audit = await audit_entries(client, s)
-        check_no_live_file_moved(s, ledger, audit)
-        check_audited_once(audit, ledger)
-        check_quarantine_audited(s, audit)
+        await check_no_open_intent(client, s, audit)
+        actions = one_line_per_action(audit)  # and: exactly one intent and one outcome per id
+        check_no_live_file_moved(s, ledger, actions)
+        check_audited_once(actions, ledger)
+        check_quarantine_agrees(s, actions)
     finally:
         stop.set()
         gateway.stop.set()
@@ -271,11 +276,29 @@ def check_audited_once(audit: list[ActionRecorded], ledger: Ledger) -> None:
     assert not twice, f"actions audited as done more than once: {twice[:10]}"
 
 
-def check_quarantine_audited(settings: Settings, audit: list[ActionRecorded]) -> None:
-    """Every file in quarantine has its ``quarantine_file`` entry (at least once, too)."""
-    moved = {str((a.after or {}).get("quarantined_as")) for a in audit
-             if a.action == "quarantine_file" and a.outcome == "done"}
+async def check_no_open_intent(redis: Redis, settings: Settings,
+                              audit: list[ActionRecorded]) -> None:
+    """Every intent was settled: none is left in an open-actions hash of any key."""
+    keys = {a.key for a in audit}
+    still_open = {k: n for k in keys if (n := await redis.hlen(settings.keys.open_actions(k)))}
+    assert not still_open, f"intents left without an outcome, by key: {list(still_open.items())[:10]}"
+
+
+def check_quarantine_agrees(settings: Settings, actions: list[ActionRecorded]) -> None:
+    """The quarantine folder and the outcomes of ``quarantine_file`` say the same, per action id.
+
+    Each file kept in quarantine names the action that moved it, and that action's
+    outcome is ``done`` and says where it put it; each ``done`` has its file there;
+    an action that did not end ``done`` has no file kept in its name.
+    """
     files = SessionFiles(settings)
-    missing = [r.name for r in files.entries()
-               if str(files.quarantine_dir / r.name) not in moved]
-    assert not missing, f"quarantined files without an audit entry: {missing[:10]}"
+    kept = {r.action_id: r for r in files.entries() if not r.superseded}
+    outcomes = {a.action_id: a for a in actions if a.action == "quarantine_file"}
+    unexplained = [r.name for aid, r in kept.items() if aid not in outcomes]
+    assert not unexplained, f"quarantined files without an audited action: {unexplained[:10]}"
+    wrong = [(aid, outcomes[aid].outcome, r.name) for aid, r in kept.items()
+             if outcomes[aid].outcome != "done"
+             or (outcomes[aid].after or {}).get("quarantined_as") != str(files.quarantine_dir / r.name)]
+    assert not wrong, f"files kept in quarantine by actions not audited as done there: {wrong[:10]}"
+    missing = [aid for aid, a in outcomes.items() if a.outcome == "done" and aid not in kept]
+    assert not missing, f"quarantine_file done, yet no file kept in its name: {missing[:10]}"
