@@ -64,6 +64,8 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         conversations = ConversationsHandler(
             settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
             redis=redis, actions=actions, timers=timers)
+        for line in conversations.files.recover():  # moves a crash cut short
+            log.warning("session files: %s", line)
         purged = await conversations.purge_expired()
         if purged:
             log.info("purged %d quarantine entries past their retention", purged)

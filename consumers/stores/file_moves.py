@@ -21,6 +21,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import stat
 import uuid
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ def same_device(a: Path, b: Path) -> bool:
 def hidden_name(folder: Path, name: str, what: str) -> Path:
     """A fresh name in ``folder`` that every watcher and lister here ignores (leading dot)."""
     return folder / f".{name}.reconciler-{what}-{uuid.uuid4().hex[:12]}"
+
+
+HIDDEN = re.compile(r"\.(?P<name>.+)\.reconciler-(?P<what>[a-z]+)-[0-9a-f]{12}")
+"""What :func:`hidden_name` makes: ``(name, what)`` of an entry left behind by a crash."""
 
 
 def copy_from_fd(fd: int, info: os.stat_result, target: Path) -> str:

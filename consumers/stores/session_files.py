@@ -39,6 +39,7 @@ Safety, since names come from events and folders from settings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -53,6 +54,7 @@ from typing import Literal
 import msgspec
 
 from consumers.stores.file_moves import (
+    HIDDEN,
     Identity,
     copy_from_fd,
     fsync_dir,
@@ -82,6 +84,8 @@ __all__ = ["RECORD_SUFFIX", "FileState", "Guard", "Moved", "QuarantineError", "Q
 log = logging.getLogger(__name__)
 
 MOVABLE_REJECTIONS = ("invalid_json", "oversized")
+RECOVER_AFTER_S = 300.0
+"""A hidden entry of a move older than this was left by a crash, not by a move under way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +326,31 @@ class SessionFiles:
     def moved_by(self, action_id: str) -> QuarantineRecord | None:
         """The entry that the action ``action_id`` moved and kept, if any."""
         return self.records.moved_by(action_id)
+
+    def recover(self, *, older_than_s: float = RECOVER_AFTER_S) -> list[str]:
+        """Finish what a crash cut short (run at start): an original captured under a hidden
+        name for a copy goes back under its name (never over a newer file, then it is left
+        and logged); unfinished copies and records are removed (their originals are intact).
+        Only entries unchanged for ``older_than_s`` (their ctime), so a move another process
+        is making now is left alone.  One line per entry handled."""
+        done = []
+        cutoff = time.time() - older_than_s
+        for folder in (self.sessions_dir, self.quarantine_dir):
+            with contextlib.suppress(FileNotFoundError), os.scandir(folder) as listing:
+                leftovers = [(e.name, m) for e in listing if (m := HIDDEN.fullmatch(e.name))
+                             and e.stat(follow_symlinks=False).st_ctime <= cutoff]
+            for entry, match in leftovers:
+                path = folder / entry
+                if match["what"] != "moving":
+                    path.unlink(missing_ok=True)
+                    done.append(f"removed the unfinished copy {entry}")
+                    continue
+                try:
+                    rename_no_replace(path, self._session_path(match["name"]))
+                    done.append(f"put {match['name']} back")
+                except (FileExistsError, QuarantineError) as e:
+                    log.warning("%s: left as %s (%s)", match["name"][:120], entry[:200], e)
+        return done
 
     # -- restore, retention ------------------------------------------------
 

@@ -199,3 +199,22 @@ async def test_a_quarantined_file_whose_record_was_lost_is_still_listed_and_rest
         microsecond=0)
     files.restore(entry.name)
     assert (settings.sessions_dir / NAME).exists() and os.listdir(settings.quarantine_dir) == []
+
+
+def test_what_a_crash_left_mid_move_is_recovered(settings: Settings) -> None:
+    folder, quarantine_dir = settings.sessions_dir, settings.quarantine_dir
+    other = "whatsapp_5511888880000_940740243.json"
+    (folder / f".{NAME}.reconciler-moving-0123456789ab").write_text('{"flowId": "captured"}')
+    (folder / f".{other}.reconciler-moving-0123456789ab").write_text('{"flowId": "older"}')
+    (folder / other).write_text('{"flowId": "newer"}')
+    (folder / f".{NAME}.reconciler-restoring-0123456789ab").write_text("{}")
+    (quarantine_dir / ".x.json.reconciler-partial-0123456789ab").write_text("{")
+    (folder / ".editor-swap").write_text("not ours")
+    files = SessionFiles(settings)
+    assert files.recover() == []  # too fresh: maybe another process's move under way
+    lines = files.recover(older_than_s=0)
+    assert (folder / NAME).read_text() == '{"flowId": "captured"}'
+    assert (folder / other).read_text() == '{"flowId": "newer"}'  # never replaced
+    assert sorted(os.listdir(folder)) == sorted(
+        [".editor-swap", f".{other}.reconciler-moving-0123456789ab", NAME, other])
+    assert os.listdir(quarantine_dir) == [] and len(lines) == 3
