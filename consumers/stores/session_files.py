@@ -258,7 +258,7 @@ class SessionFiles:
         except FileExistsError:
             if copy is not None:  # the copy in quarantine is the one kept
                 os.unlink(moved)
-            elif moved.parent != self.quarantine_dir:
+            elif moved != self._quarantine_path(record.name):  # a captured original
                 log.warning("%s: a newer file took its name; the moved entry is left as %s",
                             record.original_name, moved.name)
                 self.records.drop(record.name)

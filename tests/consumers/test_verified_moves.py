@@ -194,3 +194,12 @@ async def test_a_newer_file_is_never_overwritten_by_a_put_back(where: Settings) 
     assert (settings.quarantine_dir / kept.name).read_bytes() == body("stale")
     assert files.moved_by("a1") is None  # the action did not stand
     assert sorted(os.listdir(settings.sessions_dir)) == [NAME]
+
+
+async def test_folders_given_as_relative_paths_keep_a_superseded_entry(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(settings.sessions_dir.parent)
+    await test_a_newer_file_is_never_overwritten_by_a_put_back(settings_with(
+        settings, sessions_dir=Path(settings.sessions_dir.name),
+        quarantine_dir=Path(settings.quarantine_dir.name)))
