@@ -48,11 +48,11 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from consumers import audit
+from events import wiring
 from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
-from events.sources.postgres import publisher_for
 
 PLANNED_TTL_S = 7 * 86400
 """How long a dry run remembers that it already recorded an action as planned."""
@@ -153,7 +153,7 @@ class Actions:
                      dry_run: bool | None = None) -> Actions:
         """The executor of a process: audit stream with the settings' retention; the
         reconciler's own actions (not an operator's) skip a paused key."""
-        actions = cls(redis=redis, publisher=publisher_for(settings, redis), keys=settings.keys,
+        actions = cls(redis=redis, publisher=wiring.publisher(settings, redis), keys=settings.keys,
                       dry_run=settings.dry_run if dry_run is None else dry_run, source=source,
                       settle_after_s=settings.claim_min_idle_s)
         if source == "reconciler":

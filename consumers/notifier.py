@@ -41,9 +41,10 @@ from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.webhooks import WebhookSender
+from events import wiring
 from events.contract import ActionRecorded, EventBase, SessionExpired, WebhookDue, tag_of
 from events.ids import new_event_id
-from events.publisher import Publisher, Retention
+from events.publisher import Publisher
 from events.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,7 @@ async def run_notifier(settings: Settings, redis: Any, stop: asyncio.Event) -> N
         await stop.wait()
         return
     keys = settings.keys
-    publisher = Publisher(redis, keys, Retention(max_len=settings.stream_max_len,
-                                                 max_age_s=settings.stream_retention_s))
+    publisher = wiring.publisher(settings, redis)
     select_streams = (keys.audit_stream, keys.sessions_stream)
     await start_at_end(redis, select_streams, SELECT_GROUP)
     timeout = httpx.Timeout(settings.webhook_timeout_s)

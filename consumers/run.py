@@ -26,9 +26,9 @@ from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import PauseStore, settling_expiries
 from consumers.stores.session_files import SessionFiles
+from events import wiring
 from events.grants import missing_grants, missing_redis_rights, wait_until_granted
 from events.settings import Settings
-from events.timers import TimerWheel
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
     keys = settings.keys
     actions = Actions.for_settings(redis, settings)
     publisher = actions.publisher
-    timers = TimerWheel(redis, keys, max_len=settings.stream_max_len)
+    timers = wiring.timer_wheel(settings, redis)
     pool = await asyncpg.create_pool(settings.database_url, min_size=POOL_MIN_SIZE,
                                      max_size=max(POOL_MIN_SIZE, min(POOL_MAX_SIZE,
                                                                      settings.concurrency)),

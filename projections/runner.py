@@ -103,7 +103,7 @@ async def export_gauges(store: ProjectionStore, version: int) -> None:
 
 async def run_projections(settings: Settings, redis: Redis, stop: asyncio.Event) -> None:
     """The ``projections`` role: every projection, until ``stop`` is set."""
-    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    keys = settings.keys
 
     def body(model: Model[Any]) -> Any:
         return lambda: tail(redis, keys, model, stop)

@@ -20,9 +20,10 @@ import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -84,7 +85,11 @@ def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
             started.append(container)
             database_url = container.get_connection_url(driver=None)
         else:
-            server = start_postgres(tmp_path_factory.mktemp("pg"))
+            # Not under /tmp/pytest-of-root: run as root, PostgreSQL runs as another user,
+            # and every pytest session resets that folder to 0700.
+            folder = Path(tempfile.mkdtemp(prefix="reconciler-test-pg-"))
+            started.append(_Removed(folder))
+            server = start_postgres(folder)
             started.append(server)
             database_url = server.url
     urls["redis"] = redis_url
@@ -94,6 +99,16 @@ def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     finally:
         for item in reversed(started):
             item.stop()
+
+
+@dataclass
+class _Removed:
+    """A folder deleted when the session's servers are stopped (after the server in it)."""
+
+    folder: Path
+
+    def stop(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def with_database(url: str, name: str) -> str:

@@ -43,7 +43,7 @@ from typing import Any
 from redis.asyncio import Redis
 from watchfiles import awatch
 
-from events import metrics
+from events import metrics, wiring
 from events.contract import (
     EventBase,
     SessionFileRejected,
@@ -54,7 +54,6 @@ from events.contract import (
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
-from events.publisher import Publisher, Retention
 from events.readiness import READINESS
 from events.sessionfiles import FilePattern
 from events.settings import Settings
@@ -109,8 +108,7 @@ class FolderWatcher:
         self.debounce_ms = debounce_ms
         self.redis = redis
         self.state_key = state_key(settings.keys)
-        self.publisher = Publisher(redis, settings.keys, Retention(
-            max_len=settings.stream_max_len, max_age_s=settings.stream_retention_s))
+        self.publisher = wiring.publisher(settings, redis)
         self.runs = 0
 
     async def run(self, stop: asyncio.Event) -> None:

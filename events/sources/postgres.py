@@ -36,13 +36,13 @@ from typing import Any, Final
 import asyncpg
 from redis.asyncio import Redis
 
-from events import metrics
+from events import metrics, wiring
 from events.contract import SourceResynced
 from events.errors import ReconcilerError
 from events.grants import missing_grants, wait_until_granted
 from events.ids import new_event_id
 from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
-from events.publisher import Publisher, Retention
+from events.publisher import Publisher
 from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
@@ -227,15 +227,10 @@ async def _wait_any(events: Iterable[asyncio.Event], *, timeout: float) -> None:
             waiter.cancel()
 
 
-def publisher_for(settings: Settings, redis: Redis) -> Publisher:
-    return Publisher(redis, settings.keys, Retention(max_len=settings.stream_max_len,
-                                                     max_age_s=settings.stream_retention_s))
-
-
 async def run_relay(settings: Settings, redis: Redis, stop: asyncio.Event,
                     options: RelayOptions | None = None) -> None:
     """The ``relay`` role: publish the outbox of ``settings.table`` until ``stop`` is set."""
-    relay = OutboxRelay(settings, publisher_for(settings, redis), options)
+    relay = OutboxRelay(settings, wiring.publisher(settings, redis), options)
     with READINESS.flagged(READY_FLAG, "first drain of the outbox not published yet"):
         await guarded(relay.loop_name, lambda: relay.serve(stop),
                       stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)

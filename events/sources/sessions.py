@@ -37,13 +37,12 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
-from events import metrics
+from events import metrics, wiring
 from events.contract import EventBase, SessionExpired, SourceResynced
 from events.grants import confirm_subscribed
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
-from events.publisher import Publisher, Retention
 from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
@@ -134,8 +133,7 @@ class SessionsSource:
         self._settings = settings
         self._redis = redis
         self._keys: KeySpace = settings.keys
-        self._publisher = Publisher(redis, self._keys, Retention(
-            max_len=settings.stream_max_len, max_age_s=settings.stream_retention_s))
+        self._publisher = wiring.publisher(settings, redis)
         self._coalescer = QueueCoalescer(redis, self._keys, self._publisher)
         if coalesce_window_s is not None:
             self._coalescer.window_s = coalesce_window_s

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from events import metrics
+from events import metrics, wiring
 from events.grants import missing_redis_rights, wait_until_granted
 from events.loops import HEARTBEATS, spawn
 from events.settings import Settings
@@ -33,7 +33,7 @@ MIN_SLEEP_S = 0.001
 
 async def run_timers(settings: Settings, redis: Any, stop: asyncio.Event) -> None:
     """Role ``timers``: fire deadlines until ``stop`` is set."""
-    wheel = TimerWheel(redis, settings.keys, max_len=settings.stream_max_len)
+    wheel = wiring.timer_wheel(settings, redis)
     if not await wait_until_granted(lambda: missing_redis_rights(redis, settings.keys),
                                     role="timers", stop=stop):
         return

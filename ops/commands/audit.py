@@ -13,9 +13,10 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
+from events import wiring
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
-from events.publisher import Publisher
+from events.settings import Settings
 from ops.runtime_env import open_environment, require_sessions_dir, settings_from_args
 from ops.scan import Inconsistency, by_kind, scan, scanned_at
 from ops.tables import emit
@@ -40,7 +41,7 @@ async def run(args: argparse.Namespace) -> int:
             found = await scan(pg, env.redis, env.settings)
         finally:
             await pg.close()
-        requested = await request_reconcile(env.redis, env.settings.keys, found) if args.fix else 0
+        requested = await request_reconcile(env.redis, env.settings, found) if args.fix else 0
     emit(report(found, requested=requested if args.fix else None), as_json=args.json,
          columns={"inconsistencies": ("kind", "key", "detail")})
     return EXIT_INCONSISTENT if found else 0
@@ -59,12 +60,12 @@ def report(found: list[Inconsistency], *, requested: int | None) -> dict[str, An
     return data
 
 
-async def request_reconcile(redis: Any, keys: Any, found: list[Inconsistency]) -> int:
+async def request_reconcile(redis: Any, settings: Settings, found: list[Inconsistency]) -> int:
     """One ``reconcile.requested`` per distinct key; returns how many were published."""
     wanted = sorted({(i.scope, i.key) for i in found})
     now = datetime.now(UTC)
     events = [ReconcileRequested(id=new_event_id(), occurred_at=now, source="operator", key=key,
                                  scope=scope, reason="reconciler audit --fix")  # type: ignore[arg-type]
               for scope, key in wanted]
-    await Publisher(redis, keys).publish_many(events)
+    await wiring.publisher(settings, redis).publish_many(events)
     return len(events)

@@ -71,7 +71,7 @@ def _text(value: bytes | str) -> str:
 async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_run: bool,
               ) -> dict[str, Any]:
     """Retry or drop one dead letter (or, in a dry run, only audit the plan)."""
-    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    keys = settings.keys
     fields = await find(redis, keys, entry_id)
     result: dict[str, Any] = {"action": action, "entry_id": entry_id, "dry_run": dry_run,
                               "origin_stream": fields.get("dl_stream", "")}
@@ -94,7 +94,7 @@ async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_
 
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config)
-    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    keys = settings.keys
     async with open_environment(settings, need_pg=False) as env:
         if args.dlq_action == "list":
             letters = await list_dead_letters(env.redis, keys.deadletter_stream, count=args.limit)

@@ -24,13 +24,12 @@ from consumers.actions import Actions
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import Pause, PauseStore
 from consumers.stores.session_files import SessionFiles
-from events import codec
+from events import codec, wiring
 from events.contract import ActionRecorded, ConversationRow, EventBase, tag_of
 from events.errors import MalformedEntry
 from events.ids import id_time
 from events.keys import SESSION_NAME, split_conversation_key
 from events.settings import Settings
-from events.timers import TimerWheel
 from ops.runtime_env import connect_pg, open_environment, require_sessions_dir, settings_from_args
 from ops.tables import emit
 from projections.rules import FileView, broken_rules
@@ -80,7 +79,7 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
         handler = conversations.ConversationsHandler(
             settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),
             redis=redis, actions=Actions.for_settings(redis, settings, dry_run=True),
-            timers=TimerWheel(redis, settings.keys))
+            timers=wiring.timer_wheel(settings, redis))
         name = handler.files.name_for(phone, channel)
         observed = await handler.observe(key, phone, channel, name)
     finally:

@@ -24,10 +24,9 @@ from typing import Any
 
 from consumers.actions import Action, Actions, done
 from consumers.stores.pauses import PAUSE_EXPIRED, Pause, PauseStore, expiry_member, scope_of
+from events import wiring
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
-from events.sources.postgres import publisher_for
-from events.timers import TimerWheel
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
 
@@ -85,7 +84,7 @@ async def run_pause(args: argparse.Namespace) -> int:
         store = PauseStore(redis, keys)
         pause, old = await store.pause(args.key, reason=args.reason, by=_operator(), until=until,
                                        now=now)
-        timers = TimerWheel(redis, keys, max_len=env.settings.stream_max_len)
+        timers = wiring.timer_wheel(env.settings, redis)
         if until is not None:
             at = datetime.fromtimestamp(until, UTC)
             await timers.schedule(expiry_member(args.key), until,
@@ -110,8 +109,8 @@ async def run_resume(args: argparse.Namespace) -> int:
         old = await PauseStore(redis, keys).resume(args.key)
         if old is None:
             raise LookupError(f"{args.key} is not paused (`reconciler paused` lists the pauses)")
-        await TimerWheel(redis, keys).cancel(expiry_member(args.key))
-        publisher = publisher_for(env.settings, redis)
+        await wiring.timer_wheel(env.settings, redis).cancel(expiry_member(args.key))
+        publisher = wiring.publisher(env.settings, redis)
         executor = Actions.for_settings(redis, env.settings, source="operator", dry_run=False)
         entry = await executor.record_made(Action(
             verb="resume", target=args.key, key=args.key, origin=new_event_id(),

@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any, TextIO
 
-from events.keys import KeySpace
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
 from projections.models import models
@@ -56,7 +55,7 @@ def register(subparsers: Any) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config)
-    keys = KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+    keys = settings.keys
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
     async with open_environment(settings, need_pg=False) as env:
         try:

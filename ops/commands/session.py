@@ -18,10 +18,10 @@ import argparse
 import json
 from typing import Any
 
+from events import wiring
 from events.errors import ReconcilerError
 from events.gateway import GatewaySessions
 from events.keys import checked_session
-from events.publisher import Retention
 from ops.runtime_env import open_environment, settings_from_args
 
 ACTIONS = ("start", "heartbeat", "stop")
@@ -53,8 +53,7 @@ async def run(args: argparse.Namespace) -> int:
         sessions = GatewaySessions(
             env.redis, env.settings.keys, gateway=args.gateway,
             ttl_s=args.ttl if args.ttl is not None else env.settings.session_ttl_s,
-            retention=Retention(max_len=env.settings.stream_max_len,
-                                max_age_s=env.settings.stream_retention_s),
+            retention=wiring.retention(env.settings),
             parked_retention_s=env.settings.parked_retention_s)
         outcome, restored = await _act(sessions, args.action, args.name)
     if args.json:
