@@ -66,6 +66,9 @@ PHRASES = {
     "drop_queue": "dropped the queued messages of a session that is not live",
     "drop_parked": "dropped parked messages past their retention",
     "report_orphan_queue": "found queued messages for a session that is not live",
+    "pause": "an operator paused it: nothing acts on it until resumed",
+    "resume": "an operator resumed it",
+    "pause_expired": "its pause ended",
 }
 
 
@@ -84,9 +87,18 @@ def selected(event: EventBase, selectors: Sequence[str]) -> bool:
     return False
 
 
+def notification_id(event: EventBase) -> str:
+    """The idempotency key: the action id (shared by an action's intent and its one
+    outcome), or the event id for an event that is not an action."""
+    if isinstance(event, ActionRecorded) and event.action_id:
+        return event.action_id
+    return event.id
+
+
 def document(event: EventBase) -> dict[str, Any]:
     """The JSON document POSTed for ``event``: what happened, to what, why; no links."""
-    doc: dict[str, Any] = {"id": event.id, "event": tag_of(type(event)), "key": event.key,
+    doc: dict[str, Any] = {"id": notification_id(event), "event": tag_of(type(event)),
+                           "key": event.key,
                            "occurred_at": event.occurred_at.isoformat()}
     if isinstance(event, ActionRecorded):
         phrase = PHRASES.get(event.action, event.action.replace("_", " "))
@@ -116,10 +128,10 @@ def _small(value: dict[str, Any] | None) -> dict[str, Any] | None:
 def deliveries_for(event: EventBase, urls: Sequence[str]) -> list[WebhookDue]:
     """One :class:`WebhookDue` per URL; each key names the notification and the URL."""
     body = msgspec.json.encode(document(event)).decode()
-    now = datetime.now(UTC)
+    now, nid = datetime.now(UTC), notification_id(event)
     return [WebhookDue(id=new_event_id(now), occurred_at=event.occurred_at, source="reconciler",
-                       key=f"{event.id}:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
-                       cause_id=event.id, notification_id=event.id, url=url, body=body)
+                       key=f"{nid}:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
+                       cause_id=event.id, notification_id=nid, url=url, body=body)
             for url in urls]
 
 

@@ -4,7 +4,7 @@ Each entry of the notifications stream is a :class:`events.contract.WebhookDue`:
 the exact JSON body, the URL and the idempotency key.  The handler POSTs it
 with three headers:
 
-* ``Idempotency-Key`` -- the notification id (the audit entry's id), the same
+* ``Idempotency-Key`` -- the notification id (the action id), the same
   on every try, so a receiver keeps the first copy and acknowledges the rest;
 * ``Reconciler-Signature: t=<unix seconds>,v1=<hex>`` -- HMAC-SHA256 over
   ``"<t>.<body>"`` with the shared secret; receivers recompute it and reject a

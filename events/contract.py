@@ -279,7 +279,7 @@ class WebhookDue(EventBase, frozen=True, kw_only=True, tag="webhook.due"):
 
     stream: ClassVar[str] = NOTIFICATIONS
     notification_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    """The idempotency key receivers dedupe on: the id of the audit entry or event."""
+    """The idempotency key receivers dedupe on: the action id (or the event's id)."""
     url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
     body: str
     """The JSON document, exactly as it is sent (and signed) on every try."""

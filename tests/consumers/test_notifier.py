@@ -12,6 +12,7 @@ import importlib.util
 import json
 import socket
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from redis.asyncio import Redis
 from consumers.deadletter import list_dead_letters
 from consumers.notifier import run_notifier
 from consumers.webhooks import retry_delay
+from events import codec
 from events.contract import ActionOutcome, ActionRecorded, SessionExpired, tag_of
 from events.ids import new_event_id
 from events.publisher import Publisher
@@ -133,14 +135,17 @@ async def notifier(settings: Settings, redis: Redis) -> AsyncIterator[None]:
 
 async def record(publisher: Publisher, action: str, outcome: ActionOutcome,
                  key: str = "5511:42") -> str:
-    """An audit entry as the handlers write it, caused by a ``reconcile.requested``."""
+    """An action as the executor writes it: its intent, then its outcome (a dry run's
+    ``planned`` alone), caused by a ``reconcile.requested``; returns the action id."""
     cause = request(key)
-    entry = ActionRecorded(id=new_event_id(), occurred_at=datetime.now(UTC), source="reconciler",
-                           key=key, cause_id=cause.id, cause_type=tag_of(type(cause)),
-                           action=action, target=f"crm_conversations#{key}", outcome=outcome,
-                           reason="test", before={"bot_flow_id": None}, after={"bot_flow_id": "F"})
-    await publisher.publish(entry)
-    return entry.id
+    action_id = uuid.uuid4().hex
+    steps: list[ActionOutcome] = [outcome] if outcome == "planned" else ["intent", outcome]
+    await publisher.publish_many([ActionRecorded(
+        id=new_event_id(), occurred_at=datetime.now(UTC), source="reconciler", key=key,
+        cause_id=cause.id, cause_type=tag_of(type(cause)), action=action,
+        target=f"crm_conversations#{key}", outcome=step, action_id=action_id, reason="test",
+        before={"bot_flow_id": None}, after={"bot_flow_id": "F"}) for step in steps])
+    return action_id
 
 
 def audit_publisher(settings: Settings, redis: Redis) -> Publisher:
@@ -167,7 +172,8 @@ async def test_every_configured_outcome_is_delivered_signed(
         wanted.append(expired.id)
         await eventually(lambda: settled(redis, s), message="every entry handled")
     delivered = receiver.delivered()
-    assert sorted(delivered) == sorted(wanted)
+    assert sorted(delivered) == sorted(wanted)  # keyed by action id
+    assert len(receiver.requests) == len(wanted)  # intents are not sent: one per action
     assert not set(ignored) & set(delivered)
     assert all(r["verified"] for r in receiver.requests)
     doc = delivered[wanted[0]]
@@ -362,3 +368,18 @@ async def _check_receiver(url: str, sign: Any, httpx: Any, time: Any) -> None:
     assert wrong_secret.status_code == 401
     fresh = await post(body, body, now, key="01J4")
     assert fresh.status_code == 200 and fresh.json() == {"ok": True}
+
+
+async def test_an_action_of_the_executor_is_notified_under_its_action_id(
+        settings: Settings, redis: Redis, receiver: Receiver) -> None:
+    receiver.start()
+    s = notifier_settings(settings, receiver.url, webhook_on=("pause:*",))
+    async with notifier(s, redis):
+        code, _, err = await cli(s, "pause", "5511:42", "--reason", "by hand")
+        assert code == 0, err
+        await eventually(lambda: _true(bool(receiver.delivered())), message="the pause notified")
+    entries = [codec.decode(f) for _, f in await redis.xrange(s.keys.audit_stream)]
+    [outcome] = [e for e in entries if isinstance(e, ActionRecorded) and e.outcome == "done"]
+    [(key, doc)] = receiver.delivered().items()
+    assert key == doc["id"] == outcome.action_id != ""
+    assert (doc["action"], doc["key"], doc["reason"]) == ("pause", "5511:42", "by hand")
