@@ -9,11 +9,13 @@ prints it, and ``examples/node/`` does it in JavaScript):
   queue, the parked list and the parked-meta hash: it sets the lease
   (``SET {prefix}lease:{queue:name} <json> EX ttl``) and puts the session's
   parked messages back at the head of its queue, oldest first, in one step;
-  then XADD a ``session.started`` event to the sessions stream (and, when
-  messages came back, a ``restore_parked`` entry to the audit stream, in the
-  same ``{events}`` slot).  Only after
-  the script returns may the gateway drain the queue: the order then holds
-  even when no reconciler runs;
+  then XADD a ``session.started`` event to the sessions stream.  When
+  something is parked, the restore is audited intent first, on the audit
+  stream (the ``{events}`` slot too): ``intent``, the script, then ``done``
+  (one action id, from the ``session.started`` id).  With nothing parked the
+  script takes the lease only, so a start with nothing to restore writes no
+  audit.  Only after the script returns may the gateway drain the queue: the
+  order then holds even when no reconciler runs;
 * **heartbeat** -- ``SET {prefix}lease:{queue:name} <json> XX EX ttl``; a nil
   reply means the lease had already expired, so the client starts again
   (handshake included: messages parked meanwhile come back first);
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -47,7 +50,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from events.contract import ActionRecorded, SessionStarted, SessionStopped
+from events.contract import ActionOutcome, ActionRecorded, SessionStarted, SessionStopped
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import spawn
@@ -59,6 +62,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 30
 HEARTBEATS_PER_TTL = 3
 """``keep_alive`` refreshes the lease this many times per TTL."""
+
+
+def restore_action_id(queue: str, started_id: str) -> str:
+    """The action id of a handshake's restore: one per start (its ``session.started`` id)."""
+    return hashlib.sha256(f"restore_parked|{queue}|{started_id}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,35 +115,56 @@ class GatewaySessions:
 
         When it returns, the session's queue holds its parked messages at the
         head, oldest first, ahead of anything pushed meanwhile: the gateway
-        may start draining.
+        may start draining.  A restore is audited intent first: ``intent``,
+        the script, then ``done`` (or ``skipped`` when nothing was left).
         """
-        restored = await self._handshake(name)
         now = datetime.now(UTC)
         event = SessionStarted(id=new_event_id(now), occurred_at=now, source="gateway",
                                key=name, gateway=self.gateway, lease_ttl_s=self.ttl_s)
-        await self._publisher.publish_many(
-            [event, self._restore_audit(event, restored)] if restored else [event])
+        parked = int(await self._redis.llen(self._keys.parked(name)))
+        if not parked:
+            await self._handshake(name, restore=False)
+            # Parked just before the lease took? (Once it exists nothing more is parked.)
+            parked = int(await self._redis.llen(self._keys.parked(name)))
+        restored = 0
+        if parked:
+            action_id = restore_action_id(self._keys.queue(name), event.id)
+            await self._publisher.publish(self._restore_audit(event, action_id, "intent", parked))
+            restored = await self._handshake(name, restore=True)
+            outcome = self._restore_audit(event, action_id, "done" if restored else "skipped",
+                                          parked, restored)
+            await self._publisher.publish_many([event, outcome])
+        else:
+            await self._publisher.publish(event)
         log.info("session %s started; %d parked messages back at the head of its queue", name,
                  restored, extra={"key": name, "gateway": self.gateway})
         return Started(event_id=event.id, restored=restored)
 
-    def _restore_audit(self, started: SessionStarted, restored: int) -> ActionRecorded:
-        """The audit entry of the handshake's restore, caused by ``session.started``."""
+    def _restore_audit(self, started: SessionStarted, action_id: str, outcome: ActionOutcome,
+                       parked: int, restored: int = 0) -> ActionRecorded:
+        """A step of the handshake's restore, caused by ``session.started``."""
+        if outcome == "intent":
+            reason, after = f"start handshake: restore {parked} parked messages", None
+        elif restored:
+            reason = f"start handshake: {restored} parked messages back at the head"
+            after = {"parked": parked - restored, "restored": restored}
+        else:
+            reason, after = "nothing to restore (restored already, or past retention)", None
         return ActionRecorded(
-            id=new_event_id(), occurred_at=started.occurred_at, source="gateway", key=started.key,
-            cause_id=started.id, action="restore_parked", target=self._keys.queue(started.key),
-            outcome="done", reason=f"start handshake: {restored} parked messages back at the head",
-            before={"parked": restored}, after={"parked": 0, "restored": restored})
+            id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
+            key=started.key, cause_id=started.id, cause_type="session.started",
+            action="restore_parked", action_id=action_id, target=self._keys.queue(started.key),
+            outcome=outcome, reason=reason, before={"parked": parked}, after=after)
 
-    async def _handshake(self, name: str) -> int:
-        """The START script: lease and restore in one step; returns the messages restored."""
+    async def _handshake(self, name: str, *, restore: bool) -> int:
+        """The START script: the lease, and (``restore``) the parked messages back, in one step."""
         k = self._keys
         cutoff_ms = 0
         if self.parked_retention_s is not None:
             cutoff_ms = max(1, int((time.time() - self.parked_retention_s) * 1000))
         restored = await self._start(
             keys=[k.lease(name), k.queue(name), k.parked(name), k.parked_meta(name)],
-            args=[self._lease_value(), self.ttl_s, cutoff_ms])
+            args=[self._lease_value(), self.ttl_s, cutoff_ms, "1" if restore else "0"])
         return int(restored)
 
     async def heartbeat(self, name: str, *, restart: bool = True) -> bool:

@@ -72,8 +72,10 @@ end
 START = _RESTORE_FUNCTION + """
 -- The gateway's start handshake.
 -- KEYS: lease, queue, parked list, parked-meta (one hash tag: the queue key)
--- ARGV: lease value, lease TTL in seconds, retention cutoff in ms (0: restore all)
+-- ARGV: lease value, lease TTL in seconds, retention cutoff in ms (0: restore all),
+--       and '0' to take the lease only (nothing was parked when the gateway looked)
 redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+if ARGV[4] == '0' then return 0 end
 return restore(KEYS[2], KEYS[3], KEYS[4], tonumber(ARGV[3]) or 0)
 """
 

@@ -3,8 +3,8 @@
 //
 //   start      EVAL start.lua over lease, queue, parked list, parked-meta  then XADD session.started
 //              (takes the lease and puts the parked messages back at the head of the queue,
-//              oldest first, in one step: drain only after it returns; when messages came
-//              back, XADD a restore_parked entry to the audit stream too)
+//              oldest first, in one step: drain only after it returns; a restore is
+//              audited on the audit stream: intent before the script, done after)
 //   heartbeat  SET {prefix}lease:{queue} <json> XX EX ttl  (nil reply: the lease was gone,
 //                                                         so it is a start again)
 //   stop       DEL {prefix}lease:{queue}                   then XADD session.stopped
@@ -91,27 +91,57 @@ class GatewaySessions {
     return this.xaddEvent(this.stream, type, name, { gateway: this.gateway, ...fields });
   }
 
-  // The audit entry of the handshake's restore (the audit stream shares the {events} slot).
-  async auditRestore(name, restored, causeId) {
+  // A step of the handshake's restore on the audit stream (same {events} slot as the sessions
+  // stream): 'intent' before the script, then 'done' or 'skipped', sharing one action id.
+  async auditRestore(name, { actionId, causeId, outcome, parked, restored = 0 }) {
+    let reason = `start handshake: restore ${parked} parked messages`;
+    let after = null;
+    if (outcome === 'done') {
+      reason = `start handshake: ${restored} parked messages back at the head`;
+      after = { parked: parked - restored, restored };
+    } else if (outcome === 'skipped') {
+      reason = 'nothing to restore (restored already, or past retention)';
+    }
     return this.xaddEvent(`${this.prefix}{events}:audit`, 'audit.action', name, {
-      cause_id: causeId, action: 'restore_parked', target: this.queueKey(name), outcome: 'done',
-      dry_run: false, reason: `start handshake: ${restored} parked messages back at the head`,
-      before: { parked: restored }, after: { parked: 0, restored },
+      cause_id: causeId, cause_type: 'session.started', action: 'restore_parked',
+      action_id: actionId, target: this.queueKey(name), outcome, dry_run: false, reason,
+      before: { parked }, after,
     });
+  }
+
+  // The START script: the lease, and (restore) the parked messages back, in one step.
+  async handshake(name, restore) {
+    const queue = this.queueKey(name);
+    const cutoff = this.parkedRetention === null
+      ? 0 : Math.max(1, Date.now() - Math.round(this.parkedRetention * 1000));
+    return Number(await this.client.reconcilerStart(
+      this.leaseKey(name), queue, `${this.prefix}parked:{${queue}}`,
+      `${this.prefix}parked-meta:{${queue}}`, this.leaseValue(), this.ttl, cutoff,
+      restore ? '1' : '0'));
   }
 
   // Take the lease and put the parked messages back; returns how many came back.
   // When it resolves the queue is ready to drain: parked messages first, then newer ones.
   async start(name) {
-    const queue = this.queueKey(name);
-    const cutoff = this.parkedRetention === null
-      ? 0 : Math.max(1, Date.now() - Math.round(this.parkedRetention * 1000));
-    const restored = await this.client.reconcilerStart(
-      this.leaseKey(name), queue, `${this.prefix}parked:{${queue}}`,
-      `${this.prefix}parked-meta:{${queue}}`, this.leaseValue(), this.ttl, cutoff);
-    const eventId = await this.publish('session.started', name, { lease_ttl_s: this.ttl });
-    if (Number(restored) > 0) await this.auditRestore(name, Number(restored), eventId);
-    return Number(restored);
+    const parkedKey = `${this.prefix}parked:{${this.queueKey(name)}}`;
+    const started = { id: ulid(), occurred_at: new Date().toISOString(), lease_ttl_s: this.ttl };
+    let parked = await this.client.llen(parkedKey);
+    if (parked === 0) {
+      await this.handshake(name, false);
+      parked = await this.client.llen(parkedKey); // parked just before the lease took?
+    }
+    if (parked === 0) {
+      await this.publish('session.started', name, started);
+      return 0;
+    }
+    const actionId = crypto.createHash('sha256')
+      .update(`restore_parked|${this.queueKey(name)}|${started.id}`).digest('hex').slice(0, 32);
+    const step = { actionId, causeId: started.id, parked };
+    await this.auditRestore(name, { ...step, outcome: 'intent' });
+    const restored = await this.handshake(name, true);
+    await this.publish('session.started', name, started);
+    await this.auditRestore(name, { ...step, outcome: restored > 0 ? 'done' : 'skipped', restored });
+    return restored;
   }
 
   // true: the lease was refreshed; false: it had expired and the session was started again.

@@ -16,7 +16,7 @@ from events.contract import ActionRecorded, Event, SessionStarted, SessionStoppe
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
 from events.parked_scripts import START
-from tests.support import eventually
+from tests.support import eventually, one_line_per_action
 
 
 async def session_events(redis: Any, keys: KeySpace) -> list[Event]:
@@ -107,12 +107,13 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
                               keys.queue("940740243")) == 0
     # The sessions group's own restore, run later, is a backup: it finds nothing to do.
     assert await ParkedQueues(redis, keys).restore("940740243") == 0
-    (audit,) = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
+    entries = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
+    assert all(isinstance(e, ActionRecorded) for e in entries)
+    (audit,) = one_line_per_action(entries)  # type: ignore[arg-type]  # intent, then done
     (started,) = await session_events(redis, keys)
-    assert isinstance(audit, ActionRecorded)
-    assert (audit.action, audit.source, audit.cause_id, audit.target, audit.after) == (
-        "restore_parked", "gateway", started.id, keys.queue("940740243"),
-        {"parked": 0, "restored": 30})
+    assert (audit.action, audit.outcome, audit.source, audit.cause_id, audit.target,
+            audit.after) == ("restore_parked", "done", "gateway", started.id,
+                             keys.queue("940740243"), {"parked": 0, "restored": 30})
 
 
 async def test_the_handshake_leaves_batches_past_retention_to_the_reconciler(
@@ -170,3 +171,9 @@ async def test_an_invalid_session_name_is_refused_before_touching_redis(
 def test_the_wire_protocol_page_prints_the_start_script_the_client_runs() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
     assert f"```lua\n{START.strip(chr(10))}\n```" in page
+
+
+async def test_a_start_with_nothing_parked_writes_no_audit(redis: Any, keys: KeySpace) -> None:
+    assert (await GatewaySessions(redis, keys, ttl_s=30).start("940740243")).restored == 0
+    assert await redis.exists(keys.lease("940740243")) == 1
+    assert await redis.xlen(keys.audit_stream) == 0
