@@ -109,7 +109,8 @@ class OutboxRelay:
         self.loop_name = f"relay:{settings.table}"
         outbox = self._names.qualified_outbox
         self._select = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT} "
-                        f"FROM {outbox} WHERE failed IS NULL ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1")
+                        f"FROM {outbox} WHERE failed IS NULL AND id > $2 ORDER BY id "
+                        "FOR UPDATE SKIP LOCKED LIMIT $1")
         self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
         self._mark_failed = f"UPDATE {outbox} SET failed = $2 WHERE id = $1"
 
@@ -166,23 +167,31 @@ class OutboxRelay:
                     await conn.close(timeout=self._options.query_timeout_s)
 
     async def drain(self, conn: Any) -> int:
-        """Publish every row not locked by another relay; the number of rows handled."""
-        total = 0
+        """Publish every row not locked by another relay; the number of rows handled.
+
+        Each drain starts from the smallest id and each batch reads past the last id
+        of the one before, so a long backlog is not scanned from its start again for
+        every batch (past the index entries of rows just deleted).  A row whose
+        transaction commits during a drain with a smaller id rings the doorbell at
+        its commit, and the next drain, from the start again, publishes it.
+        """
+        total, after = 0, 0
         while True:
-            handled = await self._batch(conn)
+            handled, after = await self._batch(conn, after)
             total += handled
             if handled < self._options.batch:
                 return total
 
-    async def _batch(self, conn: Any) -> int:
+    async def _batch(self, conn: Any, after: int = 0) -> tuple[int, int]:
+        """One transaction: rows after id ``after``; (rows handled, the last id read)."""
         timeout = self._options.query_timeout_s
         async with conn.transaction():
             try:
-                rows = await conn.fetch(self._select, self._options.batch, timeout=timeout)
+                rows = await conn.fetch(self._select, self._options.batch, after, timeout=timeout)
             except asyncpg.UndefinedTableError as e:
                 raise OutboxMissing(f"no outbox for table {self._table!r}: run `reconciler migrate`") from e
             if not rows:
-                return 0
+                return 0, after
             events, published, failed = [], [], []
             for row in rows:
                 try:
@@ -199,7 +208,7 @@ class OutboxRelay:
             await conn.execute(self._delete, published, timeout=timeout)
             if failed:
                 await conn.executemany(self._mark_failed, failed, timeout=timeout)
-        return len(rows)
+        return len(rows), int(rows[-1]["id"])
 
     def _report(self, outbox_id: int, error: BadOutboxRow) -> None:
         metrics.INVALID_INPUTS.labels(SOURCE, error.reason).inc()

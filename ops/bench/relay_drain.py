@@ -67,7 +67,8 @@ async def _run(redis_url: str, database_url: str, rows: int, batches: list[int],
             for batch in batches if n % 2 == 0 else batches[::-1]:
                 await pg.execute(f'UPDATE "{settings.table}" SET bot_flow_id = $1 || id::text',
                                  f"r{n}b{batch}-")
-                outbox_bytes = max(outbox_bytes, await _outbox_bytes(pg, settings.table))
+                if not outbox_bytes:  # a fresh outbox (later fills reuse its dead space)
+                    outbox_bytes = await _outbox_bytes(pg, settings.table)
                 samples[batch].append(await _drain(redis, settings, rows, batch))
         servers = {"redis-server": await common.redis_version(redis),
                    "postgresql": await common.postgres_version(pg)}
@@ -113,7 +114,7 @@ def _result(samples: dict[int, list[float]], *, rows: int, rounds: int,
             **{f"batch {b}": {"rows_per_s": round(r, 1),
                               "seconds": round(statistics.median(samples[b]), 2)}
                for b, r in sorted(rates.items())},
-            "outbox after the UPDATE": {"mb": round(outbox_bytes / 1e6, 1),
+            "outbox after the first UPDATE": {"mb": round(outbox_bytes / 1e6, 1),
                                         "bytes_per_row": round(outbox_bytes / rows, 1)},
         },
         "ratios": {f"batch {largest} / batch {smallest}": {

@@ -105,6 +105,35 @@ async def test_backlog_written_while_stopped_is_published_in_commit_order(
     assert [m.reason for m in markers] == ["start"]
 
 
+async def test_a_change_that_commits_after_larger_ids_were_published_is_published(
+    pg: Any, redis: Redis, settings: Settings, table: str, database_url: str
+) -> None:
+    ids = await insert_rows(pg, table, 3)
+    slow = await asyncpg.connect(database_url)
+    try:
+        async with relay(settings, redis):
+            await eventually(lambda: _zero(outbox_count(pg, table)), message="an empty outbox")
+            late = slow.transaction()
+            await late.start()
+            await slow.execute(f'UPDATE "{table}" SET bot_flow_id = \'late\' WHERE id = $1', ids[0])
+            for n in range(1200):  # more than two batches with larger ids, committed first
+                await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2',
+                                 f"f{n}", ids[1 + n % 2])
+
+            async def early_published() -> bool:
+                return len(await changes(redis, settings)) == 3 + 1200
+            await eventually(early_published, message="the changes committed first")
+            await late.commit()
+
+            async def late_published() -> bool:
+                return any(e.row is not None and e.row.bot_flow_id == "late"
+                           for e in await changes(redis, settings))
+            await eventually(late_published, message="the change that committed last")
+    finally:
+        await slow.close()
+    assert await outbox_count(pg, table) == 0
+
+
 async def _zero(count: Any) -> bool:
     return bool(await count == 0)
 
