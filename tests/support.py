@@ -32,7 +32,7 @@ def session_started(name: str) -> SessionStarted:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 30.0, interval: float = 0.05,
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 60.0, interval: float = 0.05,
     message: str = "condition",
 ) -> None:
     """Wait until ``check()`` is true; fail with ``message`` after ``timeout`` seconds."""

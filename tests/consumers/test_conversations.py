@@ -153,15 +153,20 @@ async def test_file_left_behind_by_a_closed_conversation_is_quarantined_and_rest
 async def test_file_written_before_its_row_commits_is_kept(
     redis: Redis, pg: Any, settings: Settings
 ) -> None:
-    settings = replace(settings, grace_s=2.0)
+    settings = replace(settings, grace_s=10.0)  # time enough for the row, on a busy machine too
     await create_conversations_table(pg, settings.table)
     early, orphan = "5215550103", "5215550104"
+    early_key = f"{early}:{CHANNEL}"
     files = {p: write_file(settings, p, FLOW) for p in (early, orphan)}
     publisher = Publisher(redis, settings.keys)
     async with reacting(settings, redis):
         await publisher.publish_many([written_event(f"{p}:{CHANNEL}", f.name, FLOW)
                                       for p, f in files.items()])
-        await asyncio.sleep(0.5)
+
+        async def early_seen_without_row() -> bool:
+            return bool(await redis.exists(settings.keys.first_seen("orphan", early_key)))
+
+        await eventually(early_seen_without_row, message="the early file seen without its row")
         await pg.execute(f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to,"
                          " bot_flow_id, bot_started_at) VALUES ($1, $2, 'active', 'bot', $3, now())",
                          early, CHANNEL, FLOW)
@@ -170,8 +175,16 @@ async def test_file_written_before_its_row_commits_is_kept(
         async def orphan_moved() -> bool:
             return not files[orphan].exists()
 
-        await eventually(orphan_moved, timeout=30, message="the orphan to be quarantined")
-        await asyncio.sleep(1.0)
+        await eventually(orphan_moved, timeout=90, message="the orphan to be quarantined")
+
+        async def early_deadline_handled() -> bool:  # its grace deadline fires too, then nothing
+            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
+            return (not any(m.startswith(f"orphan:{early_key}:") for m in members)
+                    and await group_caught_up(redis, settings.keys.conversations_stream,
+                                              "conversations"))
+
+        await eventually(early_deadline_handled, timeout=90,
+                         message="the early file's grace deadline fired and handled")
     assert files[early].exists()
     assert await actions_of(redis, settings, f"{early}:{CHANNEL}") == []
     assert await actions_of(redis, settings, f"{orphan}:{CHANNEL}") == [("quarantine_file", "done")]

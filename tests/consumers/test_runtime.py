@@ -176,7 +176,9 @@ async def test_lost_stream_and_group_are_recreated(redis: Redis, keys: KeySpace)
         first = await publish_requests(redis, keys, 20, distinct_keys=20)
         await eventually(lambda: _contains(handled, 20), message="first events")
         await redis.delete(keys.conversations_stream, keys.sessions_stream)  # as after a restart
-        await asyncio.sleep(0.7)  # the consumer is blocked in XREADGROUP, then hits NOGROUP
+        # The consumer, blocked in XREADGROUP, hits NOGROUP and makes the group again:
+        await eventually(lambda: _has_group(redis, keys.conversations_stream, "test"),
+                         message="the group made again")
         later = [request(f"later{n}") for n in range(20)]
         await publisher.publish_many(later)
         await eventually(lambda: _contains(handled, 40), message="events after the loss")
@@ -228,12 +230,24 @@ async def test_two_processes_split_the_work(
     workers = [spawn_python(WORKER, redis_url, key_prefix, "test", "--sleep-ms", "2")
                for _ in range(2)]
     try:
-        await asyncio.sleep(1.0)  # both joined the group
+        # Both reading the group (a consumer shows in it only once it got an entry):
+        # a few events at a time until each has handled one; then the split is counted afresh.
+        warm_up: set[str] = set()
+
+        async def both_reading() -> bool:
+            warm_up.update(await publish_requests(redis, keys, 10, distinct_keys=10))
+            return await redis.hlen(f"{key_prefix}by-consumer") >= 2
+
+        await eventually(both_reading, timeout=120, interval=0.5, message="both workers reading")
+        await eventually(lambda: _scard_at_least(redis, f"{key_prefix}handled", len(warm_up)),
+                         timeout=120, message="the warm-up events handled")
+        await redis.delete(f"{key_prefix}by-consumer")
         expected = await publish_requests(redis, keys, 5000, distinct_keys=1000)
-        await eventually(lambda: _scard_at_least(redis, f"{key_prefix}handled", 5000),
-                         timeout=60, message="all 5000 events handled")
+        await eventually(lambda: _scard_at_least(redis, f"{key_prefix}handled",
+                                                 5000 + len(warm_up)),
+                         timeout=120, message="all 5000 events handled")
         handled = {m.decode() for m in await redis.smembers(f"{key_prefix}handled")}
-        assert handled == expected
+        assert handled == expected | warm_up
         shares = {k.decode(): int(v) for k, v in
                   (await redis.hgetall(f"{key_prefix}by-consumer")).items()}
         assert len(shares) == 2, shares
@@ -266,6 +280,13 @@ async def test_events_for_a_busy_key_are_coalesced(redis: Redis, keys: KeySpace)
     assert len(calls) < 200, "events for a busy key were not coalesced"
 
 
+async def _has_group(redis: Redis, stream: str, group: str) -> bool:
+    try:
+        return any(g["name"] == group.encode() for g in await redis.xinfo_groups(stream))
+    except Exception:  # the stream does not exist yet
+        return False
+
+
 async def _sum_at_least(values: list[int], n: int) -> bool:
     return sum(values) >= n
 
@@ -279,7 +300,12 @@ async def test_idle_consumers_are_removed_only_without_pending(
     await redis.xgroup_create(stream, "test", id="0", mkstream=True)
     await redis.xgroup_createconsumer(stream, "test", "ghost-empty")
     await redis.xreadgroup("test", "ghost-holding", {stream: ">"}, count=1)
-    await asyncio.sleep(idle_after + 0.2)
+
+    async def both_idle() -> bool:
+        idle = [c["idle"] for c in await redis.xinfo_consumers(stream, "test")]
+        return len(idle) == 2 and min(idle) > (idle_after + 0.2) * 1000
+
+    await eventually(both_idle, message="both ghosts idle for longer than idle_after")
     consumer = GroupConsumer(redis, options(keys, consumer_gone_after_s=idle_after,
                                             claim_min_idle_s=60), _noop)
     from consumers.reclaim import Reclaimer

@@ -291,11 +291,13 @@ async def test_periodic_rescan_publishes_only_differences(
     resyncs = REGISTRY.get_sample_value(
         "reconciler_source_resyncs_total", {"source": "folder"}) or 0.0
     write(settings.sessions_dir, NAME, "flow-a")
+    async def rescanned_three_times() -> bool:
+        after = REGISTRY.get_sample_value("reconciler_source_resyncs_total", {"source": "folder"})
+        return after is not None and after - resyncs >= 3
+
     async with watching(fast, redis, stream):
-        await asyncio.sleep(1.5)
+        await eventually(rescanned_three_times, message="three periodic rescans")
     assert len(stream.of_key(KEY, SessionFileWritten)) == 1
-    after = REGISTRY.get_sample_value("reconciler_source_resyncs_total", {"source": "folder"})
-    assert after is not None and after - resyncs >= 3
 
 
 def test_rescan_finds_what_the_watch_missed(tmp_path: Path) -> None:

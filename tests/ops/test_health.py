@@ -71,10 +71,16 @@ async def test_healthz_turns_503_when_a_loop_is_stuck_and_names_it(
     status, content_type, body = await get(address, "/healthz")
     assert (status, content_type) == (200, "application/json")
     assert json.loads(body)["status"] == "ok"
-    await asyncio.sleep(0.4)
-    status, _, body = await get(address, "/healthz")
-    assert status == 503
-    assert "source:files" in json.loads(body)["stuck"]
+    last: tuple[int, bytes] = (0, b"")
+
+    async def stuck() -> bool:
+        nonlocal last
+        status, _, body = await get(address, "/healthz")
+        last = (status, body)
+        return status == 503
+
+    await eventually(stuck, message="/healthz to report the loop that stopped beating")
+    assert "source:files" in json.loads(last[1])["stuck"]
     heartbeats.beat("source:files")
     assert (await get(address, "/healthz"))[0] == 200
 
@@ -161,9 +167,13 @@ async def test_group_gauges_come_from_redis(redis: Redis, keys: KeySpace) -> Non
     await Publisher(redis, keys).publish_many([request(f"k{n}") for n in range(5)])
     await redis.xreadgroup("gauges", "someone", {stream: ">"}, count=2)
     await redis.xadd(keys.deadletter_stream, {"dl_reason": "permanent"})
-    await asyncio.sleep(0.05)
-
     collector = GroupCollector(redis, keys)
+
+    async def pending_has_aged() -> bool:  # the idle time is counted in whole milliseconds
+        return all(s.oldest_pending_age_s > 0 for s in await collector.collect()
+                   if s.group == "gauges")
+
+    await eventually(pending_has_aged, message="the pending entry to be a millisecond old")
     states = await collector.collect()
 
     (state,) = [s for s in states if s.group == "gauges"]
