@@ -310,6 +310,57 @@ async def test_sigkilled_notifier_loses_nothing(
     assert all(r["verified"] for r in receiver.requests)
 
 
+async def test_two_notifiers_split_the_work(
+        settings: Settings, redis: Redis, receiver: Receiver, tmp_path: Path) -> None:
+    import re
+
+    import httpx
+
+    slow = threading.Event()
+    receiver.answer = lambda n: (slow.wait(0.02), (200, {}))[1]
+    receiver.start()
+    s = notifier_settings(settings, receiver.url)
+    base = {**role_env(s, s.redis_url or ""), "RECONCILER_WEBHOOK_URLS": receiver.url,
+            "RECONCILER_WEBHOOK_SECRET": SECRET, "RECONCILER_CONCURRENCY": "2"}
+    ports = [free_port(), free_port()]
+    notifiers = [RoleProcess(f"notifier-{p}", "notifier",
+                             {**base, "RECONCILER_METRICS_ADDR": f"127.0.0.1:{p}"}, tmp_path)
+                 for p in ports]
+    for process in notifiers:
+        process.start()
+    try:
+        async def both_ready() -> bool:  # /readyz: this process's groups exist, it reads
+            async with httpx.AsyncClient(timeout=5) as client:
+                for port in ports:
+                    try:
+                        if (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code != 200:
+                            return False
+                    except httpx.HTTPError:
+                        return False
+            return True
+
+        try:
+            await eventually(both_ready, timeout=60, message="two notifiers ready")
+        except AssertionError as e:
+            raise AssertionError("\n".join([str(e), *(p.tail() for p in notifiers)])) from None
+        audit = audit_publisher(s, redis)
+        # one XADD at a time: each wakes the reader that has waited longest
+        ids = [await record(audit, "park_queue", "done", key=f"94074{n:04d}") for n in range(80)]
+        await eventually(lambda: _true(set(receiver.delivered()) == set(ids)), timeout=90,
+                         message="every notification delivered")
+        delivered = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            for port in ports:
+                text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                found = re.search(r'^reconciler_webhook_attempts_total\{result="delivered"\} (\S+)$',
+                                  text, re.M)
+                delivered.append(float(found[1]) if found else 0.0)
+    finally:
+        for process in notifiers:
+            process.stop()
+    assert sum(delivered) == len(ids) and all(n > 0 for n in delivered), delivered
+
+
 def test_example_receivers_verify_dedupe_and_refuse_replays(tmp_path: Path) -> None:
     import shutil
     import subprocess
