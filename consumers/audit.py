@@ -1,20 +1,20 @@
-"""The audit trail: audit entries, written and read.
+"""The audit trail: audit entries, built, counted and logged.
 
 An entry is an :class:`events.contract.ActionRecorded` on the audit stream, so
-the same codec, tools and projections read it.  Entries are made only by
+the same codec, tools and projections read it.  Entries are made by
 :mod:`consumers.actions` (one ``intent`` and one outcome per action, or one
-``planned`` in a dry run); this module builds them, counts them in the metrics,
-and folds them back into one line per action for the readers (``inspect``,
-the projections, the chaos test).  Each entry written is also one log line
-(so ``reconciler run``'s output shows every action as it happens).
+``planned`` in a dry run; the gateway's start handshake in
+:mod:`events.gateway` writes its restore the same way).  This module builds
+them and counts them in the metrics, and each outcome is one log line (so
+``reconciler run``'s output shows every action as it happens).  The readers
+fold an intent and its outcome into one line per action
+(``ops.commands.inspect.one_per_action``, ``projections.conversations.with_action``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,9 +23,6 @@ from events.contract import ActionOutcome, ActionRecorded, Source
 from events.ids import new_event_id
 
 log = logging.getLogger(__name__)
-
-OUTCOMES: tuple[ActionOutcome, ...] = ("done", "skipped", "failed", "reverted", "planned")
-"""What an action ended as; ``intent`` is not among them."""
 
 
 def entry(*, source: Source, key: str, cause_id: str | None, cause_type: str | None,
@@ -58,43 +55,3 @@ def count(recorded: ActionRecorded, *, cause_at: datetime | None) -> None:
     if cause_at is not None and recorded.outcome == "done":
         metrics.REACTION_LATENCY.labels(recorded.action).observe(
             max(0.0, time.time() - cause_at.timestamp()))
-
-
-@dataclass(frozen=True, slots=True)
-class Folded:
-    """One action as a reader shows it: its intent and its outcome, one line."""
-
-    action_id: str
-    intent: ActionRecorded | None
-    outcome: ActionRecorded | None
-
-    @property
-    def last(self) -> ActionRecorded:
-        entry = self.outcome or self.intent
-        assert entry is not None
-        return entry
-
-    @property
-    def state(self) -> str:
-        """The outcome, or ``open`` for an intent not settled yet."""
-        return self.outcome.outcome if self.outcome is not None else "open"
-
-
-def fold(entries: Iterable[ActionRecorded]) -> list[Folded]:
-    """Entries folded per action id, in the order the actions began.
-
-    An entry without an action id (written before action ids existed) is an
-    action of its own.
-    """
-    intents: dict[str, ActionRecorded] = {}
-    outcomes: dict[str, ActionRecorded] = {}
-    order: list[str] = []
-    for e in entries:
-        aid = e.action_id or f"entry:{e.id}"
-        if aid not in intents and aid not in outcomes:
-            order.append(aid)
-        if e.outcome == "intent":
-            intents.setdefault(aid, e)
-        else:
-            outcomes.setdefault(aid, e)
-    return [Folded(aid, intents.get(aid), outcomes.get(aid)) for aid in order]
