@@ -120,8 +120,8 @@ async def install(conn: Any, settings: Settings, *, dry_run: bool = False,
     async with conn.transaction():
         if not await _begin(conn, settings, lock_timeout_s):
             raise MigrationError(f"table {settings.table!r} does not exist (RECONCILER_TABLE)")
+        await require_rights(conn, settings, installing=True)
         before = await installed_version(conn, settings.table)
-        await require_rights(conn, settings, new_outbox=before is None)
         pending = [m for m in migrations()
                    if (before or 0) < m.version <= (up_to or m.version)]
         outcome = Outcome(table=settings.table, before=before, dry_run=dry_run,
@@ -131,7 +131,11 @@ async def install(conn: Any, settings: Settings, *, dry_run: bool = False,
                           index=await lookup_index(conn, settings))
         if dry_run or not pending:
             return outcome
-        await _run(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(SCHEMA)}", "create schema")
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema
+        # exists, which a role installing a second table may rightly lack.
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                                   SCHEMA):
+            await _run(conn, f"CREATE SCHEMA {quote_ident(SCHEMA)}", "create schema")
         await _run(conn, f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} ("
                          "target text PRIMARY KEY, version integer NOT NULL, "
                          "installed_at timestamptz NOT NULL DEFAULT now())", "version table")
@@ -152,7 +156,7 @@ async def uninstall(
     names = outbox_names(settings.table)
     async with conn.transaction():
         if await _begin(conn, settings, lock_timeout_s):  # a dropped table leaves only our objects
-            await require_rights(conn, settings, new_outbox=False)
+            await require_rights(conn, settings, installing=False)
         before = await installed_version(conn, settings.table)
         pending_rows = 0
         if await conn.fetchval("SELECT to_regclass($1)", f"{SCHEMA}.{names.outbox}") is not None:

@@ -30,7 +30,13 @@ SELECT c.relowner::regrole::text AS owner, current_user AS me, current_database(
        pg_has_role(current_user, c.relowner, 'USAGE') AS owns,
        has_database_privilege(current_database(), 'CREATE') AS create_db,
        CASE WHEN n.oid IS NULL THEN NULL
-            ELSE has_schema_privilege(n.oid, 'CREATE') END AS create_schema
+            ELSE has_schema_privilege(n.oid, 'CREATE') END AS create_schema,
+       CASE WHEN n.oid IS NULL THEN NULL
+            ELSE has_schema_privilege(n.oid, 'USAGE') END AS usage_schema,
+       EXISTS (SELECT 1 FROM pg_class o WHERE o.relnamespace = n.oid AND o.relname = $3) AS has_outbox,
+       (SELECT bool_and(has_table_privilege(v.oid, p))
+          FROM pg_class v, unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p
+         WHERE v.relnamespace = n.oid AND v.relname = 'schema_version') AS writes_versions
   FROM pg_class c LEFT JOIN pg_namespace n ON n.nspname = $2
  WHERE c.oid = $1::regclass
 """
@@ -60,9 +66,15 @@ class IndexState:
     create_sql: str
 
 
-async def require_rights(conn: Any, settings: Settings, *, new_outbox: bool) -> None:
-    """Raise :class:`RightsMissing` unless ``conn``'s role can install *and* uninstall."""
-    row = await conn.fetchrow(_RIGHTS_SQL, settings.table, SCHEMA)
+async def require_rights(conn: Any, settings: Settings, *, installing: bool) -> None:
+    """Raise :class:`RightsMissing` unless ``conn``'s role can install *and* uninstall.
+
+    Read from the catalog alone, before anything in schema ``reconciler`` is
+    looked at: that schema may already exist (another table's capture, installed
+    by another role) without this role having any right on it.
+    """
+    row = await conn.fetchrow(_RIGHTS_SQL, settings.table, SCHEMA, outbox_names(settings.table).outbox)
+    new_outbox = installing and not row["has_outbox"]
     me, owner, table = quote_ident(row["me"]), quote_ident(row["owner"]), settings.table
     if not row["owns"]:
         raise RightsMissing(
@@ -73,6 +85,12 @@ async def require_rights(conn: Any, settings: Settings, *, new_outbox: bool) -> 
         raise RightsMissing(
             f"role {me} may not create schema {SCHEMA!r}: GRANT CREATE ON DATABASE "
             f"{quote_ident(row['db'])} TO {me}")
+    if row["usage_schema"] is False or row["writes_versions"] is False:
+        schema = quote_ident(SCHEMA)
+        raise RightsMissing(
+            f"role {me} may not use schema {SCHEMA!r}, which another role set up for the capture "
+            f"of other tables: GRANT USAGE, CREATE ON SCHEMA {schema} TO {me}; GRANT SELECT, "
+            f"INSERT, UPDATE, DELETE ON {schema}.schema_version TO {me}")
     if new_outbox and row["create_schema"] is False:
         raise RightsMissing(
             f"role {me} may not create the outbox in schema {SCHEMA!r}: GRANT CREATE ON SCHEMA "

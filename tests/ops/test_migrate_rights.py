@@ -10,6 +10,10 @@ index is advised and built concurrently.
 
 from __future__ import annotations
 
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -18,9 +22,25 @@ import pytest
 from events.settings import Settings
 from ops import migrate
 from ops.migrate_checks import RightsMissing
+from tests.conftest import RUN_ID, with_database
 from tests.ops.test_migrate import catalogue, outbox_rows, reconciler
 from tests.pgroles import Roles
 from tests.support import create_conversations_table
+
+
+@pytest.fixture
+async def database_url(_servers: dict[str, str]) -> AsyncIterator[str]:
+    """A database of each test's own: whether schema ``reconciler`` exists (and who owns it)
+    decides which grant ``migrate`` asks for, so no test may see another's."""
+    name = f"reconciler_rights_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(_servers["postgres"])
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield with_database(_servers["postgres"], name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
 
 WRITER_GRANTS = ('GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {{role}}',
                  'GRANT USAGE ON SEQUENCE "{table}_id_seq" TO {{role}}')
@@ -112,6 +132,36 @@ async def test_a_role_that_may_not_create_the_schema_is_told_the_grant(
             await migrate.install(conn, settings)
     finally:
         await conn.close()
+
+
+async def test_a_schema_holding_another_tables_capture_is_named_with_its_grant(
+    pg: Any, roles: Roles, settings: Settings, database_url: str
+) -> None:
+    other = replace(settings, table=f"{settings.table}_other")
+    await create_conversations_table(pg, other.table)
+    await migrate.install(pg, other)  # schema reconciler now exists, owned by the superuser
+    owner, writer = await owned_table(pg, roles, settings)
+    installer = await roles.create("installer", f'GRANT "{owner}" TO {{role}}')
+    before = await catalogue(pg)
+    conn = await roles.connect(installer)
+    try:
+        grant = f'GRANT USAGE, CREATE ON SCHEMA "reconciler" TO "{installer}"'
+        with pytest.raises(RightsMissing, match=grant):
+            await migrate.install(conn, settings)
+        assert await catalogue(pg) == before
+        await pg.execute(f'GRANT USAGE, CREATE ON SCHEMA reconciler TO "{installer}"')
+        with pytest.raises(RightsMissing, match=re.escape(
+                'GRANT SELECT, INSERT, UPDATE, DELETE ON "reconciler".schema_version')):
+            await migrate.install(conn, settings)
+        await pg.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON reconciler.schema_version "
+                         f'TO "{installer}"')
+        await migrate.install(conn, settings)
+        await write_as(roles, writer, settings.table)
+        assert await outbox_rows(pg, settings.table) == 3
+        await migrate.uninstall(conn, settings, force=True)
+    finally:
+        await conn.close()
+    await migrate.uninstall(pg, other, force=True)
 
 
 async def test_an_open_write_transaction_makes_migrate_give_up_not_stall_writers(
