@@ -70,7 +70,10 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was received
+                    return
                 record = {"headers": dict(self.headers), "body": body,
                           "verified": example.verify(
                               SECRET, self.headers.get("Reconciler-Signature", ""), body)}
