@@ -40,7 +40,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -61,6 +61,8 @@ SETTLED_TTL_S = 7 * 86400
 (a redelivered event) is recognised and not recorded twice."""
 IN_FLIGHT_POLL_S = 0.1
 """How often a handling waiting for the same action in flight elsewhere looks again."""
+SETTLED = "settled from the stores after the handling that began it stopped"
+"""How an outcome written by :meth:`Actions.settle` begins its reason."""
 NOT_CARRIED_OUT = "not carried out before the handling that decided it stopped; decided again"
 
 
@@ -220,7 +222,8 @@ class Actions:
             if result is None:
                 left.add(intent.action_id)
             else:
-                await self._outcome(intent, result, None)
+                why = result.reason or intent.reason
+                await self._outcome(intent, replace(result, reason=f"{SETTLED}: {why}"), None)
         return left
 
     async def close_left(self, key: str, left: set[str]) -> None:

@@ -29,6 +29,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from consumers.actions import NOT_CARRIED_OUT, SETTLED
 from consumers.stores.session_files import SessionFiles
 from events import codec
 from events.contract import ActionRecorded
@@ -165,6 +166,9 @@ async def test_faults_under_load(pg: Any, settings: Settings, tmp_path: Path) ->
         audit = await audit_entries(client, s)
         await check_no_open_intent(client, s, audit)
         actions = one_line_per_action(audit)  # and: exactly one intent and one outcome per id
+        print("outcomes:", Counter(a.outcome for a in actions),
+              "settled after a kill:", sum(a.reason.startswith(SETTLED) for a in actions),
+              "closed as not carried out:", sum(a.reason == NOT_CARRIED_OUT for a in actions))
         check_no_live_file_moved(s, ledger, actions)
         check_audited_once(actions, ledger)
         check_quarantine_agrees(s, actions)
