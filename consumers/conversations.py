@@ -1,37 +1,44 @@
 """Group ``conversations``: reconcile one conversation key with the rule table.
 
-:func:`decide` is the rule table of DESIGN.md as a pure function of what was
-observed (the database row, the session file, when clocks started, the time):
-
-| database | session file | actions |
-|---|---|---|
-| no row | present | remember when first seen; after ``grace_s`` quarantine |
-| active, bot, flow NULL | flowId F | backfill ``bot_flow_id = F`` |
-| active, bot, started at T (else first seen) | any | deadline T + timeout; when due, close |
-| active, not bot / closed | present | quarantine the file |
-| closed with bot fields | any | clear the bot fields |
-
-``active, bot, flow F / flowId F`` gets nothing but its deadline, and a file
-of an active bot conversation is never quarantined.  A bot run with neither
-``bot_started_at`` nor a flow anywhere is timed from when it was first seen.
-
-:class:`ConversationsHandler` observes, decides and acts, and observes again
-after a change it made (a close is followed at once by the quarantine of the
-file it left behind).  It does not care which event woke it.
+The rules live in :mod:`consumers.rules.conversations` (:func:`judge`, a pure
+function of what was observed: every row of the key, its session file, when
+clocks started, the time).  This module observes, asks for the verdict and
+carries out its actions through the action executor
+(:mod:`consumers.conversations_act`); each action that changes a row names
+that row.  After a change it observes again (a close is followed at once by
+the quarantine of the file it left behind).  It does not care which event
+woke it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
-from consumers.actions import Actions, Result
+from consumers.actions import Action as Change
+from consumers.actions import Actions, Result, skipped
 from consumers.conversations_act import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, envelope, utc
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
+from consumers.rules.conversations import (
+    Action,
+    BackfillFlow,
+    CloseConversation,
+    ForgetSeen,
+    Observed,
+    QuarantineFile,
+    RememberSeen,
+    ReportAmbiguousRows,
+    ScheduleBotTimeout,
+    ScheduleRejudge,
+    judge,
+    may_move_file,
+)
 from consumers.stores.conversations_sql import ConversationsSql, Row
 from consumers.stores.session_files import FileState, QuarantineError, SessionFiles
 from events.contract import (
@@ -50,142 +57,13 @@ from events.timers import TimerWheel
 
 log = logging.getLogger(__name__)
 
-BOT = "bot"
-ACTIVE = "active"
-DUE_SLACK_S = 0.05
-"""A deadline this close is due (clocks of the timer loop and the handler differ a little)."""
+Seen = Observed[Row, FileState]
+"""What the handler observed: the database rows and the file state it read."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Observed:
-    """Everything :func:`decide` looks at, read from the stores just before."""
-
-    key: str
-    now: float
-    row: Row | None
-    file: FileState | None
-    bot_seen_at: float | None = None
-    """When this key was first seen as a bot run without ``bot_started_at``."""
-    orphan_seen_at: float | None = None
-    """When this key's file was first seen without a database row."""
-    bot_timeout_s: float = 1800.0
-    grace_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class BackfillFlow:
-    flow_id: str
-
-
-@dataclass(frozen=True)
-class CloseConversation:
-    """Close the bot run (status closed, bot fields cleared) if it is still the run read."""
-
-
-@dataclass(frozen=True)
-class ClearBotFields:
-    pass
-
-
-@dataclass(frozen=True)
-class QuarantineFile:
-    reason: str
-
-
-@dataclass(frozen=True)
-class ScheduleBotTimeout:
-    member: str
-    due: float
-    flow_id: str | None
-
-
-@dataclass(frozen=True)
-class ScheduleOrphanGrace:
-    member: str
-    due: float
-
-
-@dataclass(frozen=True)
-class RememberSeen:
-    kind: str
-    at: float
-
-
-@dataclass(frozen=True)
-class ForgetSeen:
-    kind: str
-
-
-Action = (BackfillFlow | CloseConversation | ClearBotFields | QuarantineFile
-          | ScheduleBotTimeout | ScheduleOrphanGrace | RememberSeen | ForgetSeen)
-
-CHANGES = (BackfillFlow, CloseConversation, ClearBotFields, QuarantineFile)
-"""Actions that change a store (audited, and only planned in a dry run)."""
-
-
-def decide(o: Observed) -> list[Action]:
-    """The actions the rule table asks for, in the order they are to be carried out."""
-    if o.row is None:
-        return _no_row(o)
-    actions: list[Action] = [ForgetSeen("orphan")] if o.orphan_seen_at is not None else []
-    if o.row.status == ACTIVE and o.row.assigned_to == BOT:
-        return actions + _bot_run(o, o.row)
-    if o.bot_seen_at is not None:
-        actions.append(ForgetSeen("bot"))
-    if o.row.status != ACTIVE and has_bot_fields(o.row):
-        actions.append(ClearBotFields())
-    if o.file is not None and o.file.movable:
-        actions.append(QuarantineFile("closed" if o.row.status != ACTIVE else "not_bot"))
-    return actions
-
-
-def _bot_run(o: Observed, row: Row) -> list[Action]:
-    actions: list[Action] = []
-    flow = row.bot_flow_id
-    file_flow = o.file.flow_id if o.file is not None else None
-    if flow is None and file_flow is not None:
-        actions.append(BackfillFlow(file_flow))
-        flow = file_flow
-    if row.bot_started_at is not None:
-        start = row.bot_started_at.timestamp()
-    elif o.bot_seen_at is not None:
-        start = o.bot_seen_at
-    else:
-        start = o.now
-        actions.append(RememberSeen("bot", start))
-    due = start + o.bot_timeout_s
-    if o.now >= due - DUE_SLACK_S:
-        actions.append(CloseConversation())
-    else:
-        actions.append(ScheduleBotTimeout(f"bot:{o.key}:{round(start * 1000)}", due, flow))
-    return actions
-
-
-def _no_row(o: Observed) -> list[Action]:
-    actions: list[Action] = [ForgetSeen("bot")] if o.bot_seen_at is not None else []
-    if o.file is None or not o.file.movable:
-        if o.orphan_seen_at is not None:
-            actions.append(ForgetSeen("orphan"))
-        return actions
-    since = o.orphan_seen_at
-    if since is None:
-        since = o.now
-        actions.append(RememberSeen("orphan", since))
-    due = since + o.grace_s
-    if o.now >= due - DUE_SLACK_S:
-        actions.append(QuarantineFile("no_row"))
-    else:
-        actions.append(ScheduleOrphanGrace(f"orphan:{o.key}:{round(since * 1000)}", due))
-    return actions
-
-
-def has_bot_fields(row: Row) -> bool:
-    return row.assigned_to == BOT or row.bot_flow_id is not None or row.bot_started_at is not None
-
-
-def may_move_file(row: Row | None) -> bool:
-    """The safety rule, checked again right before a move: never the file of a live bot run."""
-    return row is None or row.status != ACTIVE or row.assigned_to != BOT
+def decide(o: Observed[Any, Any]) -> list[Action]:
+    """The actions of the rule table's verdict on ``o``, in the order they are carried out."""
+    return list(judge(o).actions)
 
 
 # --------------------------------------------------------------------------
@@ -194,7 +72,10 @@ def may_move_file(row: Row | None) -> bool:
 MAX_ROUNDS = 4
 """Observe-decide-act rounds per call; each round after the first follows a change we made."""
 SEEN_TTL_S = 30 * 86400
-INFORMATIONAL = (SnapshotStarted, SnapshotFinished, SourceResynced, SessionFileRejected)
+REPORTED_TTL_S = 7 * 86400
+"""How long a report of an unchanged state (ambiguous rows) is not repeated."""
+MARKERS = (SnapshotStarted, SnapshotFinished, SourceResynced)
+INFORMATIONAL = (*MARKERS, SessionFileRejected)
 """Events that may carry a key that is not a conversation key; those are ignored."""
 
 
@@ -215,13 +96,15 @@ class ConversationsHandler:
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         cause = deliveries[-1].event
+        if all(isinstance(d.event, MARKERS) for d in deliveries):
+            return  # a source's progress marker: its key names the source, not a conversation
         try:
             phone, channel = split_conversation_key(key)
-            name = self.files.name_for(phone, channel)
         except ValueError as e:
             if all(isinstance(d.event, INFORMATIONAL) for d in deliveries):
                 return
             raise PermanentError(f"not a conversation key: {e}") from e
+        name = self.file_name(key, phone, channel)
         left = await self.actions.settle(key, self.acts.check)
         for d in deliveries:
             if isinstance(d.event, QuarantineRetentionDue):
@@ -235,19 +118,37 @@ class ConversationsHandler:
                         MAX_ROUNDS, extra={"key": key, "stream": deliveries[-1].stream})
         await self.actions.close_left(key, left)
 
-    async def observe(self, key: str, phone: str, channel: str, name: str) -> Observed:
-        row = await self.sql.read(phone, channel)
-        file = self.files.read(name)
+    def file_name(self, key: str, phone: str, channel: str) -> str | None:
+        """The key's session file name; ``None`` when its phone makes no safe file name.
+
+        Such a key still gets every database-only action (close, clear); a backfill
+        from its file is not possible, since no file of it can exist."""
+        try:
+            return self.files.name_for(phone, channel)
+        except ValueError as e:
+            log.info("key %s has no session file name (%s): database-only actions", key[:80],
+                     e, extra={"key": key[:256]})
+            return None
+
+    async def observe(self, key: str, phone: str, channel: str, name: str | None) -> Seen:
+        """Every row of the key, its file and its clocks, as the rule table reads them."""
+        rows = await self.sql.read_all(phone, channel)
+        file = self.files.read(name) if name is not None else None
         bot_seen, orphan_seen = await self.redis.mget(
             self.keys.first_seen("bot", key), self.keys.first_seen("orphan", key))
-        flow = (row.bot_flow_id if row else None) or (file.flow_id if file else None)
-        return Observed(key=key, now=time.time(), row=row, file=file,
-                        bot_seen_at=_float(bot_seen), orphan_seen_at=_float(orphan_seen),
-                        bot_timeout_s=self.settings.bot_timeout_for(flow),
-                        grace_s=self.settings.grace_s)
+        return Seen(key=key, now=time.time(), rows=rows, file=file,
+                    bot_seen_at=_float(bot_seen), orphan_seen_at=_float(orphan_seen),
+                    bot_timeout_s=self.settings.bot_timeout_s,
+                    flow_timeouts_s=self.settings.flow_timeouts_s, grace_s=self.settings.grace_s)
 
-    async def apply(self, o: Observed, actions: list[Action], name: str, cause: EventBase) -> bool:
-        """Carry out ``actions``; ``True`` when the state changed and must be observed again."""
+    async def apply(self, o: Seen, actions: list[Action], name: str | None,
+                    cause: EventBase) -> bool:
+        """Carry out ``actions``; ``True`` when the state changed and must be observed again.
+
+        The changes of one verdict concern distinct rows (each write conditional on its
+        own row as read) or the file of a key with no bot run, so all are made before
+        the key is observed again."""
+        changed = False
         for action in actions:
             if isinstance(action, RememberSeen):
                 if not await self.redis.set(self.keys.first_seen(action.kind, o.key),
@@ -258,36 +159,52 @@ class ConversationsHandler:
             elif isinstance(action, ScheduleBotTimeout):
                 await self.timers.schedule(action.member, action.due, BotRunTimedOut(
                     **envelope(o.key, cause, action.due), flow_id=action.flow_id,
-                    started_at=o.row.bot_started_at if o.row else None,
-                    deadline=utc(action.due)))
-            elif isinstance(action, ScheduleOrphanGrace):
+                    started_at=action.started_at, deadline=utc(action.due)))
+            elif isinstance(action, ScheduleRejudge):
                 await self.timers.schedule(action.member, action.due, OrphanGraceElapsed(
                     **envelope(o.key, cause, action.due), deadline=utc(action.due)))
+            elif isinstance(action, ReportAmbiguousRows):
+                await self.report_ambiguous(o, action, cause)
             elif (await self.change(o, action, name, cause)).outcome in ("done", "reverted"):
-                return True  # the state changed: observe again
-        return False
+                changed = True
+        return changed
 
-    async def change(self, o: Observed, action: Action, name: str, cause: EventBase) -> Result:
+    async def change(self, o: Seen, action: Action, name: str | None,
+                     cause: EventBase) -> Result:
         """Make (or, in a dry run, plan) one change through the action executor."""
         if isinstance(action, QuarantineFile):
-            assert o.file is not None
+            assert o.file is not None and name is not None  # a file was read, so it has a name
             return await self.acts.quarantine(o.key, name, o.file, reason=action.reason,
                                               cause=cause, guard=self._still_stale(o, action))
-        assert o.row is not None
+        row = next(r for r in o.rows if str(r.id) == getattr(action, "row_id", None))
         if isinstance(action, BackfillFlow):
-            return await self.acts.row_change(BACKFILL, o.key, o.row, cause, action.flow_id)
+            return await self.acts.row_change(BACKFILL, o.key, row, cause, action.flow_id)
         verb = CLOSE if isinstance(action, CloseConversation) else CLEAR
-        return await self.acts.row_change(verb, o.key, o.row, cause)
+        return await self.acts.row_change(verb, o.key, row, cause)
 
-    def _still_stale(self, o: Observed, action: QuarantineFile) -> Guard:
+    def _still_stale(self, o: Seen, action: QuarantineFile) -> Guard:
         """The guard checked right before a move: the database still says to move it."""
         async def still_stale(now_file: FileState) -> bool:
-            row = await self.sql.read(*split_conversation_key(o.key))
-            again = Observed(key=o.key, now=time.time(), row=row, file=now_file,
-                             bot_seen_at=o.bot_seen_at, orphan_seen_at=o.orphan_seen_at,
-                             bot_timeout_s=o.bot_timeout_s, grace_s=o.grace_s)
-            return may_move_file(row) and QuarantineFile(action.reason) in decide(again)
+            rows = await self.sql.read_all(*split_conversation_key(o.key))
+            again = replace(o, now=time.time(), rows=rows, file=now_file)
+            return may_move_file(rows) and QuarantineFile(action.reason) in judge(again).actions
         return still_stale
+
+    async def report_ambiguous(self, o: Seen, action: ReportAmbiguousRows,
+                               cause: EventBase) -> None:
+        """Say once per state that several rows are active bot runs: nothing is guessed."""
+        rows = [r.as_dict() for r in o.rows if str(r.id) in action.row_ids]
+        digest = hashlib.sha256(json.dumps(["ambiguous_rows", o.key, rows], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:32]
+        if not await self.redis.set(self.keys.planned(digest), b"1", nx=True, ex=REPORTED_TTL_S):
+            return
+        log.warning("key %s has %d active bot rows; none owns the file, nothing is guessed",
+                    o.key, len(rows), extra={"key": o.key})
+        await self.actions.record_made(
+            Change(verb="report_ambiguous_rows", key=o.key, target=self.settings.table,
+                   before={"rows": rows}, cause=cause,
+                   reason="ambiguous_rows: several active bot rows"),
+            skipped("several active bot rows: none is guessed to own the file"))
 
     async def purge_entry(self, qname: str, *, cause: EventBase | None) -> bool:
         """Delete a quarantine entry whose retention is over (audited); ``True`` if deleted."""

@@ -143,8 +143,9 @@ class ConversationActs:
 
     async def _row_took(self, intent: ActionRecorded) -> Result | None:
         before, after = intent.before or {}, intent.after or {}
-        row = await self.sql.read(*split_conversation_key(intent.key))
-        if row is None or str(row.id) != before.get("id"):
+        rows = await self.sql.read_all(*split_conversation_key(intent.key))
+        row = next((r for r in rows if r.as_dict()["id"] == before.get("id")), None)
+        if row is None:
             return None
         now = row.as_dict()
         written = [k for k in after if after[k] != before.get(k)]

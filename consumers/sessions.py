@@ -4,7 +4,8 @@ The handler is level-triggered.  Whatever event woke it (a session started,
 stopped or expired, a push observed on its queue, a parked-retention
 deadline, an operator's request) it reads the current state of the session --
 does its lease exist, how long is its queue, what is parked and since when --
-and :func:`decide` turns that into actions, as the rule of DESIGN.md reads:
+and :func:`consumers.rules.sessions.decide` turns that into actions, as the rule
+of DESIGN.md reads:
 
 * a session that is live gets its parked messages back at the head of its
   queue, in their original order (a live session's queue is the gateway's to
@@ -36,7 +37,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -46,7 +46,20 @@ from consumers.actions import Actions
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
 from consumers.queue_acts import QueueActs
-from consumers.stores.parked_queues import ParkedBatch, ParkedQueues, SessionState
+from consumers.rules.sessions import (
+    Action,
+    CancelRetention,
+    DropParked,
+    DropQueue,
+    Observed,
+    ParkQueue,
+    ReportOrphanQueue,
+    RestoreParked,
+    ScheduleRetention,
+    decide,
+    observed,
+)
+from consumers.stores.parked_queues import ParkedQueues, SessionState
 from events.contract import (
     EventBase,
     ParkedRetentionDue,
@@ -56,7 +69,7 @@ from events.contract import (
 )
 from events.ids import new_event_id
 from events.keys import checked_session
-from events.settings import OrphanQueuePolicy, Settings
+from events.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -74,92 +87,6 @@ class Timers(Protocol):
     async def schedule(self, member: str, due_unix: float, event: ParkedRetentionDue) -> object: ...
 
     async def cancel(self, member: str) -> object: ...
-
-
-# -- the rule --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    session: str
-    live: bool
-    queue_length: int
-    parked_length: int
-    batches: tuple[ParkedBatch, ...]
-    now: float
-    policy: OrphanQueuePolicy
-    retention_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ParkQueue:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class DropQueue:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReportOrphanQueue:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreParked:
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class DropParked:
-    count: int
-    cutoff: float
-    """Batches parked at or before this Unix time are dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleRetention:
-    due: float
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRetention:
-    pass
-
-
-Action = (ParkQueue | DropQueue | ReportOrphanQueue | RestoreParked | DropParked
-          | ScheduleRetention | CancelRetention)
-
-
-def decide(o: Observed) -> list[Action]:
-    """The actions for one session, from its observed state alone."""
-    actions: list[Action] = []
-    cutoff = o.now - o.retention_s
-    expired = 0
-    while expired < len(o.batches) and o.batches[expired].at <= cutoff:
-        expired += 1
-    remaining = list(o.batches[expired:])
-    if expired:
-        actions.append(DropParked(count=sum(b.count for b in o.batches[:expired]), cutoff=cutoff))
-    parked_left = o.parked_length - sum(b.count for b in o.batches[:expired])
-    if o.live:
-        if parked_left > 0:
-            actions.append(RestoreParked(count=parked_left))
-        remaining = []
-    elif o.queue_length > 0:
-        if o.policy == "park":
-            actions.append(ParkQueue(count=o.queue_length))
-            remaining.append(ParkedBatch(at=o.now, count=o.queue_length))
-        elif o.policy == "drop":
-            actions.append(DropQueue(count=o.queue_length))
-        else:
-            actions.append(ReportOrphanQueue(count=o.queue_length))
-    if remaining:
-        actions.append(ScheduleRetention(due=remaining[0].at + o.retention_s))
-    elif o.batches or o.parked_length:
-        actions.append(CancelRetention())
-    return actions
 
 
 # -- the handler -----------------------------------------------------------------
@@ -200,11 +127,7 @@ class SessionsHandler:
     async def observe(self, key: str) -> tuple[SessionState, Observed]:
         """What the stores say about session ``key`` now, as :func:`decide` reads it."""
         state = await self._store.observe(key)
-        return state, Observed(
-            session=key, live=state.live, queue_length=state.queue_length,
-            parked_length=state.parked_length, batches=state.batches, now=time.time(),
-            policy=self._settings.orphan_queue_policy,
-            retention_s=self._settings.parked_retention_s)
+        return state, observed(state, self._settings, now=time.time())
 
     async def _already_noted(self, state: SessionState, actions: list[Action]) -> bool:
         """Reports change nothing: say them once per state."""

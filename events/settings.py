@@ -43,6 +43,9 @@ class Settings:
     """Where embedded servers keep their files."""
     table: str = "crm_conversations"
     columns: Columns = field(default_factory=Columns)
+    order_column: str | None = None
+    """Which row of a key is the latest (``ORDER BY … DESC``); ``None`` means ``created_at``
+    where the table has it.  Never the id: uuids do not sort by time."""
     file_pattern: str = "whatsapp_{phone}_{channel}.json"
     queue_pattern: str = "queue:{session}"
     key_prefix: str = "reconciler:"
@@ -69,6 +72,10 @@ class Settings:
     max_file_bytes: int = 1_048_576
     rescan_interval_s: float = 600.0
     """Slow full rescan of the sessions folder; 0 turns it off."""
+    db_listing_interval_s: float = 21_600.0
+    """Slow, jittered listing of the table's rows that can matter; 0 turns it off."""
+    db_listing_rate: float = 2_000.0
+    """Rows per second the listing reads at most, so the CRM's database is not hurt."""
     watch_polling: bool = False
     """Watch the sessions folder by polling instead of inotify (network file systems)."""
 

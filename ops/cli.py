@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "audit",
     "inspect",
     "pause",
+    "resync",
 )
 
 EXIT_ERROR = 1

@@ -102,6 +102,19 @@ def _file_pattern(text: str) -> str:
     return text
 
 
+def _identifier(text: str) -> str:
+    if not IDENTIFIER.match(text):
+        raise ValueError("must be a plain SQL identifier")
+    return text
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be a number of rows per second above 0")
+    return value
+
+
 def _flow_timeouts(text: str) -> dict[str, float]:
     """``flow-a=600,flow-b=3600``"""
     out: dict[str, float] = {}
@@ -148,6 +161,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_QUARANTINE_DIR", "quarantine_dir", Path),
     _Var("RECONCILER_DATA_DIR", "data_dir", Path),
     _Var("RECONCILER_TABLE", "table", _table),
+    _Var("RECONCILER_ORDER_COLUMN", "order_column", _identifier),
     _Var("RECONCILER_FILE_PATTERN", "file_pattern", _file_pattern),
     _Var("RECONCILER_QUEUE_PATTERN", "queue_pattern", str),
     _Var("RECONCILER_KEY_PREFIX", "key_prefix", str),
@@ -165,6 +179,8 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_PARKED_RETENTION_S", "parked_retention_s", _seconds),
     _Var("RECONCILER_MAX_FILE_BYTES", "max_file_bytes", _positive_int),
     _Var("RECONCILER_RESCAN_INTERVAL_S", "rescan_interval_s", _seconds),
+    _Var("RECONCILER_DB_LISTING_INTERVAL_S", "db_listing_interval_s", _seconds),
+    _Var("RECONCILER_DB_LISTING_RATE", "db_listing_rate", _rate),
     _Var("RECONCILER_WATCH_POLLING", "watch_polling", _bool),
     _Var("RECONCILER_MAX_DELIVERIES", "max_deliveries", _positive_int),
     _Var("RECONCILER_CLAIM_MIN_IDLE_S", "claim_min_idle_s", _seconds),

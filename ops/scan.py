@@ -1,11 +1,13 @@
 """A read-only scan of the database, the sessions folder and Redis for inconsistencies.
 
 This is what the old one-off check scripts did, done once and right: it reads
-every conversation row, every session file and every queue, applies the rule
-table (:func:`projections.rules.broken_rules` for conversations; the queue
-rule for sessions) and lists what disagrees, by kind.  It changes nothing;
-``reconciler audit --fix`` only asks the consumers to reconcile the keys it
-found, through the normal path.
+every conversation row (the rows of one key together, since a key may have
+several), every session file and every queue, asks the rule table
+(:func:`consumers.rules.conversations.judge` per conversation key,
+:func:`consumers.rules.sessions.judge` per session) and lists what disagrees,
+by kind, naming the row concerned.  It changes nothing; ``reconciler audit
+--fix`` only asks the consumers to reconcile the keys it found, through the
+normal path.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.rules import conversations as rules
+from consumers.rules import sessions as session_rules
 from consumers.stores.conversations_sql import quote_ident
+from consumers.stores.parked_queues import ParkedQueues
+from consumers.stores.session_files import FileState, SessionFiles
 from events.contract import ConversationRow
 from events.keys import conversation_key
-from events.sessionfiles import FilePattern, Rejected, read_session_file
+from events.sessionfiles import FilePattern
 from events.settings import Settings
-from projections.rules import FileView, broken_rules
 
 ROW_BATCH = 2000
 
@@ -51,86 +56,121 @@ def row_select(settings: Settings) -> str:
     )
 
 
-async def _rows(pg: Any, settings: Settings) -> AsyncIterator[ConversationRow]:
+async def _keys_rows(pg: Any, settings: Settings) -> AsyncIterator[list[ConversationRow]]:
+    """Every row of the table, the rows of one key together."""
+    c = settings.columns
+    order = f" ORDER BY {quote_ident(c.phone)}, {quote_ident(c.channel)}"
+    group: list[ConversationRow] = []
     async with pg.transaction():
-        async for record in pg.cursor(row_select(settings), prefetch=ROW_BATCH):
-            yield ConversationRow(**dict(record))
+        async for record in pg.cursor(row_select(settings) + order, prefetch=ROW_BATCH):
+            row = ConversationRow(**dict(record))
+            if group and (group[0].phone, group[0].channel) != (row.phone, row.channel):
+                yield group
+                group = []
+            group.append(row)
+    if group:
+        yield group
 
 
-def _files(settings: Settings) -> dict[str, FileView]:
+def _files(settings: Settings) -> dict[str, FileState]:
+    """Every session file of ours, by conversation key."""
     pattern = FilePattern(settings.file_pattern)
-    files: dict[str, FileView] = {}
+    store = SessionFiles(settings)
+    files: dict[str, FileState] = {}
     if not settings.sessions_dir.is_dir():
         return files
     for path in settings.sessions_dir.iterdir():
         name = pattern.parse(path.name)
-        if name is None:
-            continue
-        try:
-            content = read_session_file(path, max_bytes=settings.max_file_bytes)
-        except FileNotFoundError:
-            continue
-        flow = None if isinstance(content, Rejected) else content.flow_id
-        files[name.key] = FileView(present=True, flow_id=flow)
+        state = store.read(path.name) if name is not None else None
+        if name is not None and state is not None:
+            files[name.key] = state
     return files
 
 
-async def scan_conversations(pg: Any, settings: Settings) -> list[Inconsistency]:
+def judge_key(key: str, rows: list[ConversationRow], file: FileState | None, *,
+              settings: Settings, now: float, bot_seen_at: float | None = None,
+              orphan_seen_at: float | None = None) -> list[Inconsistency]:
+    """What the rule table finds wrong with one key, as the scan lists it."""
+    said = rules.judge(rules.Observed(
+        key=key, now=now, rows=rows, file=file, bot_seen_at=bot_seen_at,
+        orphan_seen_at=orphan_seen_at, bot_timeout_s=settings.bot_timeout_s,
+        flow_timeouts_s=settings.flow_timeouts_s, grace_s=settings.grace_s))
+    return [Inconsistency(i.kind, key, "conversations", _describe(i, rows, file))
+            for i in said.inconsistencies]
+
+
+async def scan_conversations(pg: Any, settings: Settings,
+                             redis: Redis | None = None) -> list[Inconsistency]:
     files = _files(settings)
     found: list[Inconsistency] = []
     now = time.time()
-    async for row in _rows(pg, settings):
-        key = conversation_key(row.phone, row.channel)
-        file = files.pop(key, FileView(present=False))
-        kinds = list(broken_rules(row, file))
-        if _overdue(row, settings, now) and "timed_out" not in kinds:
-            kinds.append("timed_out")
-        found += [Inconsistency(k, key, "conversations", _describe(row, file)) for k in kinds]
+    async for rows in _keys_rows(pg, settings):
+        key = conversation_key(rows[0].phone, rows[0].channel)
+        found += judge_key(key, rows, files.pop(key, None), settings=settings, now=now,
+                           bot_seen_at=await _clock(redis, settings, "bot", key, rows))
     for key, file in files.items():  # files left over have no row
-        found.append(Inconsistency("orphan_file", key, "conversations",
-                                   f"no database row; file names flow {file.flow_id}"))
+        found += judge_key(key, [], file, settings=settings, now=now,
+                           orphan_seen_at=await _clock(redis, settings, "orphan", key, []))
     return found
 
 
-def _overdue(row: ConversationRow, settings: Settings, now: float) -> bool:
-    if row.status != "active" or row.assigned_to != "bot" or row.bot_started_at is None:
-        return False
-    return row.bot_started_at.timestamp() + settings.bot_timeout_for(row.bot_flow_id) < now
+async def _clock(redis: Redis | None, settings: Settings, kind: str, key: str,
+                 rows: list[ConversationRow]) -> float | None:
+    """The handler's first-sight clock of ``key``, where the rule table may read it."""
+    if redis is None or (kind == "bot" and not any(
+            rules.waiting_on_bot(r) and r.bot_started_at is None for r in rows)):
+        return None
+    raw = await redis.get(settings.keys.first_seen(kind, key))
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
-def _describe(row: ConversationRow, file: FileView) -> str:
+def _describe(found: rules.Inconsistency, rows: list[ConversationRow],
+              file: FileState | None) -> str:
+    shown = [r for r in rows if r.id == found.row_id] or rows
+    db = "; ".join(_row_text(r) for r in shown) or "db: no row"
+    return f"{db}; file: {'flowId=' + str(file.flow_id) if file else 'none'}"
+
+
+def _row_text(row: ConversationRow) -> str:
     started = row.bot_started_at.astimezone(UTC).isoformat() if row.bot_started_at else None
-    db = (f"db: {row.status}, assigned_to={row.assigned_to}, flow={row.bot_flow_id}, "
-          f"started={started}")
-    return f"{db}; file: {'flowId=' + str(file.flow_id) if file.present else 'none'}"
+    return (f"row {row.id}: {row.status}, assigned_to={row.assigned_to}, "
+            f"flow={row.bot_flow_id}, started={started}")
+
+
+async def _session_names(redis: Redis, settings: Settings) -> set[str]:
+    keys = settings.keys
+    names: set[str] = set()
+    async for raw in redis.scan_iter(match=keys.queue_glob, count=1000, _type="list"):
+        name = keys.session_of_queue(raw.decode() if isinstance(raw, bytes) else raw)
+        if name is not None:
+            names.add(name)
+    async for raw in redis.scan_iter(match=keys.parked_glob, count=1000):
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        name = keys.session_of_queue(text[text.find("{") + 1 : text.rfind("}")])
+        if name is not None:
+            names.add(name)
+    return names
 
 
 async def scan_sessions(redis: Redis, settings: Settings) -> list[Inconsistency]:
-    keys = settings.keys
+    """Every session with a queue or parked messages, judged by the sessions rule."""
+    store = ParkedQueues(redis, settings.keys)
     found: list[Inconsistency] = []
-    async for raw in redis.scan_iter(match=keys.queue_glob, count=1000, _type="list"):
-        name = keys.session_of_queue(raw.decode() if isinstance(raw, bytes) else raw)
-        if name is None:
-            continue
-        length = await redis.llen(keys.queue(name))
-        if length and not await redis.exists(keys.lease(name)):
-            found.append(Inconsistency("orphan_queue", name, "sessions",
-                                       f"{length} messages queued, session not live"))
-    async for raw in redis.scan_iter(match=keys.parked_glob, count=1000):
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        queue_key = text[text.find("{") + 1 : text.rfind("}")]
-        name = keys.session_of_queue(queue_key)
-        if name is not None and await redis.exists(keys.lease(name)):
-            parked = await redis.llen(raw)
-            if parked:
-                found.append(Inconsistency("parked_not_restored", name, "sessions",
-                                           f"{parked} parked messages, session is live"))
+    for name in sorted(await _session_names(redis, settings)):
+        state = await store.observe(name)
+        said = session_rules.judge(session_rules.observed(state, settings, now=time.time()))
+        detail = (f"{state.queue_length} messages queued, {state.parked_length} parked, "
+                  f"session {'live' if state.live else 'not live'}")
+        found += [Inconsistency(kind, name, "sessions", detail) for kind in said.kinds]
     return found
 
 
 async def scan(pg: Any, redis: Redis, settings: Settings) -> list[Inconsistency]:
     """Every inconsistency across the three stores, conversations first."""
-    return [*await scan_conversations(pg, settings), *await scan_sessions(redis, settings)]
+    return [*await scan_conversations(pg, settings, redis), *await scan_sessions(redis, settings)]
 
 
 def by_kind(found: list[Inconsistency]) -> dict[str, int]:

@@ -1,10 +1,13 @@
 """The conversations read model: per conversation key, the story so far.
 
-Each item says what the database says (the last ``conversation.*`` row
-image), what the file says (``session_file.*`` events), which rules of the
-rule table the two break (:func:`projections.rules.broken_rules`), since when
-the conversation has been inconsistent, and the last actions taken on it,
-with their causes (``audit.action`` events).
+Each item says what the database says (every row of the key, from the
+``conversation.*`` row images), what the file says (``session_file.*``
+events), which rules of the rule table they break (the verdict of
+:func:`projections.rules.verdict`, the very function the handler asks), since
+when the conversation has been inconsistent, and the last actions taken on
+it, with their causes (``audit.action`` events).  The clocks the rule table
+keeps (first sight of a bot run without a start time) are folded from its
+own verdicts, as the handler keeps them in Redis.
 
 Times come from the events (``occurred_at``), never from the clock, so a
 replay folds exactly the state the live runner folded.  Indexes:
@@ -19,22 +22,27 @@ from typing import Any
 
 import msgspec
 
+from consumers.rules.conversations import ForgetSeen, RememberSeen
 from events.contract import (
     ROW_CHANGES,
     ActionRecorded,
     BotRunTimedOut,
     ConversationRow,
     Event,
+    OrphanGraceElapsed,
     SessionFileRemoved,
     SessionFileWritten,
 )
-from events.keys import split_conversation_key
+from events.keys import conversation_key, split_conversation_key
+from events.settings import Settings
 from projections.encoding import ItemCodec
-from projections.rules import FileView, broken_rules
+from projections.rules import FileView, Limits, verdict
 
 NAME = "conversations"
 RECENT_ACTIONS = 5
 """Actions kept per conversation (the audit stream has them all)."""
+REJUDGE = (BotRunTimedOut, OrphanGraceElapsed)
+"""Deadlines: the rule table is asked again at their time (a timeout, a settle window)."""
 
 
 # Views are immutable and hold no cycles, so the collector need not track them
@@ -69,12 +77,16 @@ def with_action(actions: tuple[ActionSeen, ...], event: ActionRecorded) -> tuple
 class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     key: str
     row: ConversationRow | None = None
+    """The row image of the last row change (the rule table reads :attr:`rows`)."""
+    rows: tuple[ConversationRow, ...] = ()
+    """Every row of the key, by id."""
     row_deleted: bool = False
     file_present: bool = False
     file_name: str | None = None
     file_flow_id: str | None = None
-    timeout_fired_for: datetime | None = None
-    """``bot_started_at`` of a run whose timeout fired (cleared when the run changes)."""
+    file_written_at: datetime | None = None
+    bot_seen_at: datetime | None = None
+    orphan_seen_at: datetime | None = None
     kinds: tuple[str, ...] = ()
     inconsistent_since: datetime | None = None
     changed_at: datetime | None = None
@@ -92,35 +104,56 @@ def _replace(view: ConversationView, **changes: Any) -> ConversationView:
     return msgspec.structs.replace(view, **changes)
 
 
-def _with_rules(view: ConversationView, at: datetime) -> ConversationView:
-    """Recompute the broken rules and when the inconsistency began."""
-    fired = view.timeout_fired_for
-    if view.row is None or view.row.bot_started_at != fired:
-        fired = None
-    kinds = broken_rules(view.row, FileView(view.file_present, view.file_flow_id),
-                         timeout_fired_for=fired)
+def _with_rules(view: ConversationView, at: datetime, limits: Limits) -> ConversationView:
+    """Ask the rule table at time ``at``; fold its clocks; note when the inconsistency began."""
+    file = FileView(view.file_flow_id, modified_at=_unix(view.file_written_at)) \
+        if view.file_present else None
+    said = verdict(view.key, view.rows, file, at=at.timestamp(),
+                   bot_seen_at=_unix(view.bot_seen_at), orphan_seen_at=_unix(view.orphan_seen_at),
+                   limits=limits)
+    clocks = {"bot": view.bot_seen_at, "orphan": view.orphan_seen_at}
+    for action in said.actions:
+        if isinstance(action, RememberSeen) and clocks[action.kind] is None:
+            clocks[action.kind] = at
+        elif isinstance(action, ForgetSeen):
+            clocks[action.kind] = None
+    kinds = said.kinds
     since = view.inconsistent_since if view.kinds and kinds else (at if kinds else None)
     return _replace(view, kinds=kinds, inconsistent_since=since, changed_at=at,
-                    timeout_fired_for=fired)
+                    bot_seen_at=clocks["bot"], orphan_seen_at=clocks["orphan"])
 
 
-def fold(view: ConversationView | None, event: Event) -> ConversationView | None:
+def _unix(at: datetime | None) -> float | None:
+    return at.timestamp() if at is not None else None
+
+
+def _rows_after(view: ConversationView, change: Any) -> tuple[ConversationRow, ...]:
+    """The key's rows once ``change`` is applied (a row that moved to another key leaves)."""
+    gone = {r.id for r in (change.previous, change.row) if r is not None}
+    rows = [r for r in view.rows if r.id not in gone]
+    new = change.row
+    if new is not None and conversation_key(new.phone, new.channel) == view.key:
+        rows.append(new)
+    return tuple(sorted(rows, key=lambda r: r.id))
+
+
+def fold(view: ConversationView | None, event: Event,
+         limits: Limits | None = None) -> ConversationView | None:
     """The view after ``event`` (``view`` is ``None`` for a key never seen)."""
     current = view or ConversationView(key=event.key)
     if isinstance(event, ROW_CHANGES):
-        current = _replace(current, row=event.row, row_deleted=event.row is None)
+        current = _replace(current, row=event.row, row_deleted=event.row is None,
+                           rows=_rows_after(current, event))
     elif isinstance(event, SessionFileWritten):
         current = _replace(current, file_present=True, file_name=event.name,
-                           file_flow_id=event.flow_id)
+                           file_flow_id=event.flow_id, file_written_at=event.occurred_at)
     elif isinstance(event, SessionFileRemoved):
-        current = _replace(current, file_present=False, file_flow_id=None)
-    elif isinstance(event, BotRunTimedOut):
-        current = _replace(current, timeout_fired_for=event.started_at)
+        current = _replace(current, file_present=False, file_flow_id=None, file_written_at=None)
     elif isinstance(event, ActionRecorded):
         return _replace(current, actions=with_action(current.actions, event))
-    else:
+    elif not isinstance(event, REJUDGE):
         return view
-    return _with_rules(current, event.occurred_at)
+    return _with_rules(current, event.occurred_at, limits or Limits())
 
 
 def _is_conversation_key(key: str) -> bool:
@@ -137,13 +170,16 @@ class ConversationsModel:
     name: str = NAME
     streams: tuple[str, ...] = ("conversations", "audit")
 
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.limits = Limits.of(settings) if settings is not None else Limits()
+
     def item_key(self, event: Event) -> str | None:
         if isinstance(event, ActionRecorded):
             return event.key if _is_conversation_key(event.key) else None
         return event.key
 
     def apply(self, item: ConversationView | None, event: Event) -> ConversationView | None:
-        return fold(item, event)
+        return fold(item, event, self.limits)
 
     def encode(self, item: ConversationView) -> bytes:
         return _codec.encode(item)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from events.settings import Settings
 from projections.conversations import ConversationsModel
 from projections.fold import Model
 from projections.sessions import SessionsModel
 
 
-def models() -> dict[str, Model[Any]]:
-    """A fresh instance of every projection, by name."""
-    return {"conversations": ConversationsModel(), "sessions": SessionsModel()}
+def models(settings: Settings | None = None) -> dict[str, Model[Any]]:
+    """A fresh instance of every projection, by name (timeouts from ``settings``)."""
+    return {"conversations": ConversationsModel(settings), "sessions": SessionsModel()}
 
 
 def model(name: str) -> Model[Any]:

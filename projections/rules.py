@@ -1,73 +1,53 @@
-"""Which rule of the rule table (DESIGN.md) a conversation breaks, as a pure function.
+"""The rule table as the read models see it: a caller of :mod:`consumers.rules.conversations`.
 
-Input is what the database says (the row, or ``None``) and what the file says
-(present or not, and its ``flowId``); output is the tuple of broken rules,
-empty when the stores agree.  The kinds are a fixed vocabulary, so they can
-label metrics:
-
-==========================  =====================================================
-``flow_missing``            active, bot, ``bot_flow_id`` NULL, the file names a flow
-``flow_mismatch``           active, bot, the file names another flow than the row
-``timed_out``               active, bot, no flow anywhere; or its timeout fired
-``stale_file``              a file for a conversation not on the bot (or closed)
-``bot_fields_on_closed``    closed, yet bot fields are still set
-``orphan_file``             a file and no database row
-==========================  =====================================================
+Nothing here encodes a rule.  A projection knows a key's rows and file from
+events, and its time from their ``occurred_at``; :func:`verdict` turns that
+into the :class:`consumers.rules.conversations.Observed` the handler builds
+from the stores, and asks the same :func:`~consumers.rules.conversations.judge`.
+The kinds (:data:`KINDS`) are a fixed vocabulary, so they can label metrics.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
+from consumers.rules import conversations as rules
 from events.contract import ConversationRow
+from events.settings import Settings
 
-KINDS: tuple[str, ...] = (
-    "flow_missing",
-    "flow_mismatch",
-    "timed_out",
-    "stale_file",
-    "bot_fields_on_closed",
-    "orphan_file",
-)
+KINDS: tuple[str, ...] = rules.KINDS
 
 
 @dataclass(frozen=True, slots=True)
 class FileView:
-    present: bool
+    """The session file as the events describe it."""
+
     flow_id: str | None = None
+    movable: bool = True
+    modified_at: float | None = None
 
 
-def waiting_on_bot(row: ConversationRow) -> bool:
-    return row.status == "active" and row.assigned_to == "bot"
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """The timeouts the rule table needs (the consumers' settings)."""
+
+    bot_timeout_s: float = 1800.0
+    flow_timeouts_s: Mapping[str, float] = field(default_factory=dict)
+    grace_s: float = 30.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(bot_timeout_s=settings.bot_timeout_s, flow_timeouts_s=settings.flow_timeouts_s,
+                   grace_s=settings.grace_s)
 
 
-def has_bot_fields(row: ConversationRow) -> bool:
-    return row.assigned_to == "bot" or row.bot_flow_id is not None or row.bot_started_at is not None
-
-
-def broken_rules(
-    row: ConversationRow | None, file: FileView, *, timeout_fired_for: datetime | None = None,
-) -> tuple[str, ...]:
-    """The kinds of inconsistency between ``row`` and ``file``; ``()`` when they agree.
-
-    ``timeout_fired_for`` is the ``bot_started_at`` of a bot run whose timeout
-    already fired: if the row still shows that run, it should have been closed.
-    """
-    if row is None:
-        return ("orphan_file",) if file.present else ()
-    kinds: list[str] = []
-    if waiting_on_bot(row):
-        if row.bot_flow_id is None:
-            kinds.append("flow_missing" if file.present and file.flow_id else "timed_out")
-        elif file.present and file.flow_id and file.flow_id != row.bot_flow_id:
-            kinds.append("flow_mismatch")
-        if (timeout_fired_for is not None and row.bot_started_at == timeout_fired_for
-                and "timed_out" not in kinds):
-            kinds.append("timed_out")
-        return tuple(kinds)
-    if file.present:
-        kinds.append("stale_file")
-    if row.status == "closed" and has_bot_fields(row):
-        kinds.append("bot_fields_on_closed")
-    return tuple(kinds)
+def verdict(key: str, rows: Sequence[ConversationRow], file: FileView | None, *, at: float,
+            bot_seen_at: float | None = None, orphan_seen_at: float | None = None,
+            limits: Limits | None = None) -> rules.Verdict:
+    """The rule table's verdict on a key as the events describe it at time ``at``."""
+    lim = limits or Limits()
+    return rules.judge(rules.Observed(
+        key=key, now=at, rows=rows, file=file, bot_seen_at=bot_seen_at,
+        orphan_seen_at=orphan_seen_at, bot_timeout_s=lim.bot_timeout_s,
+        flow_timeouts_s=lim.flow_timeouts_s, grace_s=lim.grace_s))

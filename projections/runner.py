@@ -109,7 +109,7 @@ async def run_projections(settings: Settings, redis: Redis, stop: asyncio.Event)
         return lambda: tail(redis, keys, model, stop)
 
     tasks = [spawn(f"projection:{name}", body(model), stall_after_s=60.0, stop=stop)
-             for name, model in models().items()]
+             for name, model in models(settings).items()]
     try:
         await stop.wait()
         await asyncio.wait(tasks, timeout=BLOCK_MS / 1000 + 10)

@@ -1,4 +1,4 @@
-"""The conversations table: read one conversation, change it only if it is as it was read.
+"""The conversations table: read every row of a key, change one only if it is as it was read.
 
 Identifiers come from settings (table and column names), are validated by
 :mod:`ops.config` and quoted here again, so no name is ever spliced into SQL
@@ -6,20 +6,33 @@ unquoted.  Every UPDATE repeats the values the handler read in its ``WHERE``
 (``IS NOT DISTINCT FROM``, so NULLs compare too) and returns how many rows it
 changed: 0 means somebody else changed the row first, and nothing is done.
 
-A key (phone + channel) may have several rows over time; the conversation is
-the active one if there is one, else the latest.
+A key (phone + channel) may have several rows over time (a returning
+customer); :meth:`ConversationsSql.read_all` returns all of them, latest first
+by the ordering column (``RECONCILER_ORDER_COLUMN``, by default ``created_at``
+where the table has one; never the id, since uuids do not sort by time).  The
+rule table does not depend on that order; it is what "latest" means when rows
+are shown.  Rows that can matter (active, or with bot fields) come first, so
+the :data:`MAX_ROWS_PER_KEY` cap never hides one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from consumers.errors import TemporaryError
+from consumers.errors import PermanentError, TemporaryError
 from events.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORDER_COLUMN = "created_at"
+MAX_ROWS_PER_KEY = 500
+"""Rows read per key; a number with more is logged, and its rows that can matter come first."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,9 +53,36 @@ class Row:
         return self.started_raw if self.started_raw is not None else self.bot_started_at
 
     def as_dict(self) -> dict[str, Any]:
+        """The row for an audit entry; a text value over :data:`AUDIT_VALUE_CHARS` is cut
+        to an excerpt with its size and hash (a 1 MB ``bot_flow_id`` stays 1 MB in the
+        database, not in every audit entry)."""
         started = self.bot_started_at.isoformat() if self.bot_started_at else None
-        return {"id": str(self.id), "status": self.status, "assigned_to": self.assigned_to,
-                "bot_flow_id": self.bot_flow_id, "bot_started_at": started}
+        return {"id": bounded(str(self.id)), "status": bounded(self.status),
+                "assigned_to": bounded(self.assigned_to), "bot_flow_id": bounded(self.bot_flow_id),
+                "bot_started_at": started}
+
+
+AUDIT_VALUE_CHARS = 512
+
+
+def bounded(value: str | None) -> Any:
+    """``value``, or ``{"excerpt", "bytes", "sha256"}`` when it is longer than the limit."""
+    if value is None or len(value) <= AUDIT_VALUE_CHARS:
+        return value
+    raw = value.encode(errors="surrogatepass")
+    return {"excerpt": value[:64], "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+ORDER_COLUMN_EXISTS = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
+                       " AND attname = $2 AND attnum > 0 AND NOT attisdropped)")
+
+
+def _row(record: Any) -> Row:
+    raw = started = record[4]
+    if isinstance(started, datetime) and started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)  # a timestamp without zone is taken as UTC
+    return Row(id=record[0], status=str(record[1]), assigned_to=record[2],
+               bot_flow_id=record[3], bot_started_at=started, started_raw=raw)
 
 
 def quote_ident(name: str) -> str:
@@ -57,6 +97,10 @@ class ConversationsSql:
 
     def __init__(self, pool: Any, settings: Settings) -> None:
         self._pool = pool
+        self._order_setting = settings.order_column
+        self._order: str | None = None
+        """The ``ORDER BY`` clause, settled at the first read (the column may not exist)."""
+        self._table = settings.table
         c = settings.columns
         q = {name: quote_ident(getattr(c, name)) for name in
              ("id", "phone", "channel", "status", "assigned_to", "bot_flow_id", "bot_started_at")}
@@ -64,10 +108,12 @@ class ConversationsSql:
         same = (f"{q['id']} = $1 AND {q['status']} = $2 AND {q['assigned_to']} IS NOT DISTINCT FROM $3"
                 f" AND {q['bot_flow_id']} IS NOT DISTINCT FROM $4"
                 f" AND {q['bot_started_at']} IS NOT DISTINCT FROM $5")
+        matters = (f"({q['status']} = 'active' OR {q['assigned_to']} IS NOT NULL"
+                   f" OR {q['bot_flow_id']} IS NOT NULL OR {q['bot_started_at']} IS NOT NULL)")
         self._select = (
             f"SELECT {q['id']}, {q['status']}, {q['assigned_to']}, {q['bot_flow_id']},"
             f" {q['bot_started_at']} FROM {t} WHERE {q['phone']} = $1 AND {q['channel']} = $2"
-            f" ORDER BY ({q['status']} = 'active') DESC, {q['id']} DESC LIMIT 1")
+            f" ORDER BY {matters} DESC{{order}} LIMIT {MAX_ROWS_PER_KEY}")
         self._backfill = f"UPDATE {t} SET {q['bot_flow_id']} = $6 WHERE {same}"
         self._close = (f"UPDATE {t} SET {q['status']} = 'closed', {q['assigned_to']} = NULL,"
                        f" {q['bot_flow_id']} = NULL, {q['bot_started_at']} = NULL WHERE {same}")
@@ -76,16 +122,24 @@ class ConversationsSql:
             f" ELSE {q['assigned_to']} END, {q['bot_flow_id']} = NULL,"
             f" {q['bot_started_at']} = NULL WHERE {same}")
 
-    async def read(self, phone: str, channel: str) -> Row | None:
-        """The current conversation of ``phone`` on ``channel``, or ``None``."""
-        record = await self._run("fetchrow", self._select, phone, channel)
-        if record is None:
-            return None
-        raw = started = record[4]
-        if isinstance(started, datetime) and started.tzinfo is None:
-            started = started.replace(tzinfo=UTC)  # a timestamp without zone is taken as UTC
-        return Row(id=record[0], status=str(record[1]), assigned_to=record[2],
-                   bot_flow_id=record[3], bot_started_at=started, started_raw=raw)
+    async def read_all(self, phone: str, channel: str) -> tuple[Row, ...]:
+        """Every row of ``phone`` on ``channel``, latest first (``()`` when there is none)."""
+        order = self._order if self._order is not None else await self._settle_order()
+        records = await self._run("fetch", self._select.format(order=order), phone, channel)
+        if len(records) >= MAX_ROWS_PER_KEY:
+            log.warning("key has %d rows or more; only the first are judged", MAX_ROWS_PER_KEY,
+                        extra={"table": self._table})
+        return tuple(_row(r) for r in records)
+
+    async def _settle_order(self) -> str:
+        """`` , "col" DESC NULLS LAST`` for the ordering column, or ``""`` when it has none."""
+        column = self._order_setting or DEFAULT_ORDER_COLUMN
+        exists = await self._run("fetchval", ORDER_COLUMN_EXISTS, quote_ident(self._table), column)
+        if not exists and self._order_setting is not None:
+            raise PermanentError(f"RECONCILER_ORDER_COLUMN: table {self._table} has no column "
+                                 f"{column!r}; name an existing column or unset it")
+        self._order = f", {quote_ident(column)} DESC NULLS LAST" if exists else ""
+        return self._order
 
     async def backfill_flow(self, row: Row, flow_id: str) -> bool:
         """Set ``bot_flow_id`` if the row is still as read; ``True`` if it changed."""

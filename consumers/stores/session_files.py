@@ -97,6 +97,8 @@ class FileState:
     sha256: str
     movable: bool
     """False for what is not a plain file we can read (symlink, directory...)."""
+    modified_at: float | None = None
+    """Unix time of the file's last change (the settle window runs from it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,15 +294,16 @@ class SessionFiles:
         with os.fdopen(fd, "rb") as handle:
             raw = handle.read(self._max_bytes + 1) if info.st_size <= self._max_bytes else b""
         if info.st_size > self._max_bytes or len(raw) > self._max_bytes:
-            state = FileState(name=name, flow_id=None, sha256="rejected:oversized", movable=True)
+            state = FileState(name=name, flow_id=None, sha256="rejected:oversized", movable=True,
+                              modified_at=info.st_mtime)
             return Seen(state, Identity.of(info), None)
         parsed = parse_session_file(raw)
         if isinstance(parsed, Rejected):
             state = FileState(name=name, flow_id=None, sha256=f"rejected:{parsed.reason}",
-                              movable=parsed.reason in MOVABLE_REJECTIONS)
+                              movable=parsed.reason in MOVABLE_REJECTIONS, modified_at=info.st_mtime)
         else:
             state = FileState(name=name, flow_id=parsed.flow_id, sha256=parsed.content_sha256,
-                              movable=True)
+                              movable=True, modified_at=info.st_mtime)
         return Seen(state, Identity.of(info), hashlib.sha256(raw).hexdigest())
 
     # -- records ---------------------------------------------------------

@@ -11,6 +11,12 @@ the table name (so several tables, and many test tables, can coexist in one
 database), and :func:`classify` / :func:`event_from_row` decide which semantic
 event a row is, tested on plain values.  A row that cannot be read raises
 :class:`BadOutboxRow`; the relay reports it and moves on.
+
+:func:`events_from_row` is what the relay publishes: the row's event, and
+where the change moved the row to another key (its phone or channel
+changed), the same change under the old key too, so the old key's file is
+judged again.  A change too large to publish whole still wakes its key, with
+a key-only ``reconcile.requested`` (the handler reads the stores anyway).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from events.contract import (
     ConversationReopened,
     ConversationRow,
     EventBase,
+    ReconcileRequested,
     RowChange,
 )
 from events.errors import ReconcilerError
@@ -175,3 +182,45 @@ def event_from_row(
     if len(event.key) > 256 or len(encode_json(event)) > MAX_ENTRY_BYTES:
         raise BadOutboxRow("oversized", f"event of outbox row {outbox_id} is too large")
     return event
+
+
+def events_from_row(
+    *, table: str, outbox_id: int, op: str, old: str | bytes | None, new: str | bytes | None,
+    created_at: datetime | None,
+) -> list[EventBase]:
+    """Every event an outbox row becomes (see the module docstring); raises :class:`BadOutboxRow`."""
+    try:
+        event = event_from_row(table=table, outbox_id=outbox_id, op=op, old=old, new=new,
+                               created_at=created_at)
+    except BadOutboxRow as e:
+        if e.reason != "oversized":
+            raise
+        return [_wake(table, outbox_id, _key_of(_row(new, "new") or _row(old, "old")), created_at)]
+    assert isinstance(event, RowChange)
+    before = event.previous
+    if before is None or event.row is None:
+        return [event]
+    old_key = _key_of(before)
+    if old_key == event.key:
+        return [event]
+    moved = msgspec.structs.replace(
+        event, key=old_key, id=derived_id(event.occurred_at, f"outbox:{table}:{outbox_id}:old"))
+    return [event, moved]
+
+
+def _key_of(row: ConversationRow | None) -> str:
+    if row is None or not row.phone or not row.channel:
+        raise BadOutboxRow("invalid_row", "empty phone or channel")
+    key = conversation_key(row.phone, row.channel)
+    if len(key) > 256:
+        raise BadOutboxRow("oversized", "phone and channel make a key over 256 characters")
+    return key
+
+
+def _wake(table: str, outbox_id: int, key: str, created_at: datetime | None) -> EventBase:
+    """A key-only event for a change too large to publish: the handler reads the stores."""
+    assert created_at is not None
+    return ReconcileRequested(
+        id=derived_id(created_at, f"outbox:{table}:{outbox_id}"), occurred_at=created_at,
+        source="postgres", key=key, scope="conversations",
+        reason=f"outbox row {outbox_id} too large to publish whole")

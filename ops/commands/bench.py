@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "relay-drain": "relay_drain",
     "park-latency": "park_latency",
     "file-capture": "file_capture",
+    "db-listing": "db_listing",
 }
 
 

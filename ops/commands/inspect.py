@@ -21,18 +21,19 @@ from typing import Any
 
 from consumers import conversations, sessions
 from consumers.actions import Actions
+from consumers.rules import sessions as session_rules
+from consumers.rules.conversations import judge
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import Pause, PauseStore
 from consumers.stores.session_files import SessionFiles
 from events import codec, wiring
-from events.contract import ActionRecorded, ConversationRow, EventBase, tag_of
+from events.contract import ActionRecorded, EventBase, tag_of
 from events.errors import MalformedEntry
 from events.ids import id_time
 from events.keys import SESSION_NAME, split_conversation_key
 from events.settings import Settings
 from ops.runtime_env import connect_pg, open_environment, require_sessions_dir, settings_from_args
 from ops.tables import emit
-from projections.rules import FileView, broken_rules
 
 SCAN_PAGE = 5000
 SCAN_LIMIT = 200_000
@@ -80,22 +81,22 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
             settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),
             redis=redis, actions=Actions.for_settings(redis, settings, dry_run=True),
             timers=wiring.timer_wheel(settings, redis))
-        name = handler.files.name_for(phone, channel)
+        name = handler.file_name(key, phone, channel)
         observed = await handler.observe(key, phone, channel, name)
     finally:
         await pg.close()
-    row, file = observed.row, observed.file
-    view = FileView(present=file is not None, flow_id=file.flow_id if file else None)
+    file = observed.file
+    said = judge(observed)
     quarantined = [r.name for r in handler.files.entries() if r.key == key]
-    contract_row = ConversationRow(
-        id=str(row.id), phone=phone, channel=channel, status=row.status, assigned_to=row.assigned_to,
-        bot_flow_id=row.bot_flow_id, bot_started_at=row.bot_started_at) if row else None
     return {
-        "database": ", ".join(f"{k}={v}" for k, v in row.as_dict().items()) if row else "no row",
-        "session_file": f"{name}: flowId={file.flow_id}" if file else f"{name}: absent",
+        "database": " | ".join(", ".join(f"{k}={v}" for k, v in row.as_dict().items())
+                               for row in observed.rows) or "no row",
+        "session_file": (f"{name}: flowId={file.flow_id}" if file else f"{name}: absent")
+        if name else "none possible: the phone makes no safe file name (database-only actions)",
         "quarantined_copies": ", ".join(quarantined) or "none",
-        "broken_rules": ", ".join(broken_rules(contract_row, view)) or "none",
-        "rule_table_says": _actions(conversations.decide(observed)),
+        "broken_rules": ", ".join(i.kind + (f" (row {i.row_id})" if i.row_id else "")
+                                  for i in said.inconsistencies) or "none",
+        "rule_table_says": _actions(list(said.actions)),
     }
 
 
@@ -105,11 +106,13 @@ async def _session_state(settings: Settings, redis: Any, name: str) -> dict[str,
         actions=Actions.for_settings(redis, settings, dry_run=True))
     state, observed = await handler.observe(name)
     ttl = await redis.ttl(settings.keys.lease(name))
+    said = session_rules.judge(observed)
     return {
         "lease": f"live, expires in {ttl} s" if state.live else "none (session not live)",
         "queue_length": state.queue_length,
         "parked_messages": state.parked_length,
-        "rule_table_says": _actions(sessions.decide(observed)),
+        "broken_rules": ", ".join(said.kinds) or "none",
+        "rule_table_says": _actions(list(said.actions)),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,15 +42,26 @@ class Staged:
     lost_queue: list[bytes] = field(default_factory=list)
 
 
+LEFT_OVER_S = 3600.0
+"""How old the incidents' files are: left over from an outage, not just written."""
+
+
 def phone_number(n: int) -> str:
     return f"52155{n:08d}"
 
 
-def write_session_file(folder: Path, pattern: FilePattern, phone: str, flow: str) -> Path:
-    """Write a session file the way a bot runtime does: temp file, then atomic rename."""
+def write_session_file(folder: Path, pattern: FilePattern, phone: str, flow: str, *,
+                       age_s: float = 0.0) -> Path:
+    """Write a session file the way a bot runtime does: temp file, then atomic rename.
+
+    ``age_s`` dates it back, as a file left over from before the reconciler ran
+    (a fresh file is inside the settle window and is not judged yet)."""
     path = folder / pattern.name_for(phone, CHANNEL)
     temporary = folder / f".{path.name}.tmp"
     temporary.write_text(json.dumps({"flowId": flow, "step": "menu", "vars": {}}))
+    if age_s:
+        then = time.time() - age_s
+        os.utime(temporary, (then, then))
     os.replace(temporary, path)
     return path
 
@@ -91,14 +103,15 @@ async def stage_incidents(pg: Any, redis: Redis, settings: Settings, staged: Sta
     await pg.execute(
         f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to, bot_flow_id,"
         " bot_started_at) VALUES ($1, $2, 'active', 'bot', NULL, now())", stuck, CHANNEL)
-    write_session_file(settings.sessions_dir, pattern, stuck, STUCK_FLOW)
+    write_session_file(settings.sessions_dir, pattern, stuck, STUCK_FLOW, age_s=LEFT_OVER_S)
     staged.stuck_key = conversation_key(stuck, CHANNEL)
 
     left_behind = phone_number(2)
     await pg.execute(
         f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to, bot_flow_id,"
         " bot_started_at) VALUES ($1, $2, 'closed', NULL, NULL, NULL)", left_behind, CHANNEL)
-    write_session_file(settings.sessions_dir, pattern, left_behind, "cobranza-v1")
+    write_session_file(settings.sessions_dir, pattern, left_behind, "cobranza-v1",
+                       age_s=LEFT_OVER_S)
     staged.left_behind_key = conversation_key(left_behind, CHANNEL)
 
     keys: KeySpace = settings.keys

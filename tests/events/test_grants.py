@@ -119,8 +119,8 @@ async def test_consumers_with_exactly_their_grants_clear_bot_fields(
     try:
         assert await grants.missing_grants(conn, settings, "consumers") == []
         sql = ConversationsSql(conn, settings)
-        row = await sql.read("5511", "c")
-        assert row is not None and await sql.clear_bot_fields(row)
+        [row] = await sql.read_all("5511", "c")
+        assert await sql.clear_bot_fields(row)
     finally:
         await conn.close()
     assert await pg.fetchval(f'SELECT bot_flow_id FROM "{settings.table}"') is None

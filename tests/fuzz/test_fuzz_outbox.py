@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from events import codec
-from events.contract import ConversationBotAssigned, EventBase
+from events.contract import ConversationBotAssigned, EventBase, ReconcileRequested
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
 from events.sources.postgres import RelayOptions, run_relay
@@ -98,11 +98,14 @@ WEIRD_ROWS: list[tuple[str, str | None, str | None, str]] = [
     ("INSERT", None, json.dumps({**GOOD, "bot_started_at": "2024-01-01T00:00:00"}), ""),
     ("INSERT", None, '{"a":' * 500 + "1" + "}" * 500, ""),
     ("UPDATE", '{"x":' + "[" * 5000 + "]" * 5000 + "}", json.dumps(GOOD), ""),
-    ("INSERT", None, json.dumps({**GOOD, "id": "x" * 300_000}), ""),
     ("INSERT", None, json.dumps(GOOD), "infinity"),
     ("INSERT", None, json.dumps(GOOD), "-infinity"),
     ("INSERT", None, json.dumps(GOOD), "4713-01-01 BC"),
     ("INSERT", None, json.dumps(GOOD), "294276-01-01"),
+]
+TOO_LARGE = [  # counted as oversized, yet its key is woken (a key-only event), nothing kept
+    ("INSERT", None, json.dumps({**GOOD, "phone": "5215550777", "bot_flow_id": "x" * 1_048_576}),
+     ""),
 ]
 ODD_BUT_VALID = [
     ("INSERT", None, json.dumps({**GOOD, "phone": "📱", "extra": [1]}), ""),
@@ -141,7 +144,7 @@ async def test_weird_outbox_rows_are_marked_failed_counted_and_the_relay_goes_on
     before = sum(metric("reconciler_invalid_inputs_total", source="postgres", reason=r)
                  for r in ("invalid_row", "invalid_op", "missing_row", "oversized"))
     async with relay(settings, redis) as task:
-        for op, old, new, at in WEIRD_ROWS + ODD_BUT_VALID:
+        for op, old, new, at in WEIRD_ROWS + TOO_LARGE + ODD_BUT_VALID:
             await pg.execute(
                 f"INSERT INTO {outbox} (op, old_row, new_row, created_at) VALUES "
                 "($1, $2::jsonb, $3::jsonb, COALESCE(NULLIF($4, '')::timestamptz, clock_timestamp()))",
@@ -162,6 +165,9 @@ async def test_weird_outbox_rows_are_marked_failed_counted_and_the_relay_goes_on
     assert all(r["failed"] for r in failed), "each rejection names its reason"
     after = sum(metric("reconciler_invalid_inputs_total", source="postgres", reason=r)
                 for r in ("invalid_row", "invalid_op", "missing_row", "oversized"))
-    assert after - before == len(WEIRD_ROWS)
+    assert after - before == len(WEIRD_ROWS) + len(TOO_LARGE)
+    woken = [e for e in await published(redis, settings)
+             if isinstance(e, ReconcileRequested) and "too large" in e.reason]
+    assert [e.key for e in woken] == [f"5215550777:{GOOD['channel']}"]
     keys = {e.key for e in await published(redis, settings) if hasattr(e, "outbox_id")}
     assert {"📱:940740243", "a:b:940740243", "5215550199:940740243"} <= keys

@@ -52,7 +52,7 @@ async def stage(pg: Any, redis: Redis, settings: Settings) -> None:
         [(p, CHANNEL, s, a, f) for p, s, a, f in rows])
     for phone, flow in (("5210001", "flow-left"), ("5210002", "promotoras-v2-mw7rpy"),
                         ("5210003", "flow-a")):
-        write_session_file(settings.sessions_dir, pattern, phone, flow)
+        write_session_file(settings.sessions_dir, pattern, phone, flow, age_s=3600)
     await redis.rpush(settings.keys.queue("940740243"), *[f"m{n}" for n in range(9)])
 
 

@@ -60,12 +60,12 @@ def test_an_unknown_log_level_is_one_line_naming_the_choices() -> None:
 
 
 def test_what_the_rule_table_asks_for_is_said_in_words_not_class_names() -> None:
-    from consumers.conversations import BackfillFlow, ScheduleOrphanGrace
+    from consumers.rules.conversations import BackfillFlow, ScheduleRejudge
     from ops.commands.inspect import describe
 
-    assert describe(BackfillFlow("promo-v2")) == "backfill_flow (flow_id promo-v2)"
-    assert describe(ScheduleOrphanGrace("orphan:k:0", 0.0)) == (
-        "schedule_orphan_grace (due 1970-01-01 00:00:00)")
+    assert describe(BackfillFlow("7", "promo-v2")) == "backfill_flow (row_id 7, flow_id promo-v2)"
+    assert describe(ScheduleRejudge("rejudge:k:0", 0.0)) == (
+        "schedule_rejudge (due 1970-01-01 00:00:00)")
 
 
 def test_one_table_printer_for_lists_and_reports() -> None:

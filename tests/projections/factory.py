@@ -12,6 +12,7 @@ from events.contract import (
     ConversationClosed,
     ConversationRow,
     EventBase,
+    OrphanGraceElapsed,
     QueueObserved,
     SessionExpired,
     SessionFileRemoved,
@@ -59,6 +60,11 @@ def file_removed(key: str, t: float) -> SessionFileRemoved:
 def timed_out(key: str, t: float, started: datetime | None = T0) -> BotRunTimedOut:
     return BotRunTimedOut(**_base(key, t, "timers"), flow_id="flow-a", started_at=started,
                           deadline=at(t))
+
+
+def rejudge(key: str, t: float) -> OrphanGraceElapsed:
+    """The deadline the handler sets for when a file's settle window ends."""
+    return OrphanGraceElapsed(**_base(key, t, "timers"), deadline=at(t))
 
 
 def action(key: str, t: float, name: str, *, cause: str | None = None,

@@ -69,7 +69,8 @@ async def test_gauges_count_inconsistencies_by_kind(
 ) -> None:
     others = [f"55110{i}:940740243" for i in range(3)]
     await Publisher(redis, keys).publish_many(
-        [f.file_written(k, 0) for k in others] + [f.db(KEY, 0, status="closed")])
+        [f.file_written(k, 0) for k in others] + [f.db(KEY, 0, status="closed")]
+        + [f.rejudge(k, 31) for k in others])  # the files' settle window is over
 
     async def counted() -> bool:
         orphans = metrics.INCONSISTENCIES.labels("orphan_file")._value.get()
@@ -124,9 +125,9 @@ async def test_an_item_stored_as_json_by_an_earlier_release_is_read_and_folded_o
 ) -> None:
     store = ProjectionStore(redis, keys, "conversations")
     version = await store.ensure_version()
-    older = msgspec.json.encode(fold(None, f.db(KEY, 0, flow=None)))
+    older = msgspec.json.encode(fold(None, f.db(KEY, 0, status="closed")))
     await redis.hset(store.key(version, "items"), KEY, older)
-    assert (await queries.conversation(redis, keys, KEY)) == fold(None, f.db(KEY, 0, flow=None))
+    assert (await queries.conversation(redis, keys, KEY)) == fold(None, f.db(KEY, 0, status="closed"))
 
     await Publisher(redis, keys).publish(f.file_written(KEY, 1))
 
@@ -136,5 +137,5 @@ async def test_an_item_stored_as_json_by_an_earlier_release_is_read_and_folded_o
 
     await eventually(folded_on, message="the file to be folded onto the JSON item")
     view = await queries.conversation(redis, keys, KEY)
-    assert view is not None and view.kinds == ("flow_missing",) and view.row is not None
+    assert view is not None and view.kinds == ("bot_fields_on_closed",) and view.row is not None
     assert view.inconsistent_since == f.at(0)  # carried over from the JSON item

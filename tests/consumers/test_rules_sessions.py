@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from consumers.sessions import (
+from consumers.rules.sessions import (
     CancelRetention,
     DropParked,
     DropQueue,
