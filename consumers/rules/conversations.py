@@ -169,9 +169,6 @@ class ForgetSeen:
 Action = (BackfillFlow | CloseConversation | ClearBotFields | QuarantineFile | ReportAmbiguousRows
           | ScheduleBotTimeout | ScheduleRejudge | RememberSeen | ForgetSeen)
 
-CHANGES = (BackfillFlow, CloseConversation, ClearBotFields, QuarantineFile)
-"""Actions that change a store (audited, and only planned in a dry run)."""
-
 
 @dataclass(frozen=True)
 class Verdict:

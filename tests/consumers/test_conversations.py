@@ -130,6 +130,8 @@ async def test_file_left_behind_by_a_closed_conversation_is_quarantined_and_rest
     await pg.execute(f"INSERT INTO {settings.table} (phone, phone_number_id, status) "
                      "VALUES ($1, $2, 'closed')", phone, CHANNEL)
     path = write_file(settings, phone, FLOW)
+    left = path.stat().st_mtime - 3600  # left behind long ago: outside the settle window
+    os.utime(path, (left, left))
     async with reacting(settings, redis):
         await Publisher(redis, settings.keys).publish(closed_event(key, phone))
 
