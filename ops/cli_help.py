@@ -37,6 +37,10 @@ HELP: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {
                    "state in every store, the rules it breaks, what the consumers would do, and "
                    "its timeline.",
                    ("reconciler inspect 5215512345678:109876543210", "reconciler inspect 940740243")),
+    ("resync",): ("List the conversations table now (its rows that can matter: active, or with "
+                  "bot fields), rate-limited, so the consumers judge every such key, including "
+                  "what no change will ever mention. Changes nothing itself.",
+                  ("reconciler resync", "RECONCILER_DB_LISTING_RATE=500 reconciler resync --json")),
     ("parked",): ("Messages of gateway queues parked while their session was not live.",
                   ("reconciler parked list", "reconciler parked restore 940740243 --dry-run")),
     ("parked", "list"): ("Every session with parked messages: how many, since when, its queue "

@@ -194,7 +194,8 @@ async def test_a_file_written_before_its_row_says_bot_is_never_moved(
             return bots == len(phones) and not waiting and await drained(redis, settings)
         await eventually(settled, timeout=90,
                          message="every bot run scheduled and every settle window re-judged")
-    moved = [a for a in await audit_actions(redis, settings) if a.action == "quarantine_file"]
+    moved = [a for a in await audit_actions(redis, settings)
+             if a.action == "quarantine_file" and a.outcome == "done"]
     assert moved == []
     assert len(list(settings.sessions_dir.glob("whatsapp_*.json"))) == len(phones)
 
@@ -216,7 +217,7 @@ async def test_a_phone_change_re_judges_the_old_key(
             return not path.exists()
         await eventually(quarantined, timeout=60, message="the old key's file judged again")
     reasons = [a.reason for a in await audit_actions(redis, settings)
-               if a.action == "quarantine_file"]
+               if a.action == "quarantine_file" and a.outcome == "done"]
     assert reasons == ["no_row"]
 
 
