@@ -29,7 +29,6 @@ key with a TTL).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -44,7 +43,7 @@ from events import metrics
 from events.contract import EventBase, ReconcileRequested, SnapshotFinished, SnapshotStarted
 from events.ids import new_event_id
 from events.keys import conversation_key
-from events.loops import HEARTBEATS
+from events.loops import HEARTBEATS, sleep_unless_stopped
 from events.publisher import Publisher
 from events.settings import Settings
 from events.sources.outbox import quote_ident, quote_table
@@ -154,12 +153,11 @@ async def serve_listing(settings: Settings, redis: Redis, publisher: Publisher,
         due = 0.0 if last is None else float(last) + next_delay(settings.db_listing_interval_s)
         if last is not None and settings.db_listing_interval_s <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, due - time.time()))
+        await sleep_unless_stopped(stop, max(0.0, due - time.time()))
         if stop.is_set():
             return
         if not await redis.set(f"{state}:lock", b"1", nx=True, ex=LOCK_TTL_S):
-            await asyncio.sleep(RETRY_S)  # another relay is listing
+            await sleep_unless_stopped(stop, RETRY_S)  # another relay is listing: look again later
             continue
         try:
             await list_table(settings, publisher, "first start" if last is None else "periodic")
@@ -167,7 +165,7 @@ async def serve_listing(settings: Settings, redis: Redis, publisher: Publisher,
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             log.warning("listing %s failed (%s: %s); trying again in %.0fs", settings.table,
                         type(e).__name__, e, RETRY_S, extra={"source": SOURCE})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RETRY_S)
+            await sleep_unless_stopped(stop, RETRY_S)
         finally:
             await redis.delete(f"{state}:lock")
+

@@ -159,12 +159,17 @@ async def test_two_active_bot_rows_are_reported_not_acted_on(
                        for a in await audit_actions(redis, settings))
         await eventually(reported, timeout=60, message="the ambiguous rows to be reported")
         result = await asyncio.to_thread(reconciler, settings, "--json", "audit")
+        shown = await asyncio.to_thread(reconciler, settings, "--json", "inspect",
+                                        f"{phone}:{CHANNEL}")
 
     assert path.exists(), "no quarantine guessed"
     flows = await pg.fetch(f"SELECT bot_flow_id FROM {settings.table}")
     assert [r[0] for r in flows] == [None, None], "no backfill guessed"
     report = json.loads(result.stdout)
     assert {i["kind"] for i in report["inconsistencies"]} == {"ambiguous_rows"}
+    story = json.loads(shown.stdout)
+    assert story["broken_rules"] == "ambiguous_rows", "inspect agrees with audit"
+    assert "report_ambiguous_rows" in story["rule_table_says"]
     entry = next(a for a in await audit_actions(redis, settings)
                  if a.action == "report_ambiguous_rows")
     assert entry.before is not None
