@@ -6,6 +6,7 @@ Redis and a real folder; pauses are made with the CLI, as an operator does.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from typing import Any
@@ -39,7 +40,10 @@ def outcomes(entries: list[ActionRecorded], key: str) -> list[tuple[str, str, st
 async def closed_with_stale_file(pg: Any, settings: Settings, phone: str) -> Any:
     await pg.execute(f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to)"
                      " VALUES ($1, $2, 'closed', NULL)", phone, CHANNEL)
-    return write_file(settings, phone, "flow-a")
+    path = write_file(settings, phone, "flow-a")
+    left = time.time() - 3600  # left behind long ago: outside the settle window
+    os.utime(path, (left, left))
+    return path
 
 
 async def test_a_paused_conversation_is_reported_not_touched_until_the_pause_ends(
