@@ -5,7 +5,10 @@ action executor, the timer wheel), waits until its database role holds the grant
 needs (:mod:`events.grants`: one clear line and a failing ``/readyz`` meanwhile,
 never a dead letter per event), purges quarantine entries past their retention
 (the list before the watch: deadlines cover the rest), and runs one
-:class:`GroupConsumer` per group until ``stop``.  Several processes may run
+:class:`GroupConsumer` per group until ``stop``, with the table's listing
+beside them (:mod:`events.sources.table_listing`: on the first start, then on
+a long jittered period; this role already reads the table, the relay only
+its outbox).  Several processes may run
 this role; the groups split the keys between them.
 """
 
@@ -28,7 +31,9 @@ from consumers.stores.pauses import PauseStore, settling_expiries
 from consumers.stores.session_files import SessionFiles
 from events import wiring
 from events.grants import missing_grants, missing_redis_rights, wait_until_granted
+from events.loops import guarded
 from events.settings import Settings
+from events.sources.table_listing import serve_listing
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,11 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
                           settling_expiries(sessions, pauses, actions),
                           on_gap=relisters[1].request),
         ]
+        listing = asyncio.create_task(guarded(
+            f"listing:{settings.table}", lambda: serve_listing(settings, redis, publisher, stop),
+            stall_after_s=float("inf"), stop=stop), name=f"listing:{settings.table}")
         await asyncio.gather(*(group.run(stop) for group in groups))
+        await listing
         for relister in relisters:
             await relister.stop()
     finally:

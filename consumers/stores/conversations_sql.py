@@ -73,8 +73,11 @@ def bounded(value: str | None) -> Any:
     return {"excerpt": value[:64], "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
 
 
-ORDER_COLUMN_EXISTS = ("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
-                       " AND attname = $2 AND attnum > 0 AND NOT attisdropped)")
+ORDER_COLUMN_READABLE = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)"
+    " AND attname = $2 AND attnum > 0 AND NOT attisdropped)"
+    " THEN has_column_privilege($1, $2, 'SELECT') END")
+"""``NULL``: no such column; ``false``: this role may not read it; ``true``: usable."""
 
 
 def _row(record: Any) -> Row:
@@ -132,13 +135,19 @@ class ConversationsSql:
         return tuple(_row(r) for r in records)
 
     async def _settle_order(self) -> str:
-        """`` , "col" DESC NULLS LAST`` for the ordering column, or ``""`` when it has none."""
+        """`` , "col" DESC NULLS LAST`` for the ordering column, or ``""`` when it has none.
+
+        The default (``created_at``) is used where the table has it and this role may
+        read it; a column named in the setting must be both, or the read fails naming
+        the setting and the fix."""
         column = self._order_setting or DEFAULT_ORDER_COLUMN
-        exists = await self._run("fetchval", ORDER_COLUMN_EXISTS, quote_ident(self._table), column)
-        if not exists and self._order_setting is not None:
-            raise PermanentError(f"RECONCILER_ORDER_COLUMN: table {self._table} has no column "
-                                 f"{column!r}; name an existing column or unset it")
-        self._order = f", {quote_ident(column)} DESC NULLS LAST" if exists else ""
+        usable = await self._run("fetchval", ORDER_COLUMN_READABLE, quote_ident(self._table), column)
+        if not usable and self._order_setting is not None:
+            fix = (f"GRANT SELECT ({column}) ON {self._table} to the consumers' role"
+                   if usable is False else "name an existing column or unset it")
+            raise PermanentError(f"RECONCILER_ORDER_COLUMN: table {self._table} has no readable "
+                                 f"column {column!r}; {fix}")
+        self._order = f", {quote_ident(column)} DESC NULLS LAST" if usable else ""
         return self._order
 
     async def backfill_flow(self, row: Row, flow_id: str) -> bool:

@@ -20,10 +20,6 @@ never publish the same row at the same time, and a crash between XADD and
 COMMIT re-publishes rows under the same derived event ids.  A row that
 cannot become an event is marked ``failed`` (kept for inspection), counted
 and logged, and never read again.
-
-Beside the relay runs the table's listing (:mod:`events.sources.table_listing`):
-on the first start, then on a long jittered period, what only the database
-knows is published as key-only events too.
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ from events.publisher import Publisher
 from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, events_from_row, outbox_names
-from events.sources.table_listing import serve_listing
 
 log = logging.getLogger(__name__)
 
@@ -248,16 +243,7 @@ async def _wait_any(events: Iterable[asyncio.Event], *, timeout: float) -> None:
 async def run_relay(settings: Settings, redis: Redis, stop: asyncio.Event,
                     options: RelayOptions | None = None) -> None:
     """The ``relay`` role: publish the outbox of ``settings.table`` until ``stop`` is set."""
-    publisher = wiring.publisher(settings, redis)
-    relay = OutboxRelay(settings, publisher, options)
-    listing = asyncio.create_task(guarded(
-        f"listing:{settings.table}", lambda: serve_listing(settings, redis, publisher, stop),
-        stall_after_s=float("inf"), stop=stop), name=f"listing:{settings.table}")
-    try:
-        with READINESS.flagged(READY_FLAG, "first drain of the outbox not published yet"):
-            await guarded(relay.loop_name, lambda: relay.serve(stop),
-                          stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)
-    finally:
-        listing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listing
+    relay = OutboxRelay(settings, wiring.publisher(settings, redis), options)
+    with READINESS.flagged(READY_FLAG, "first drain of the outbox not published yet"):
+        await guarded(relay.loop_name, lambda: relay.serve(stop),
+                      stall_after_s=max(60.0, 4 * relay.options.keepalive_s), stop=stop)

@@ -19,11 +19,13 @@ Cost control, since this is the user's database:
   transaction holding back vacuum);
 * its own connection, named ``reconciler-listing`` in ``pg_stat_activity``.
 
-When: on the first start (no completed listing recorded in Redis, as after
-``migrate``), on demand (``reconciler resync``), and every
-``RECONCILER_DB_LISTING_INTERVAL_S`` with +-20 % jitter as a safety net.  The
-reaction path never waits for it.  Two relays do not list at once (a lock
-key with a TTL).
+When: on the first start of the ``consumers`` role (no completed listing
+recorded in Redis, as after ``migrate``), on demand (``reconciler resync``),
+and every ``RECONCILER_DB_LISTING_INTERVAL_S`` with +-20 % jitter as a safety
+net.  The reaction path never waits for it.  Two processes do not list at
+once (a lock key with a TTL).  It runs in the consumers role because that
+role's database user already reads the table; the relay's reads only the
+outbox.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def next_delay(interval_s: float, rng: random.Random | None = None) -> float:
 
 async def serve_listing(settings: Settings, redis: Redis, publisher: Publisher,
                         stop: asyncio.Event) -> None:
-    """List on the first start, then every jittered interval, until ``stop`` (relay's task)."""
+    """List on the first start, then every jittered interval, until ``stop``."""
     state = settings.keys.source_state(f"listing:{settings.table}")
     while not stop.is_set():
         last = await redis.hget(state, "listed_at")

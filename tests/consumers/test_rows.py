@@ -233,6 +233,8 @@ async def test_resync_lists_what_only_the_database_knows(
     await crm_table(pg, settings, "bigserial", install=False)
     await insert(pg, settings, "5213300001", "closed", "bot", FLOW, True)
     await insert(pg, settings, "5213300002", "closed", None, None, False)  # nothing to do there
+    state = settings.keys.source_state(f"listing:{settings.table}")
+    await redis.hset(state, "listed_at", repr(time.time()))  # not a first start: no listing due
     stop = asyncio.Event()
     roles = asyncio.create_task(serve_roles(settings, redis, ["consumers", "timers"], stop))
     try:
