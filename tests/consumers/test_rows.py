@@ -30,6 +30,7 @@ from ops import migrate
 from ops.config import ConfigError, load_settings
 from ops.roles import serve_roles
 from tests.ops.test_audit_inspect import reconciler
+from tests.pgroles import Roles
 from tests.support import eventually
 
 CHANNEL = "940740243"
@@ -308,3 +309,23 @@ async def test_a_change_too_large_to_publish_still_wakes_its_key_and_audits_smal
     assert entry.before is not None and entry.before["id"] == str(row_id)
     assert entry.before["bot_flow_id"]["bytes"] == len(huge)
     assert len(entry.before["bot_flow_id"]["sha256"]) == 64
+
+
+async def test_a_role_with_column_grants_reads_every_row_without_the_ordering_column(
+    pg: Any, roles: Roles, settings: Settings,
+) -> None:
+    """The consumers' column grants (docs/security.md) need not include ``created_at``."""
+    await crm_table(pg, settings, "uuid", install=False)
+    await insert(pg, settings, "5214500001", "closed", "bot", FLOW, True)
+    await insert(pg, settings, "5214500001", "active", "bot", FLOW, True)
+    consumer = await roles.create(
+        "rows", f'GRANT SELECT (id, phone, phone_number_id, status, assigned_to, bot_flow_id, '
+                f'bot_started_at) ON "{settings.table}" TO {{role}}')
+    conn = await roles.connect(consumer)
+    try:
+        assert len(await ConversationsSql(conn, settings).read_all("5214500001", CHANNEL)) == 2
+        named = ConversationsSql(conn, replace(settings, order_column="created_at"))
+        with pytest.raises(PermanentError, match="GRANT SELECT"):
+            await named.read_all("5214500001", CHANNEL)
+    finally:
+        await conn.close()
