@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -106,7 +107,7 @@ async def test_a_trigger_only_role_is_refused_up_front_and_the_owners_member_can
     owner, _ = await owned_table(pg, roles, settings)
     installer = await roles.create(
         "installer", f'GRANT TRIGGER ON "{settings.table}" TO {{role}}',
-        f"GRANT CREATE ON DATABASE {database_url.rsplit('/', 1)[1]} TO {{role}}")
+        f"GRANT CREATE ON DATABASE {urlsplit(database_url).path.lstrip('/')} TO {{role}}")
     before = await catalogue(pg)
     conn = await roles.connect(installer)
     try:
