@@ -41,7 +41,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -52,6 +52,7 @@ from events import wiring
 from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.keys import KeySpace
 from events.publisher import Publisher
+from events.replies import text
 from events.settings import Settings
 
 PLANNED_TTL_S = 7 * 86400
@@ -275,7 +276,7 @@ class Actions:
                     settled = await pipe.hget(settled_key, action.id)
                     if settled is not None:
                         await pipe.reset()
-                        return Result(_text(settled), "settled by another handling")
+                        return Result(cast(ActionOutcome, text(settled)), "settled by another handling")
                     raw = await pipe.hget(open_key, action.id)
                     if raw is not None:
                         await pipe.reset()
@@ -349,9 +350,6 @@ def audit_json(entry: ActionRecorded) -> bytes:
 def _decode(raw: bytes | str) -> ActionRecorded:
     return msgspec.json.decode(raw, type=ActionRecorded)
 
-
-def _text(raw: bytes | str) -> Any:
-    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _digest(parts: list[Any]) -> str:

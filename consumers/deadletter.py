@@ -23,6 +23,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events import metrics
+from events.replies import text
 
 ERROR_TEXT_LIMIT = 2000
 EXCERPT_BYTES = 2048
@@ -98,7 +99,7 @@ def _excerpt(original: Mapping[bytes, bytes]) -> dict[bytes | str, bytes | str]:
     cut: list[str] = []
     for name, value in original.items():
         if len(value) > EXCERPT_BYTES:
-            cut.append(f"{_text(name[:64])}={len(value)}")
+            cut.append(f"{text(name[:64])}={len(value)}")
             value = value[:EXCERPT_BYTES]
         fields[name[:EXCERPT_BYTES]] = value
     if cut:
@@ -106,15 +107,12 @@ def _excerpt(original: Mapping[bytes, bytes]) -> dict[bytes | str, bytes | str]:
     return fields
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
 
 def _parse(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> DeadLetter:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     meta = {k: fields.pop(k) for k in list(fields) if k.startswith("dl_")}
     return DeadLetter(
-        entry_id=_text(entry_id),
+        entry_id=text(entry_id),
         origin_stream=meta.get("dl_stream", ""),
         origin_id=meta.get("dl_id", ""),
         group=meta.get("dl_group", ""),
@@ -145,7 +143,7 @@ async def retry_dead_letter(redis: Redis, deadletter_stream: str, entry_id: str)
     pipe.xadd(letter.origin_stream, letter.fields)
     pipe.xdel(deadletter_stream, entry_id)
     new_id, _ = await pipe.execute()
-    return _text(new_id)
+    return text(new_id)
 
 
 async def drop_dead_letter(redis: Redis, deadletter_stream: str, entry_id: str) -> DeadLetter:

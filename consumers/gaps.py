@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from events import metrics
+from events.replies import text
 from events.retention import GAP_LUA
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ class GapWatch:
         *checks, reply = await pipe.execute()
         for stream, boundary in zip(streams, checks, strict=True):
             if boundary:
-                text = boundary.decode() if isinstance(boundary, bytes) else str(boundary)
-                self.lost(stream, f"entries before {text} were removed unread")
+                self.lost(stream, f"entries before {text(boundary)} were removed unread")
         return reply
 
     def lost(self, stream: str, detail: str) -> None:

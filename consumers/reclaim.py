@@ -23,9 +23,9 @@ from redis.exceptions import ResponseError
 from consumers.deadletter import Failed
 from consumers.gaps import GapWatch
 from consumers.options import GroupOptions
-from consumers.replies import is_nogroup, text
 from events import metrics
 from events.loops import HEARTBEATS, sleep_unless_stopped
+from events.replies import is_nogroup, text
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Reclaimer:
         gone_ms = int(opts.consumer_gone_after_s * 1000)
         removed = []
         for info in await redis.xinfo_consumers(stream, opts.group):
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+            name = text(info["name"])
             if name != opts.consumer and int(info["pending"]) == 0 and int(info["idle"]) > gone_ms:
                 await redis.xgroup_delconsumer(stream, opts.group, name)
                 removed.append(name)

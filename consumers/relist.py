@@ -30,6 +30,7 @@ from events.contract import ReconcileRequested
 from events.ids import new_event_id
 from events.keys import conversation_key
 from events.publisher import Publisher
+from events.replies import text
 from events.sessionfiles import FilePattern
 from events.settings import Settings
 
@@ -158,7 +159,7 @@ def session_names(settings: Settings, redis: Any) -> Callable[[], AsyncIterator[
         seen: set[str] = set()
         for glob, session_of in globs:
             async for raw in redis.scan_iter(match=glob, count=SCAN_COUNT):
-                name = session_of(raw.decode() if isinstance(raw, bytes) else str(raw))
+                name = session_of(text(raw))
                 if name is not None and name not in seen:
                     seen.add(name)
                     yield name

@@ -35,11 +35,11 @@ from consumers.gaps import GapWatch, OnGap
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
-from consumers.replies import is_nogroup, is_unblocked, text
 from events import codec, metrics
 from events.contract import tag_of
 from events.errors import MalformedEntry
 from events.loops import HEARTBEATS, backoff_delay, spawn
+from events.replies import is_nogroup, is_unblocked, text
 
 log = logging.getLogger(__name__)
 

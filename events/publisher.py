@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from events import codec, metrics
 from events.contract import EventBase, stream_of, tag_of
 from events.keys import KeySpace
+from events.replies import text
 from events.retention import TRIM_LUA, trim_args
 from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
@@ -79,7 +80,7 @@ class Publisher:
                     await self._trim(keys=[stream], args=trim)
             for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
-                ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
+                ids.append(text(entry_id))
         return ids
 
     async def add_to(self, pipe: Any, event: EventBase) -> None:

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from events import metrics
 from events.errors import ReconcilerError
+from events.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ async def find_exhausted(redis: Any, streams: Mapping[str, str]) -> list[str]:
         except ResponseError:  # no such stream: nothing to exhaust
             info = {}
         last = info.get("last-generated-id", info.get(b"last-generated-id", b""))
-        last = last.decode() if isinstance(last, bytes) else str(last)
+        last = text(last)
         if last == LAST_POSSIBLE_ID:
             found.append(name)
             if name not in EXHAUSTED:

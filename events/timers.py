@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 from events import codec
 from events.contract import CONVERSATIONS, SESSIONS, EventBase, stream_of
 from events.keys import KeySpace
+from events.replies import text
 from events.retention import TRIM_FUNCTION
 from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
@@ -144,7 +145,7 @@ class TimerWheel:
             streams = dict(zip((CONVERSATIONS, SESSIONS), self._streams, strict=True))
             raise StreamExhausted(describe(await find_exhausted(self._redis, streams))) from e
         fired, lost, next_ms, count = reply
-        next_text = next_ms.decode() if isinstance(next_ms, bytes) else str(next_ms)
+        next_text = text(next_ms)
         return Fired(
             fired=int(fired),
             unreadable=int(lost),

@@ -30,6 +30,7 @@ from events import metrics
 from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, sleep_unless_stopped
+from events.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,9 @@ class GroupState:
     consumers: int
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _id_ms(entry_id: Any) -> int:
-    return int(_text(entry_id).partition("-")[0])
+    return int(text(entry_id).partition("-")[0])
 
 
 class GroupCollector:
@@ -100,7 +98,7 @@ class GroupCollector:
             raise
         states = []
         for info in groups:
-            group = _text(info["name"])
+            group = text(info["name"])
             lag = info.get("lag")
             if lag is None:  # Redis cannot tell (entries deleted): count them, bounded
                 lag = await self._count_after(stream, info["last-delivered-id"])
@@ -121,7 +119,7 @@ class GroupCollector:
         return max(0.0, time.time() - _id_ms(oldest) / 1000)
 
     async def _count_after(self, stream: str, last_id: Any) -> int:
-        entries = await self.redis.xrange(stream, f"({_text(last_id)}", "+", count=LAG_COUNT_LIMIT)
+        entries = await self.redis.xrange(stream, f"({text(last_id)}", "+", count=LAG_COUNT_LIMIT)
         return len(entries)
 
     async def run(self, stop: asyncio.Event, interval_s: float = COLLECT_INTERVAL_S) -> None:

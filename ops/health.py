@@ -34,6 +34,7 @@ from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, Heartbeats, spawn
 from events.readiness import READINESS, Readiness
+from events.replies import text
 from events.settings import Settings
 from events.streamids import EXHAUSTED, describe, find_exhausted
 from ops.config import ConfigError
@@ -162,7 +163,7 @@ def add_standard_checks(
         missing = []
         for group, streams in groups().items():
             for stream in streams:
-                present = ({_text(g["name"]) for g in await redis.xinfo_groups(stream)}
+                present = ({text(g["name"]) for g in await redis.xinfo_groups(stream)}
                            if await redis.exists(stream) else set())
                 if group not in present:
                     missing.append(group)
@@ -199,9 +200,6 @@ def _postgres_check(database_url: str) -> Any:
 
     return check
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @contextlib.asynccontextmanager

@@ -43,6 +43,7 @@ from typing import Any
 from events import metrics
 from events.keys import KeySpace
 from events.loops import Heartbeats, guarded, sleep_unless_stopped
+from events.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class StoreGauges:
 
     async def read(self) -> ParkedCount:
         """The last count any process stored."""
-        raw = {k.decode() if isinstance(k, bytes) else str(k): v
+        raw = {text(k): v
                for k, v in (await self.redis.hgetall(self._stored)).items()}
         return ParkedCount(messages=int(raw.get("messages", 0)),
                            sessions=int(raw.get("sessions", 0)),

@@ -23,6 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from events import codec
 from events.contract import Event
 from events.errors import MalformedEntry
+from events.replies import text
 from projections.store import Changes, Conflict, ProjectionStore
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,6 @@ def id_tuple(entry_id: str) -> tuple[int, int]:
 def after(entry_id: str, position: str | None) -> bool:
     return position is None or id_tuple(entry_id) > id_tuple(position)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Folder(Generic[T]):
@@ -108,7 +106,7 @@ class Folder(Generic[T]):
         new = 0
         item_key, decode = self.model.item_key, self._decode
         for stream, raw_id, fields in entries:
-            entry_id = _text(raw_id)
+            entry_id = text(raw_id)
             if not after(entry_id, position.get(stream)):
                 continue
             position[stream] = entry_id

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from events import metrics
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, spawn
+from events.replies import text
 from events.settings import Settings
 from projections.fold import Entry, Folder, Model
 from projections.models import models
@@ -39,7 +40,7 @@ def flatten(reply: Any) -> list[Entry]:
     """XREAD's ``[[stream, [(id, fields), ...]], ...]`` as ``(stream, id, fields)`` rows."""
     out: list[Entry] = []
     for stream, rows in reply or ():
-        name = stream.decode() if isinstance(stream, bytes) else stream
+        name = text(stream)
         out.extend((name, entry_id, fields) for entry_id, fields in rows)
     return out
 

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from events.keys import KeySpace
+from events.replies import text
 
 SCAN_COUNT = 1000
 
@@ -53,9 +54,6 @@ class Changes:
         self.index_remove.setdefault(index, set()).add(member)
         self.index_add.get(index, {}).pop(member, None)
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class ProjectionStore:
@@ -124,7 +122,7 @@ class ProjectionStore:
 
     async def positions(self, version: int) -> dict[str, str]:
         raw = await self.redis.hgetall(self.key(version, "position"))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def get_items(self, version: int, item_keys: list[str]) -> dict[str, bytes | None]:
         if not item_keys:
@@ -136,13 +134,13 @@ class ProjectionStore:
         """Every item of a version (for reads of small models, tests and checks)."""
         out: dict[str, bytes] = {}
         async for k, v in self.redis.hscan_iter(self.key(version, "items"), count=SCAN_COUNT):
-            out[_text(k)] = v
+            out[text(k)] = v
         return out
 
     async def index(self, version: int, index: str, *, start: int = 0, stop: int = -1,
                     ) -> list[tuple[str, float]]:
         rows = await self.redis.zrange(self.index_key(version, index), start, stop, withscores=True)
-        return [(_text(member), float(score)) for member, score in rows]
+        return [(text(member), float(score)) for member, score in rows]
 
     # -- writing -----------------------------------------------------------
 
@@ -155,7 +153,7 @@ class ProjectionStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(position_key, *((self.pointer,) if check_pointer else ()))
-                stored = {_text(k): _text(v) for k, v in (await pipe.hgetall(position_key)).items()}
+                stored = {text(k): text(v) for k, v in (await pipe.hgetall(position_key)).items()}
                 pointer = await pipe.get(self.pointer) if check_pointer else None
                 if stored != dict(expected) or (check_pointer and _int(pointer) != version):
                     raise Conflict(f"projection {self.name} v{version} moved")

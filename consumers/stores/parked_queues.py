@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 
 from events.keys import KeySpace
 from events.parked_scripts import PARK, PUSH_HEAD, RESTORE
+from events.replies import text
 
 LIST_PAGE = 1000
 """Parked sessions read per round trip when listing them."""
@@ -165,7 +166,7 @@ class ParkedQueues:
             out.append(SessionState(
                 session=session, live=bool(live), queue_length=int(queue_length),
                 parked_length=int(parked_length), batches=decode_batches(raw),
-                noted=noted.decode() if isinstance(noted, bytes) else noted))
+                noted=text(noted)))
         return out
 
     async def lease_exists(self, session: str) -> bool:
@@ -228,8 +229,7 @@ class ParkedQueues:
         out: list[ParkedSummary] = []
         page: list[str] = []
         async for raw_key in self._redis.scan_iter(match=self._keys.parked_glob, count=LIST_PAGE):
-            session = self.session_of_parked(raw_key.decode() if isinstance(raw_key, bytes)
-                                             else raw_key)
+            session = self.session_of_parked(text(raw_key))
             if session is not None:
                 page.append(session)
             if len(page) >= LIST_PAGE:

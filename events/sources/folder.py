@@ -222,7 +222,8 @@ class FolderWatcher:
 
     async def _load_tokens(self) -> dict[str, str]:
         raw: dict[Any, Any] = await self.redis.hgetall(self.state_key)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        # file names round-trip to their bytes on disk (surrogateescape), unlike reply text
+        return {os.fsdecode(k): os.fsdecode(v) for k, v in raw.items()}
 
     async def _save_tokens(self, *, replace: bool) -> None:
         changed = self.view.take_changed()
@@ -257,6 +258,3 @@ def _folder_id(folder: Path) -> FolderId | None:
         return None
     return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value

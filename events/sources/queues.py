@@ -23,6 +23,7 @@ from events.contract import QueueObserved
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
+from events.replies import text
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ async def scan_queues(redis: Any, keys: KeySpace) -> list[QueueObserved]:
     """One ``queue.observed`` event per non-empty queue, found by SCAN."""
     sessions: list[str] = []
     async for raw in redis.scan_iter(match=keys.queue_glob, count=SCAN_COUNT, _type="list"):
-        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+        key = text(raw)
         session = keys.session_of_queue(key)
         if session is None:
             metrics.INVALID_INPUTS.labels(SOURCE, "bad_session_name").inc()

@@ -44,6 +44,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.readiness import READINESS
+from events.replies import text
 from events.settings import Settings
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
 
@@ -89,7 +90,7 @@ async def enable_notifications(redis: Any, *, rescan_interval_s: float) -> bool:
         return False
     try:
         current = next(iter(reply.values()), b"")
-        current = current.decode() if isinstance(current, bytes) else str(current)
+        current = text(current)
         wanted = merged_flags(current)
         if wanted != current:
             await redis.config_set("notify-keyspace-events", wanted)
@@ -202,7 +203,7 @@ class SessionsSource:
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         channel = message.get("channel", b"")
-        channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+        channel = text(channel)
         key = channel[len(self._channels):]
         data = message.get("data", b"")
         action = data if isinstance(data, bytes) else str(data).encode()
@@ -240,13 +241,13 @@ class SessionsSource:
     async def _scan_leases(self) -> list[SessionExpired]:
         live: set[str] = set()
         async for raw in self._redis.scan_iter(match=self._keys.lease_glob, count=SCAN_COUNT):
-            key = raw.decode() if isinstance(raw, bytes) else raw
+            key = text(raw)
             session = self._keys.session_of_lease(key)
             if session is not None:
                 live.add(session)
             else:
                 self._report_legacy_lease(key)
-        seen = {m.decode() if isinstance(m, bytes) else str(m)
+        seen = {text(m)
                 for m in await self._redis.smembers(self._keys.leases_seen)}
         pipe = self._redis.pipeline(transaction=True)
         pipe.delete(self._keys.leases_seen)

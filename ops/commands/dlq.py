@@ -25,6 +25,7 @@ from consumers.deadletter import (
 )
 from events.ids import new_event_id
 from events.keys import KeySpace
+from events.replies import text
 from events.settings import Settings
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
@@ -38,9 +39,9 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="the dead letters, oldest first")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    for name, text in (("retry", "re-publish to its origin stream and remove it"),
-                       ("drop", "remove it for good (audited, with the entry)")):
-        sub = actions.add_parser(name, help=text)
+    for name, summary in (("retry", "re-publish to its origin stream and remove it"),
+                          ("drop", "remove it for good (audited, with the entry)")):
+        sub = actions.add_parser(name, help=summary)
         sub.add_argument("entry_id", metavar="ID", help="the dead letter's id, as `dlq list` shows it")
         sub.add_argument("--dry-run", action="store_true", help="audit the plan, change nothing")
     parser.set_defaults(handler=run)
@@ -61,11 +62,8 @@ async def find(redis: Redis, keys: KeySpace, entry_id: str) -> dict[str, str]:
     entries = await redis.xrange(keys.deadletter_stream, entry_id, entry_id)
     if not entries:
         raise LookupError(f"no dead letter {entry_id}")
-    return {_text(k): _text(v) for k, v in entries[0][1].items()}
+    return {text(k): text(v) for k, v in entries[0][1].items()}
 
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_run: bool,

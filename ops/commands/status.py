@@ -22,6 +22,7 @@ from events import codec
 from events.contract import SnapshotFinished, SourceResynced
 from events.errors import MalformedEntry
 from events.keys import KeySpace
+from events.replies import text
 from ops.embedded_state import live_servers
 from ops.group_metrics import GroupCollector
 from ops.redact import redact
@@ -37,13 +38,10 @@ DEADLETTER_SCAN = 10_000
 SOURCES = ("postgres", "folder", "gateway", "queues", "timers")
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
 
 async def dead_letters_by_group(redis: Redis, keys: KeySpace) -> Counter[str]:
     entries = await redis.xrevrange(keys.deadletter_stream, count=DEADLETTER_SCAN)
-    return Counter(_text(fields.get(b"dl_group", b"?")) for _, fields in entries)
+    return Counter(text(fields.get(b"dl_group", b"?")) for _, fields in entries)
 
 
 async def groups(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
@@ -69,7 +67,7 @@ async def sources(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
                 continue
             row = rows.setdefault(event.source, _source_row(event.source))
             if row["last_event_s_ago"] is None:
-                age = (now_ms - int(_text(entry_id).partition("-")[0])) / 1000
+                age = (now_ms - int(text(entry_id).partition("-")[0])) / 1000
                 row["last_event_s_ago"] = round(max(0.0, age), 1)
             if isinstance(event, SourceResynced):
                 row["resyncs"] += 1
@@ -77,7 +75,7 @@ async def sources(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
                 row["last_snapshot"] = event.occurred_at
     for name, row in rows.items():
         state = await redis.hgetall(keys.source_state(name))
-        row.update({_text(k): _text(v) for k, v in state.items()})
+        row.update({text(k): text(v) for k, v in state.items()})
     return list(rows.values())
 
 
