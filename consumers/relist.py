@@ -144,15 +144,8 @@ def _file_names(settings: Settings) -> list[str]:
 def session_names(settings: Settings, redis: Any) -> Callable[[], AsyncIterator[str]]:
     """Sessions with a queue, a parked list or a lease (each once)."""
     keys = settings.keys
-    parked_head = f"{keys.prefix}parked:{{"
-
-    def from_parked(key: str) -> str | None:
-        if not (key.startswith(parked_head) and key.endswith("}")):
-            return None
-        return keys.session_of_queue(key[len(parked_head):-1])
-
     globs: list[tuple[str, Callable[[str], str | None]]] = [
-        (keys.queue_glob, keys.session_of_queue), (keys.parked_glob, from_parked),
+        (keys.queue_glob, keys.session_of_queue), (keys.parked_glob, keys.session_of_parked),
         (keys.lease_glob, keys.session_of_lease)]
 
     async def names() -> AsyncIterator[str]:

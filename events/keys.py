@@ -160,6 +160,13 @@ class KeySpace:
         """Parked messages of a session, in the slot of its queue."""
         return f"{self.prefix}parked:{{{self.queue(session)}}}"
 
+    def session_of_parked(self, key: str) -> str | None:
+        """The session whose parked list is ``key``, or ``None`` for any other key."""
+        head = f"{self.prefix}parked:{{"
+        if not key.startswith(head) or not key.endswith("}"):
+            return None
+        return self.session_of_queue(key[len(head) : -1])
+
     def parked_meta(self, session: str) -> str:
         """Hash with when and why a session's messages were parked (same slot)."""
         return f"{self.prefix}parked-meta:{{{self.queue(session)}}}"

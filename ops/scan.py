@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.relist import session_names
 from consumers.rules import conversations as rules
 from consumers.rules import sessions as session_rules
 from consumers.stores.conversations_sql import quote_ident
@@ -140,26 +141,11 @@ def _row_text(row: ConversationRow) -> str:
             f"flow={row.bot_flow_id}, started={started}")
 
 
-async def _session_names(redis: Redis, settings: Settings) -> set[str]:
-    keys = settings.keys
-    names: set[str] = set()
-    async for raw in redis.scan_iter(match=keys.queue_glob, count=1000, _type="list"):
-        name = keys.session_of_queue(raw.decode() if isinstance(raw, bytes) else raw)
-        if name is not None:
-            names.add(name)
-    async for raw in redis.scan_iter(match=keys.parked_glob, count=1000):
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        name = keys.session_of_queue(text[text.find("{") + 1 : text.rfind("}")])
-        if name is not None:
-            names.add(name)
-    return names
-
-
 async def scan_sessions(redis: Redis, settings: Settings) -> list[Inconsistency]:
-    """Every session with a queue or parked messages, judged by the sessions rule."""
+    """Every session with a queue, parked messages or a lease, judged by the sessions rule."""
     store = ParkedQueues(redis, settings.keys)
     found: list[Inconsistency] = []
-    for name in sorted(await _session_names(redis, settings)):
+    for name in sorted([n async for n in session_names(settings, redis)()]):
         state = await store.observe(name)
         said = session_rules.judge(session_rules.observed(state, settings, now=time.time()))
         detail = (f"{state.queue_length} messages queued, {state.parked_length} parked, "

@@ -229,7 +229,7 @@ class ParkedQueues:
         out: list[ParkedSummary] = []
         page: list[str] = []
         async for raw_key in self._redis.scan_iter(match=self._keys.parked_glob, count=LIST_PAGE):
-            session = self.session_of_parked(text(raw_key))
+            session = self._keys.session_of_parked(text(raw_key))
             if session is not None:
                 page.append(session)
             if len(page) >= LIST_PAGE:
@@ -246,12 +246,6 @@ class ParkedQueues:
                               oldest_at=s.batches[0].at if s.batches else None,
                               queue_length=s.queue_length, live=s.live)
                 for s in states if s.parked_length]
-
-    def session_of_parked(self, key: str) -> str | None:
-        head = f"{self._keys.prefix}parked:{{"
-        if not key.startswith(head) or not key.endswith("}"):
-            return None
-        return self._keys.session_of_queue(key[len(head):-1])
 
 
 def decode_batches(raw: bytes | str | None) -> tuple[ParkedBatch, ...]:

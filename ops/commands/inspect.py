@@ -31,6 +31,7 @@ from events.contract import ActionRecorded, EventBase, tag_of
 from events.errors import MalformedEntry
 from events.ids import id_time
 from events.keys import SESSION_NAME, split_conversation_key
+from events.replies import text
 from events.settings import Settings
 from ops.runtime_env import connect_pg, open_environment, require_sessions_dir, settings_from_args
 from ops.tables import emit
@@ -175,7 +176,7 @@ async def _newest(redis: Any, stream: str) -> Any:
         for entry_id, fields in page:
             yield entry_id, fields
         seen += len(page)
-        last = "(" + (page[-1][0].decode() if isinstance(page[-1][0], bytes) else page[-1][0])
+        last = "(" + text(page[-1][0])
 
 
 def _line(event: EventBase) -> dict[str, Any]:
