@@ -165,8 +165,9 @@ async def test_file_written_before_its_row_commits_is_kept(
         await publisher.publish_many([written_event(f"{p}:{CHANNEL}", f.name, FLOW)
                                       for p, f in files.items()])
 
-        async def early_seen_without_row() -> bool:
-            return bool(await redis.exists(settings.keys.first_seen("orphan", early_key)))
+        async def early_seen_without_row() -> bool:  # judged, and its settle window timed
+            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
+            return any(m.startswith(f"rejudge:{early_key}:") for m in members)
 
         await eventually(early_seen_without_row, message="the early file seen without its row")
         await pg.execute(f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to,"
@@ -181,7 +182,7 @@ async def test_file_written_before_its_row_commits_is_kept(
 
         async def early_deadline_handled() -> bool:  # its grace deadline fires too, then nothing
             members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
-            return (not any(m.startswith(f"orphan:{early_key}:") for m in members)
+            return (not any(m.startswith(f"rejudge:{early_key}:") for m in members)
                     and await group_caught_up(redis, settings.keys.conversations_stream,
                                               "conversations"))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -121,6 +122,8 @@ async def test_entries_trimmed_by_someone_else_are_re_listed(
     (settings.sessions_dir / f"whatsapp_5533_{CHANNEL}.json").write_text(json.dumps({"flowId": "f"}))
     publisher = Publisher(redis, settings.keys, Retention(max_len=0))
     before = gaps("conversations")
+    listing = settings.keys.source_state(f"listing:{settings.table}")
+    await redis.hset(listing, "listed_at", repr(time.time()))  # the table listing is not due
     async with running(run_consumers, settings, redis):
         await publisher.publish(request(f"5599:{CHANNEL}"))
 
