@@ -209,7 +209,7 @@ class ConversationsHandler:
     async def purge_entry(self, qname: str, *, cause: EventBase | None) -> bool:
         """Delete a quarantine entry whose retention is over (audited); ``True`` if deleted."""
         try:
-            record = self.files.record(qname)
+            record = self.files.records.read(qname)
         except QuarantineError as e:
             log.info("quarantine entry not purged: %s", e, extra={"quarantine": qname[:120]})
             return False

@@ -11,6 +11,7 @@ they are plain POSIX and easy to get subtly wrong:
   temporary name, keeps mode and (where permitted) owner, fsyncs, and only
   then gives it its final name; on any error (``ENOSPC``...) the partial copy
   is removed, so nothing truncated is ever under a listed name;
+* :func:`copy_into_place` -- copy from a checked descriptor, then a rename that never replaces;
 * :func:`fsync_dir` -- a rename is durable only once its folder is fsynced.
 """
 
@@ -124,3 +125,17 @@ def copy_from_fd(fd: int, info: os.stat_result, target: Path) -> str:
         raise
     fsync_dir(target.parent)
     return digest.hexdigest()
+
+
+def copy_into_place(fd: int, info: os.stat_result, staged: Path, target: Path) -> None:
+    """Copy from the opened ``fd`` (closed here) to ``staged``, then give it the name ``target``
+    without ever replacing a file there; on any error nothing is left under either name."""
+    try:
+        copy_from_fd(fd, info, staged)
+    finally:
+        os.close(fd)
+    try:
+        rename_no_replace(staged, target)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise

@@ -57,6 +57,7 @@ from consumers.stores.file_moves import (
     HIDDEN,
     Identity,
     copy_from_fd,
+    copy_into_place,
     fsync_dir,
     hidden_name,
     rename_no_replace,
@@ -318,18 +319,6 @@ class SessionFiles:
             quarantined_at=now, sha256=seen.state.sha256, flow_id=seen.state.flow_id,
             action_id=action_id)
 
-    def entries(self, *, dangling: bool = False) -> list[QuarantineRecord]:
-        """Every quarantine entry, oldest first (see :meth:`QuarantineRecords.entries`)."""
-        return self.records.entries(dangling=dangling)
-
-    def record(self, qname: str) -> QuarantineRecord:
-        """The record of entry ``qname``; ``original_path`` is where a restore writes."""
-        return self.records.read(qname)
-
-    def moved_by(self, action_id: str) -> QuarantineRecord | None:
-        """The entry that the action ``action_id`` moved and kept, if any."""
-        return self.records.moved_by(action_id)
-
     def recover(self, *, older_than_s: float = RECOVER_AFTER_S) -> list[str]:
         """Finish what a crash cut short (run at start): an original captured under a hidden
         name for a copy goes back under its name (never over a newer file, then it is left
@@ -360,7 +349,7 @@ class SessionFiles:
     def restore(self, qname: str, *, dry_run: bool = False) -> QuarantineRecord:
         """Move a quarantined file back to where it was; never over an existing file.
         The record returned names the path written (``original_path``)."""
-        record = self.record(qname)
+        record = self.records.read(qname)
         source = self._quarantine_path(qname)
         target = self._session_path(record.original_name)
         if not source.is_file() or source.is_symlink():
@@ -374,38 +363,26 @@ class SessionFiles:
             if same_device(self.quarantine_dir, self.sessions_dir):
                 rename_no_replace(source, target)
             else:
-                self._copy_back(source, target)
+                opened = open_regular(source)
+                if isinstance(opened, Rejected):
+                    raise QuarantineError(f"the quarantined file {qname[:120]!r}: {opened.detail}")
+                copy_into_place(*opened, hidden_name(self.sessions_dir, target.name, "restoring"),
+                                target)
+                os.unlink(source)
         except FileExistsError as e:
             raise QuarantineError(f"{record.original_name} appeared in the sessions folder") from e
         fsync_dir(self.sessions_dir)
         self.records.drop(qname)
         return record
 
-    def _copy_back(self, source: Path, target: Path) -> None:
-        opened = open_regular(source)
-        if isinstance(opened, Rejected):
-            raise QuarantineError(f"the quarantined file {source.name[:120]!r}: {opened.detail}")
-        fd, info = opened
-        staged = hidden_name(self.sessions_dir, target.name, "restoring")
-        try:
-            copy_from_fd(fd, info, staged)
-        finally:
-            os.close(fd)
-        try:
-            rename_no_replace(staged, target)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        os.unlink(source)
-
     def expired(self, retention_s: float, now: float | None = None) -> list[QuarantineRecord]:
         """Entries quarantined longer than ``retention_s`` ago (records of moves cut short too)."""
         cutoff = (time.time() if now is None else now) - retention_s
-        return [r for r in self.entries(dangling=True) if r.quarantined_at.timestamp() <= cutoff]
+        return [r for r in self.records.entries(dangling=True) if r.quarantined_at.timestamp() <= cutoff]
 
     def purge(self, qname: str) -> bool:
         """Delete a quarantine entry and its record; ``False`` if it was already gone."""
-        self.record(qname)  # validates the name and that it is ours
+        self.records.read(qname)  # validates the name and that it is ours
         try:
             self._quarantine_path(qname).unlink()
         except FileNotFoundError:

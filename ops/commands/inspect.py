@@ -88,7 +88,7 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
         await pg.close()
     file = observed.file
     said = judge(observed)
-    quarantined = [r.name for r in handler.files.entries() if r.key == key]
+    quarantined = [r.name for r in handler.files.records.entries() if r.key == key]
     return {
         "database": " | ".join(", ".join(f"{k}={v}" for k, v in row.as_dict().items())
                                for row in observed.rows) or "no row",

@@ -46,7 +46,7 @@ def _row(record: QuarantineRecord) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     files = SessionFiles(settings_from_args(args.config))
-    records = files.entries()
+    records = files.records.entries()
     print_rows([_row(r) for r in records], as_json=args.json,
                empty=f"no quarantined files in {files.quarantine_dir}",
                columns=("name", "quarantined_at", "reason", "key", "original_path"))
@@ -56,7 +56,7 @@ def run_list(args: argparse.Namespace) -> int:
 async def run_restore(args: argparse.Namespace) -> int:
     settings = settings_from_args(args.config, dry_run=True if args.dry_run else None)
     files = SessionFiles(settings)
-    record = files.record(args.name)
+    record = files.records.read(args.name)
     async with open_environment(settings, need_pg=False) as env:
         files.restore(args.name, dry_run=True)  # every check, before the intent is recorded
         cause = ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC),

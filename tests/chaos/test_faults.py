@@ -237,7 +237,8 @@ def check_no_live_file_moved(settings: Settings, ledger: Ledger, audit: list[Act
     Both witnesses are read: the ``~record.json`` beside each file in the
     quarantine folder, and the ``quarantine_file`` entries of the audit stream.
     """
-    moves = [(r.name, r.sha256, r.quarantined_at.timestamp()) for r in SessionFiles(settings).entries()]
+    moves = [(r.name, r.sha256, r.quarantined_at.timestamp())
+             for r in SessionFiles(settings).records.entries()]
     moves += [(a.target, str((a.before or {}).get("sha256")), a.occurred_at.timestamp())
               for a in audit if a.action == "quarantine_file" and a.outcome == "done"]
     assert moves, "nothing was quarantined: the load's incidents did not reach the consumers"
@@ -296,7 +297,7 @@ def check_quarantine_agrees(settings: Settings, actions: list[ActionRecorded]) -
     an action that did not end ``done`` has no file kept in its name.
     """
     files = SessionFiles(settings)
-    kept = {r.action_id: r for r in files.entries() if not r.superseded}
+    kept = {r.action_id: r for r in files.records.entries() if not r.superseded}
     outcomes = {a.action_id: a for a in actions if a.action == "quarantine_file"}
     unexplained = [r.name for aid, r in kept.items() if aid not in outcomes]
     assert not unexplained, f"quarantined files without an audited action: {unexplained[:10]}"

@@ -85,7 +85,7 @@ async def test_a_full_quarantine_leaves_nothing_behind_and_the_original_stays(
         assert moved.outcome == "failed" and "No space left" in moved.reason, moved
         assert (settings.sessions_dir / NAME).read_bytes() == raw
         assert leftovers(settings.sessions_dir) == [] and os.listdir(small) == []
-        assert files.entries(dangling=True) == []
+        assert files.records.entries(dangling=True) == []
 
         (small / "filler").write_bytes(b"\0" * 60_000)  # now not even a record fits
         with pytest.raises(OSError):
@@ -132,7 +132,7 @@ async def test_a_symlink_swapped_in_never_brings_an_outside_file_in(
         for entry in os.listdir(other):
             path = other / entry
             assert not path.is_symlink() and b"SECRET" not in path.read_bytes(), entry
-        for record in files.entries():
+        for record in files.records.entries():
             files.restore(record.name)
             assert b"SECRET" not in (folder / NAME).read_bytes()
             assert stat.S_IMODE((folder / NAME).stat().st_mode) == 0o600
@@ -146,7 +146,7 @@ def test_a_planted_huge_record_is_refused_without_reading_it(settings: Settings)
     files = SessionFiles(settings)
     tracemalloc.start()
     try:
-        assert files.entries(dangling=True) == []
+        assert files.records.entries(dangling=True) == []
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -193,7 +193,7 @@ async def test_a_quarantined_file_whose_record_was_lost_is_still_listed_and_rest
     moved = await quarantine(files, sha)
     assert moved.outcome == "done"
     (settings.quarantine_dir / (moved.record.name + RECORD_SUFFIX)).write_bytes(b"")  # torn
-    [entry] = files.entries()
+    [entry] = files.records.entries()
     assert (entry.name, entry.key, entry.reason) == (moved.record.name, KEY, "record lost")
     assert entry.quarantined_at.replace(microsecond=0) == moved.record.quarantined_at.replace(
         microsecond=0)

@@ -119,7 +119,7 @@ def check_round(settings: Settings, files: SessionFiles, round_: int, moved: Mov
     assert moved.outcome != "failed", moved
     if inside_guard:
         assert moved.outcome in ("skipped", "reverted"), f"round {round_}: {moved}"
-    for record in files.entries(dangling=True):
+    for record in files.records.entries(dangling=True):
         content = (settings.quarantine_dir / record.name).read_bytes()
         assert not content.startswith(b'{"flowId": "new'), f"round {round_}: new content quarantined"
         assert sha(content) == record.sha256 or record.superseded, record
@@ -189,10 +189,10 @@ async def test_a_newer_file_is_never_overwritten_by_a_put_back(where: Settings) 
                                    action_id="a1")
     assert moved.outcome == "reverted" and moved.record is not None and moved.record.superseded
     assert (settings.sessions_dir / NAME).read_bytes() == body("newer")
-    kept = files.record(moved.record.name)
+    kept = files.records.read(moved.record.name)
     assert kept.superseded and kept.action_id == "a1"
     assert (settings.quarantine_dir / kept.name).read_bytes() == body("stale")
-    assert files.moved_by("a1") is None  # the action did not stand
+    assert files.records.moved_by("a1") is None  # the action did not stand
     assert sorted(os.listdir(settings.sessions_dir)) == [NAME]
 
 
