@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from consumers.stores.conversations_sql import quote_ident
 from events.contract import ReconcileRequested
 from events.ids import new_event_id
 from events.keys import conversation_key
@@ -33,6 +32,7 @@ from events.publisher import Publisher
 from events.replies import text
 from events.sessionfiles import FilePattern
 from events.settings import Settings
+from events.sql import quote_ident, quote_table
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Relister:
 
 def conversation_keys(settings: Settings, pool: Any) -> Callable[[], AsyncIterator[str]]:
     """Keys of rows the rule table can act on, then keys of session files (each once)."""
-    c, table = settings.columns, quote_ident(settings.table)
+    c, table = settings.columns, quote_table(settings.table)
     phone, channel = quote_ident(c.phone), quote_ident(c.channel)
     query = (f"SELECT DISTINCT {phone}::text AS phone, {channel}::text AS channel FROM {table} "
              f"WHERE {quote_ident(c.assigned_to)} = 'bot' OR {quote_ident(c.bot_flow_id)} IS NOT NULL "

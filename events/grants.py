@@ -38,7 +38,8 @@ from events.keys import KeySpace
 from events.loops import sleep_unless_stopped
 from events.readiness import READINESS, Readiness
 from events.settings import Settings
-from events.sources.outbox import SCHEMA, outbox_names, quote_ident, quote_table
+from events.sources.outbox import SCHEMA, outbox_names
+from events.sql import quote_ident, quote_table
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ import asyncpg
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from events.sources.outbox import SCHEMA, outbox_names, quote_ident, quote_table
+from events.sources.outbox import SCHEMA, outbox_names
+from events.sql import quote_ident, quote_table
 from ops.migrate_checks import IndexState, lookup_index, require_rights
 
 __all__ = ["IndexState", "MigrationError", "Outcome", "create_index", "install", "uninstall"]

@@ -23,7 +23,8 @@ from typing import Any
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from events.sources.outbox import SCHEMA, outbox_names, quote_ident, quote_table
+from events.sources.outbox import SCHEMA, outbox_names
+from events.sql import quote_ident, quote_table
 
 _RIGHTS_SQL = """
 SELECT c.relowner::regrole::text AS owner, current_user AS me, current_database() AS db,

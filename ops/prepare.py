@@ -18,7 +18,7 @@ from typing import Any
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from events.sources.outbox import quote_ident, quote_table
+from events.sql import quote_ident, quote_table
 from ops import migrate
 from ops.runtime_env import Environment
 

@@ -24,13 +24,13 @@ from redis.asyncio import Redis
 from consumers.relist import session_names
 from consumers.rules import conversations as rules
 from consumers.rules import sessions as session_rules
-from consumers.stores.conversations_sql import quote_ident
 from consumers.stores.parked_queues import ParkedQueues
 from consumers.stores.session_files import FileState, SessionFiles
 from events.contract import ConversationRow
 from events.keys import conversation_key
 from events.sessionfiles import FilePattern
 from events.settings import Settings
+from events.sql import quote_ident, quote_table
 
 ROW_BATCH = 2000
 
@@ -53,7 +53,7 @@ def row_select(settings: Settings) -> str:
         f"SELECT {q['id']}::text AS id, {q['phone']} AS phone, {q['channel']} AS channel, "
         f"{q['status']} AS status, {q['assigned_to']} AS assigned_to, "
         f"{q['bot_flow_id']} AS bot_flow_id, {q['bot_started_at']} AS bot_started_at "
-        f"FROM {quote_ident(settings.table)}"
+        f"FROM {quote_table(settings.table)}"
     )
 
 

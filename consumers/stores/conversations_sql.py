@@ -27,6 +27,7 @@ import asyncpg
 
 from consumers.errors import PermanentError, TemporaryError
 from events.settings import Settings
+from events.sql import quote_ident, quote_table
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,6 @@ def _row(record: Any) -> Row:
                bot_flow_id=record[3], bot_started_at=started, started_raw=raw)
 
 
-def quote_ident(name: str) -> str:
-    """``name`` as a quoted SQL identifier (``schema.table`` quoted part by part)."""
-    if not name or "\x00" in name:
-        raise ValueError("empty SQL identifier")
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
-
-
 class ConversationsSql:
     """Reads and conditionally updates rows of the conversations table."""
 
@@ -107,7 +101,7 @@ class ConversationsSql:
         c = settings.columns
         q = {name: quote_ident(getattr(c, name)) for name in
              ("id", "phone", "channel", "status", "assigned_to", "bot_flow_id", "bot_started_at")}
-        t = quote_ident(settings.table)
+        t = quote_table(settings.table)
         same = (f"{q['id']} = $1 AND {q['status']} = $2 AND {q['assigned_to']} IS NOT DISTINCT FROM $3"
                 f" AND {q['bot_flow_id']} IS NOT DISTINCT FROM $4"
                 f" AND {q['bot_started_at']} IS NOT DISTINCT FROM $5")
@@ -141,7 +135,7 @@ class ConversationsSql:
         read it; a column named in the setting must be both, or the read fails naming
         the setting and the fix."""
         column = self._order_setting or DEFAULT_ORDER_COLUMN
-        usable = await self._run("fetchval", ORDER_COLUMN_READABLE, quote_ident(self._table), column)
+        usable = await self._run("fetchval", ORDER_COLUMN_READABLE, quote_table(self._table), column)
         if not usable and self._order_setting is not None:
             fix = (f"GRANT SELECT ({column}) ON {self._table} to the consumers' role"
                    if usable is False else "name an existing column or unset it")

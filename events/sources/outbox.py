@@ -45,6 +45,7 @@ from events.contract import (
 from events.errors import ReconcilerError
 from events.ids import derived_id
 from events.keys import conversation_key
+from events.sql import quote_ident
 
 SCHEMA = "reconciler"
 """The PostgreSQL schema holding everything this project installs."""
@@ -61,18 +62,6 @@ class BadOutboxRow(ReconcilerError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-def quote_ident(name: str) -> str:
-    """A SQL identifier, double-quoted (embedded quotes doubled)."""
-    if not name or "\x00" in name:
-        raise ValueError(f"invalid SQL identifier {name!r}")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_table(table: str) -> str:
-    """``schema.table`` or ``table``, each part quoted."""
-    return ".".join(quote_ident(part) for part in table.split(".", 1))
 
 
 def _name(prefix: str, table: str) -> str:

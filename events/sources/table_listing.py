@@ -48,7 +48,7 @@ from events.keys import conversation_key
 from events.loops import HEARTBEATS, sleep_unless_stopped
 from events.publisher import Publisher
 from events.settings import Settings
-from events.sources.outbox import quote_ident, quote_table
+from events.sql import quote_ident, quote_table
 
 log = logging.getLogger(__name__)
 

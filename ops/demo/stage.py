@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from events.keys import KeySpace, conversation_key
 from events.sessionfiles import FilePattern
 from events.settings import Settings
-from events.sources.outbox import quote_table
+from events.sql import quote_table
 from ops.prepare import conversations_ddl
 
 CHANNEL = "109876543210"
