@@ -102,18 +102,16 @@ async def guarded(
     store that goes away during a shutdown must not keep the process alive.
     """
     heartbeats.register(name, stall_after_s)
-    backoff = Backoff(backoff_s, backoff_max_s)
+    backoff, stop = Backoff(backoff_s, backoff_max_s), stop or asyncio.Event()
     try:
         while True:
             started = time.monotonic()
             try:
                 await body()
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
+            except Exception as error:  # a cancellation (BaseException) is never caught
                 heartbeats.failed(name, error)
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     log.warning("loop %s failed while stopping: %s", name, error, extra={"loop": name})
                     return
                 if time.monotonic() - started > backoff_max_s:
@@ -121,9 +119,7 @@ async def guarded(
                 delay = backoff.next()
                 log.error("loop %s failed; restarting in %.1fs", name, delay,
                           exc_info=True, extra={"loop": name})
-            if stop is None:
-                await asyncio.sleep(delay)
-            elif await sleep_unless_stopped(stop, delay):
+            if await sleep_unless_stopped(stop, delay):
                 return
             heartbeats.beat(name)  # restarting counts as progress for the health check
     finally:
