@@ -38,8 +38,9 @@ class GapWatch:
         self._script = redis.register_script(GAP_LUA) if gaps_key else None
 
     async def read(self, consumer: str, streams: dict[str, str], *, count: int,
-                   block_ms: int) -> Any:
-        """XREADGROUP, with one gap check per stream pipelined in front of it when on."""
+                   block_ms: int | None) -> Any:
+        """XREADGROUP (``block_ms=None``: without BLOCK), with one gap check per stream
+        pipelined in front of it when on."""
         if self._script is None:
             return await self._redis.xreadgroup(self.group, consumer, streams, count=count,
                                                 block=block_ms)
@@ -55,7 +56,7 @@ class GapWatch:
 
     def lost(self, stream: str, detail: str) -> None:
         """Count, log and re-list: entries of ``stream`` were lost to this group."""
-        name = stream.rpartition(":")[2]
+        name = stream.partition("{events}:")[2] or stream  # e.g. conversations:bulk
         metrics.STREAM_GAPS.labels(name, self.group).inc()
         log.error("group %s lost entries of %s: %s; re-listing its keys", self.group, stream,
                   detail, extra={"group": self.group, "stream": stream})

@@ -4,6 +4,9 @@
 * Events for a key that is waiting are coalesced into one batch.
 * Events for a key that is being handled wait, coalesced, and the key is
   handed out again once the running handler is done.
+* Keys woken by a live event are handed out before keys woken only by the
+  bulk lane (snapshots, listings, re-listings: see :mod:`consumers.runtime`),
+  so a live change does not wait behind a backlog already read.
 
 Handlers are level-triggered (they read the current state of the key), so
 handling a key once for several events is both correct and cheaper.
@@ -39,6 +42,9 @@ class KeyQueue:
     def __init__(self) -> None:
         self._waiting: dict[str, list[Delivery]] = {}
         self._ready: deque[str] = deque()
+        self._live: deque[str] = deque()
+        self._urgent: set[str] = set()
+        """Keys with a live delivery waiting: they go to ``_live`` when they are ready."""
         self._processing: dict[str, list[Delivery]] = {}
         self._has_ready = asyncio.Event()
         self._has_space = asyncio.Event()
@@ -50,11 +56,16 @@ class KeyQueue:
         """Entries waiting or being handled."""
         return self._count
 
-    def add_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Queue deliveries in order (one read's worth at a time, to keep the per-entry cost low)."""
+    def add_many(self, deliveries: Sequence[Delivery], *, live: bool = True) -> None:
+        """Queue deliveries in order (one read's worth at a time, to keep the per-entry cost low).
+
+        ``live=False`` (the bulk lane): their keys are handed out after every live key.
+        A key already waiting keeps its place.
+        """
         if not deliveries:
             return
-        waiting, processing, ready = self._waiting, self._processing, self._ready
+        waiting, processing = self._waiting, self._processing
+        ready = self._live if live else self._ready
         for delivery in deliveries:
             key = delivery.event.key
             batch = waiting.get(key)
@@ -62,6 +73,8 @@ class KeyQueue:
                 waiting[key] = [delivery]
                 if key not in processing:
                     ready.append(key)
+                elif live:
+                    self._urgent.add(key)
             else:
                 batch.append(delivery)
         self._count += len(deliveries)
@@ -71,14 +84,14 @@ class KeyQueue:
 
     async def get(self) -> tuple[str, list[Delivery]]:
         """The next ready key and every event waiting for it."""
-        while not self._ready:
+        while not self._ready and not self._live:
             self._has_ready.clear()
             await self._has_ready.wait()
         return self.get_nowait()
 
     def get_nowait(self) -> tuple[str, list[Delivery]]:
         """Like :meth:`get` when a key is ready; raises ``IndexError`` when none is."""
-        key = self._ready.popleft()
+        key = (self._live or self._ready).popleft()
         batch = self._waiting.pop(key)
         self._processing[key] = batch
         return key, batch
@@ -88,7 +101,11 @@ class KeyQueue:
         batch = self._processing.pop(key)
         self._count -= len(batch)
         if key in self._waiting:
-            self._ready.append(key)
+            if key in self._urgent:
+                self._urgent.discard(key)
+                self._live.append(key)
+            else:
+                self._ready.append(key)
             self._has_ready.set()
         if self._count == 0:
             self._idle.set()
@@ -108,5 +125,7 @@ class KeyQueue:
         self._waiting.clear()
         self._processing.clear()
         self._ready.clear()
+        self._live.clear()
+        self._urgent.clear()
         self._count = 0
         self._idle.set()

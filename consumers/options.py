@@ -22,6 +22,17 @@ def consumer_name() -> str:
 class GroupOptions:
     group: str
     streams: tuple[str, ...]
+    """Every stream of the group, bulk lanes included (groups, reclaim and release cover all)."""
+    bulk_streams: tuple[str, ...] = ()
+    """Those of ``streams`` read only with the capacity live streams leave: after a live
+    read that came back short, non-blocking, and only while fewer than
+    ``bulk_max_buffered`` entries wait or run."""
+    bulk_max_buffered: int = 1000
+    """Bulk entries stop being read at this many buffered entries, so the buffer always
+    has room for live ones (keep it below ``max_buffered``)."""
+    bulk_poll_ms: int = 20
+    """While the bulk lane is held back, the live read blocks at most this long, so
+    the bulk lane resumes soon after the buffer drains."""
     deadletter_stream: str
     consumer: str = field(default_factory=consumer_name)
     read_count: int = 500

@@ -105,7 +105,7 @@ class Relister:
 
     async def _flush(self, batch: list[ReconcileRequested]) -> int:
         if batch:
-            await self._publisher.publish_many(batch)
+            await self._publisher.publish_many(batch, lane="bulk")
         count = len(batch)
         batch.clear()
         return count

@@ -82,10 +82,10 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         ]
         pauses = PauseStore(redis, keys)
         groups = [
-            GroupConsumer(redis, _options(settings, "conversations", keys.conversations_stream),
+            GroupConsumer(redis, _options(settings, "conversations"),
                           settling_expiries(conversations, pauses, actions),
                           on_gap=relisters[0].request),
-            GroupConsumer(redis, _options(settings, "sessions", keys.sessions_stream),
+            GroupConsumer(redis, _options(settings, "sessions"),
                           settling_expiries(sessions, pauses, actions),
                           on_gap=relisters[1].request),
         ]
@@ -106,10 +106,13 @@ async def _missing(pool: Any, redis: Any, settings: Settings) -> list[str]:
     return [*database, *await missing_redis_rights(redis, settings.keys)]
 
 
-def _options(settings: Settings, group: str, stream: str) -> GroupOptions:
+def _options(settings: Settings, group: str) -> GroupOptions:
+    """The options of the group named after its stream: the live stream and its bulk lane."""
+    live, bulk = settings.keys.lanes(group)
     return GroupOptions(
         group=group,
-        streams=(stream,),
+        streams=(live, bulk),
+        bulk_streams=(bulk,),
         deadletter_stream=settings.keys.deadletter_stream,
         deadletter_max_len=settings.deadletter_max_len,
         concurrency=settings.concurrency,

@@ -159,15 +159,15 @@ class GroupConsumer:
     async def _read_loop(self) -> None:
         await self.ensure_groups()  # again after every restart of this loop
         opts = self.options
-        streams = {s: ">" for s in opts.streams}
+        live = {s: ">" for s in opts.streams if s not in opts.bulk_streams}
+        bulk = {s: ">" for s in opts.bulk_streams}
         names = {s.encode(): s for s in opts.streams}
         name = f"{self._loop_prefix}:reader"
         while not self._stopping:
             HEARTBEATS.beat(name)
             await self._queue.wait_for_space(opts.max_buffered)
             try:
-                reply = await self.gaps.read(opts.consumer, streams, count=opts.read_count,
-                                             block_ms=opts.block_ms)
+                reply = await self._read_lanes(live, bulk)
             except ResponseError as e:
                 if not (is_nogroup(e) or is_unblocked(e)):
                     raise
@@ -176,6 +176,32 @@ class GroupConsumer:
             for raw_stream, entries in reply or ():
                 stream = names.get(raw_stream) or text(raw_stream)
                 await self.accept(stream, entries)
+
+    async def _read_lanes(self, live: dict[str, str], bulk: dict[str, str]) -> Any:
+        """One read: live streams first; the bulk lane with what capacity is left.
+
+        Without a bulk lane this is one blocking XREADGROUP.  With one, the live
+        streams are read without blocking; when that came back short and the buffer
+        has room for bulk entries, the bulk lane fills the rest of the count; only
+        when both were empty does the read block (on the bulk lane too while it
+        has room, else briefly on the live streams alone).
+        """
+        opts, read = self.options, self.gaps.read
+        if not bulk:
+            return await read(opts.consumer, live, count=opts.read_count, block_ms=opts.block_ms)
+        room = len(self._queue) < opts.bulk_max_buffered
+        reply = list(await read(opts.consumer, live, count=opts.read_count, block_ms=None) or ())
+        got = sum(len(entries) for _, entries in reply)
+        if got < opts.read_count and room:
+            reply += await read(opts.consumer, bulk, count=opts.read_count - got,
+                                block_ms=None) or ()
+        if reply:
+            return reply
+        if room:
+            return await read(opts.consumer, {**live, **bulk}, count=opts.read_count,
+                              block_ms=opts.block_ms)
+        return await read(opts.consumer, live, count=opts.read_count,
+                          block_ms=min(opts.block_ms, opts.bulk_poll_ms))
 
     async def accept(
         self, stream: str, entries: Sequence[tuple[bytes, Mapping[bytes, bytes] | None]]
@@ -200,7 +226,7 @@ class GroupConsumer:
                 continue
             tracked.add(marker)
             accepted.append(Delivery(stream, entry_id, event, fields))
-        self._queue.add_many(accepted)
+        self._queue.add_many(accepted, live=stream not in self.options.bulk_streams)
         for error, failed in bad.items():
             log.warning("dead-lettering %d malformed entries from %s: %s", len(failed), stream,
                         error, extra={"stream": stream, "group": self.options.group})

@@ -37,6 +37,13 @@ SESSIONS = "sessions"
 AUDIT = "audit"
 NOTIFICATIONS = "notifications"
 
+LANED = (CONVERSATIONS, SESSIONS)
+"""Streams with a second, bulk lane (``{stream}:bulk``) that consumers read after the live one."""
+BULK_SUFFIX = ":bulk"
+
+Lane = Literal["live", "bulk"]
+"""Which lane a publisher writes: ``bulk`` for snapshots, listings, re-listings and backlogs."""
+
 
 class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Envelope fields shared by every event."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
+from events.contract import AUDIT, BULK_SUFFIX, CONVERSATIONS, LANED, NOTIFICATIONS, SESSIONS
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -45,6 +45,19 @@ class KeySpace:
     def stream(self, name: str) -> str:
         """The Redis key of a logical stream (``conversations``, ``sessions``, ...)."""
         return f"{self.prefix}{{events}}:{name}"
+
+    def bulk_stream(self, name: str) -> str:
+        """The bulk lane of a laned stream (``conversations``, ``sessions``): snapshots,
+        listings, re-listings and outbox backlogs go there, so consumers read live
+        changes first (same ``{events}`` tag)."""
+        if name not in LANED:
+            raise ValueError(f"stream {name!r} has no bulk lane (only {', '.join(LANED)})")
+        return self.stream(f"{name}{BULK_SUFFIX}")
+
+    def lanes(self, name: str) -> tuple[str, ...]:
+        """Every Redis stream of a logical stream: the live one, then its bulk lane if any."""
+        live = self.stream(name)
+        return (live, self.bulk_stream(name)) if name in LANED else (live,)
 
     @property
     def conversations_stream(self) -> str:

@@ -1,7 +1,7 @@
 """Publishing events: XADD pipelined in batches, then trimming by retention.
 
 Retention is explicit: either an approximate length cap or an age (a
-``MINID`` derived from the clock).  Each batch ends with one trim script per
+``MINID`` derived from the clock).  Each batch ends with one trim script per lane of each
 stream it touched (:mod:`events.retention`), which never removes an entry a
 consumer group has not read and acked: a bulk change larger than the cap waits
 in the stream instead of pushing unread entries out.
@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from events import codec, metrics
-from events.contract import EventBase, stream_of, tag_of
+from events.contract import LANED, EventBase, Lane, stream_of, tag_of
 from events.keys import KeySpace
 from events.replies import text
 from events.retention import TRIM_LUA, trim_args
@@ -47,26 +47,36 @@ class Publisher:
         self._trim = redis.register_script(TRIM_LUA)
         self._cluster = isinstance(redis, RedisCluster)
 
-    def stream_key(self, event: EventBase) -> str:
-        return self._keys.stream(stream_of(event))
+    def stream_key(self, event: EventBase, lane: Lane = "live") -> str:
+        """The Redis stream of ``event``: its bulk lane when asked and it has one."""
+        name = stream_of(event)
+        if lane == "bulk" and name in LANED:
+            return self._keys.bulk_stream(name)
+        return self._keys.stream(name)
 
-    async def publish(self, event: EventBase) -> str:
+    async def publish(self, event: EventBase, *, lane: Lane = "live") -> str:
         """Publish one event; returns its stream entry id."""
-        return (await self.publish_many([event]))[0]
+        return (await self.publish_many([event], lane=lane))[0]
 
-    async def publish_many(self, events: Sequence[EventBase], *,
-                           batch_size: int = BATCH_SIZE) -> list[str]:
-        """Publish events in order, ``batch_size`` per round trip; returns entry ids."""
+    async def publish_many(self, events: Sequence[EventBase], *, batch_size: int = BATCH_SIZE,
+                           lane: Lane = "live") -> list[str]:
+        """Publish events in order, ``batch_size`` per round trip; returns entry ids.
+
+        ``lane="bulk"``: conversation and session events go to their bulk lane, which
+        consumers read only with the capacity live changes leave (snapshots, listings,
+        re-listings, outbox backlogs).
+        """
         ids: list[str] = []
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
             pipe = self._redis.pipeline(transaction=False)
-            streams = [self.stream_key(event) for event in batch]
+            streams = [self.stream_key(event, lane) for event in batch]
             for stream, event in zip(streams, batch, strict=True):
                 pipe.xadd(stream, codec.encode(event))
             trim = self._trim_args()
+            trimmed = self._trimmed(batch) if trim is not None else []
             if trim is not None and not self._cluster:
-                for stream in dict.fromkeys(streams):  # once per stream, after its XADDs
+                for stream in trimmed:  # once per stream, after its XADDs
                     await self._trim(keys=[stream], args=trim, client=pipe)
             try:
                 replies = await pipe.execute()
@@ -76,12 +86,18 @@ class Publisher:
                 names = {stream_of(event): key for event, key in zip(batch, streams, strict=True)}
                 raise StreamExhausted(describe(await find_exhausted(self._redis, names))) from e
             if trim is not None and self._cluster:  # a cluster pipeline refuses EVALSHA
-                for stream in dict.fromkeys(streams):
+                for stream in trimmed:
                     await self._trim(keys=[stream], args=trim)
             for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(text(entry_id))
         return ids
+
+    def _trimmed(self, batch: Sequence[EventBase]) -> list[str]:
+        """The streams a batch's trim covers: both lanes of every stream it touched, so a
+        bulk lane read and acked shrinks back with the next live change too."""
+        names = dict.fromkeys(stream_of(event) for event in batch)
+        return [stream for name in names for stream in self._keys.lanes(name)]
 
     async def add_to(self, pipe: Any, event: EventBase) -> None:
         """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also

@@ -27,7 +27,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from events import metrics
-from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
+from events.contract import AUDIT, BULK_SUFFIX, CONVERSATIONS, LANED, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, sleep_unless_stopped
 from events.replies import text
@@ -39,7 +39,9 @@ COLLECT_INTERVAL_S = 5.0
 LAG_COUNT_LIMIT = 100_000
 """When Redis cannot tell the lag (after XDEL / trimming), count at most this many entries."""
 
-STREAMS = (CONVERSATIONS, SESSIONS, AUDIT, NOTIFICATIONS)
+STREAMS = (CONVERSATIONS, SESSIONS, *(f"{name}{BULK_SUFFIX}" for name in LANED), AUDIT,
+           NOTIFICATIONS)
+"""Logical streams with gauges; a bulk lane is labelled ``conversations:bulk``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from consumers.runtime import running_groups
-from events.contract import AUDIT, CONVERSATIONS, NOTIFICATIONS, SESSIONS
+from events.contract import AUDIT, BULK_SUFFIX, CONVERSATIONS, LANED, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, Heartbeats, spawn
 from events.readiness import READINESS, Readiness
@@ -183,7 +183,8 @@ def add_standard_checks(
 
 def event_streams(keys: KeySpace) -> dict[str, str]:
     """Every stream this project appends to, by name."""
-    names = (CONVERSATIONS, SESSIONS, AUDIT, NOTIFICATIONS, "deadletter")
+    names = (CONVERSATIONS, SESSIONS, *(f"{name}{BULK_SUFFIX}" for name in LANED), AUDIT,
+             NOTIFICATIONS, "deadletter")
     return {name: keys.stream(name) for name in names}
 
 

@@ -23,7 +23,7 @@ from events.keys import KeySpace
 from events.loops import HEARTBEATS, spawn
 from events.replies import text
 from events.settings import Settings
-from projections.fold import Entry, Folder, Model
+from projections.fold import Entry, Folder, Model, id_tuple
 from projections.models import models
 from projections.rules import KINDS
 from projections.store import Conflict, ProjectionStore
@@ -46,14 +46,41 @@ def flatten(reply: Any) -> list[Entry]:
 
 
 def stream_keys(keys: KeySpace, model: Model[Any]) -> list[str]:
-    return [keys.stream(name) for name in model.streams]
+    """The Redis streams of the model's logical streams, bulk lanes included (a bulk lane
+    carries row changes of outbox backlogs and folder snapshots, which the model folds)."""
+    return [key for name in model.streams for key in keys.lanes(name)]
 
 
 async def read_after(redis: Redis, keys: KeySpace, model: Model[Any], positions: dict[str, str], *,
                      count: int = READ_COUNT, block_ms: int | None = None) -> list[Entry]:
-    """The next entries of the model's streams after ``positions`` (blocking up to ``block_ms``)."""
+    """The next entries of the model's streams after ``positions`` (blocking up to ``block_ms``),
+    merged in entry-id order (see :func:`in_id_order`)."""
     streams = {key: positions.get(key, "0-0") for key in stream_keys(keys, model)}
-    return flatten(await redis.xread(streams, count=count, block=block_ms))
+    return in_id_order(flatten(await redis.xread(streams, count=count, block=block_ms)), count)
+
+
+def in_id_order(entries: list[Entry], count: int) -> list[Entry]:
+    """One read of several streams, merged by entry id, cut at a safe horizon.
+
+    A key's events can be on both lanes of a stream (a live change after a snapshot
+    of the same key), and a model folds images, so their order matters.  Entry ids
+    come from one Redis clock, so they order entries across streams.  A stream that
+    returned ``count`` entries may hold more below another stream's later entries:
+    entries after the smallest last id among such full streams wait for the next
+    read (their positions do not move), and that stream's own entries always pass,
+    so every read makes progress.
+    """
+    last: dict[str, tuple[int, int]] = {}
+    sizes: dict[str, int] = {}
+    for stream, entry_id, _ in entries:
+        last[stream] = id_tuple(text(entry_id))
+        sizes[stream] = sizes.get(stream, 0) + 1
+    if len(last) < 2:
+        return entries
+    full = [last[s] for s, n in sizes.items() if n >= count]
+    horizon = min(full) if full else None
+    kept = [e for e in entries if horizon is None or id_tuple(text(e[1])) <= horizon]
+    return sorted(kept, key=lambda e: id_tuple(text(e[1])))
 
 
 async def tail(redis: Redis, keys: KeySpace, model: Model[Any], stop: asyncio.Event, *,

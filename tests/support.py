@@ -113,3 +113,19 @@ def one_line_per_action(entries: list[ActionRecorded], *,
         lines.append(steps[1])
     return lines
 
+
+
+async def lane_entries(redis: Any, keys: Any, name: str, after: dict[str, bytes] | None = None,
+                       ) -> list[tuple[bytes, Any]]:
+    """Entries of both lanes of stream ``name`` (live and bulk), merged by entry id;
+    ``after`` (stream key -> last id read) is advanced to read incrementally."""
+    after = {} if after is None else after
+    merged: list[tuple[tuple[int, int], bytes, Any]] = []
+    for stream in keys.lanes(name):
+        start = after.get(stream)
+        for entry_id, fields in await redis.xrange(stream, min=b"(" + start if start else "-"):
+            ms, _, seq = entry_id.partition(b"-")
+            merged.append(((int(ms), int(seq)), entry_id, fields))
+            after[stream] = entry_id
+    merged.sort(key=lambda row: row[0])
+    return [(entry_id, fields) for _, entry_id, fields in merged]

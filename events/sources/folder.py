@@ -46,6 +46,7 @@ from watchfiles import awatch
 from events import metrics, wiring
 from events.contract import (
     EventBase,
+    Lane,
     SessionFileRejected,
     SnapshotFinished,
     SnapshotStarted,
@@ -129,7 +130,7 @@ class FolderWatcher:
                 return
             log.warning("sessions folder %s was removed or replaced; waiting for it",
                         self.folder, extra={"source": SOURCE})
-            await self._publish(await asyncio.to_thread(self.view.rescan))
+            await self._publish(await asyncio.to_thread(self.view.rescan), lane="bulk")
             resync_reason = "sessions folder re-created"
 
     # -- listing ---------------------------------------------------------
@@ -144,7 +145,7 @@ class FolderWatcher:
             *events,
             SnapshotFinished(**self._envelope(), snapshot_id=snapshot_id, items=items),
             *self._resynced(resync_reason),
-        ], replace_state=True)
+        ], replace_state=True, lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
         READINESS.ready(READY_FLAG)
         log.info("sessions folder snapshot: %d items", items,
@@ -156,7 +157,7 @@ class FolderWatcher:
         if events:
             log.info("sessions folder rescan found %d changes", len(events),
                      extra={"source": SOURCE})
-        await self._publish([*events, *self._resynced(resync_reason)])
+        await self._publish([*events, *self._resynced(resync_reason)], lane="bulk")
 
     # -- watching --------------------------------------------------------
 
@@ -209,9 +210,11 @@ class FolderWatcher:
 
     # -- publishing ------------------------------------------------------
 
-    async def _publish(self, events: Sequence[EventBase], *, replace_state: bool = False) -> None:
+    async def _publish(self, events: Sequence[EventBase], *, replace_state: bool = False,
+                       lane: Lane = "live") -> None:
+        """Publish; snapshots and rescans go to the bulk lane, watched changes live."""
         if events:
-            await self.publisher.publish_many(events)
+            await self.publisher.publish_many(events, lane=lane)
             metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
             for event in events:
                 if isinstance(event, SessionFileRejected):

@@ -37,7 +37,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from events import metrics, wiring
-from events.contract import ReconcileRequested, SourceResynced
+from events.contract import Lane, ReconcileRequested, SourceResynced
 from events.errors import ReconcilerError
 from events.grants import missing_grants, wait_until_granted
 from events.ids import new_event_id
@@ -207,7 +207,10 @@ class OutboxRelay:
                     failed.append((row["id"], e.reason))
                     self._report(row["id"], e)
             if events:
-                await self._publisher.publish_many(events, batch_size=self._options.batch)
+                # a full batch is a backlog (a bulk statement, a restart): the bulk lane
+                lane: Lane = "bulk" if len(rows) >= self._options.batch else "live"
+                await self._publisher.publish_many(events, batch_size=self._options.batch,
+                                                   lane=lane)
                 metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
             await conn.execute(self._delete, published, timeout=timeout)
             if failed:
@@ -223,7 +226,7 @@ class OutboxRelay:
     async def _resynced(self, reason: str, backlog: int) -> None:
         await self._publisher.publish(SourceResynced(
             id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE,
-            key=f"{SOURCE}:{self._table}"[:256], reason=reason))
+            key=f"{SOURCE}:{self._table}"[:256], reason=reason), lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
         READINESS.ready(READY_FLAG)
         log.info("relay for %s %s: %d backlog row(s) handled, listening", self._table,

@@ -38,7 +38,7 @@ from typing import Any
 from redis.exceptions import NoPermissionError, ResponseError
 
 from events import metrics, wiring
-from events.contract import EventBase, SessionExpired, SourceResynced
+from events.contract import EventBase, Lane, SessionExpired, SourceResynced
 from events.grants import confirm_subscribed
 from events.ids import new_event_id
 from events.keys import KeySpace
@@ -227,16 +227,16 @@ class SessionsSource:
         marker = SourceResynced(id=new_event_id(), occurred_at=datetime.now(UTC),
                                 source="gateway", key="sessions", reason=reason,
                                 scope="sessions")
-        await self._publish([marker])
+        await self._publish([marker], lane="bulk")
         READINESS.ready(READY_FLAG)
         log.info("sessions source resynced (%s)", reason, extra={"source": SOURCE})
 
     async def scan(self) -> None:
         """Publish expiries missed while unwatched and every non-empty queue."""
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
-        events: list[EventBase] = [*await self._scan_leases(), *await scan_queues(
-            self._redis, self._keys)]
-        await self._publish(events)
+        # expiries stay live (the notifier reads them there); the queue listing is bulk
+        await self._publish(list(await self._scan_leases()))
+        await self._publish(list(await scan_queues(self._redis, self._keys)), lane="bulk")
 
     async def _scan_leases(self) -> list[SessionExpired]:
         live: set[str] = set()
@@ -273,9 +273,10 @@ class SessionsSource:
         return SessionExpired(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
                               key=session)
 
-    async def _publish(self, events: list[EventBase]) -> None:
+    async def _publish(self, events: list[EventBase], *, lane: Lane = "live") -> None:
+        """Publish; the listing of leases and queues goes to the bulk lane."""
         if events:
-            await self._publisher.publish_many(events)
+            await self._publisher.publish_many(events, lane=lane)
             metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
 
 

@@ -95,7 +95,7 @@ class TableListing:
         """One full pass, published between snapshot markers."""
         started, snapshot_id = time.monotonic(), new_event_id()
         await self._publisher.publish(SnapshotStarted(**_envelope(self._table),
-                                                      snapshot_id=snapshot_id))
+                                                      snapshot_id=snapshot_id), lane="bulk")
         rows = keys = 0
         last: Any = None
         while True:
@@ -106,13 +106,15 @@ class TableListing:
                 break
             last = records[-1][0]
             wanted = {conversation_key(str(r[1]), str(r[2])) for r in records if r[1] and r[2]}
-            await self._publisher.publish_many([_wake(key, reason) for key in sorted(wanted)])
+            await self._publisher.publish_many([_wake(key, reason) for key in sorted(wanted)],
+                                               lane="bulk")
             rows, keys = rows + len(records), keys + len(wanted)
             HEARTBEATS.beat(f"listing:{self._table}")
             await asyncio.sleep(max(0.0, len(records) / self._rate
                                     - (time.monotonic() - page_started)))
         await self._publisher.publish(SnapshotFinished(**_envelope(self._table),
-                                                       snapshot_id=snapshot_id, items=keys))
+                                                       snapshot_id=snapshot_id, items=keys),
+                                      lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
         result = ListingResult(rows, keys, time.monotonic() - started)
         log.info("listed %s (%s): %d rows that can matter, %d keys, %.1fs", self._table, reason,

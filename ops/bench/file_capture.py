@@ -53,21 +53,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 class Tail:
-    """Reads the conversations stream from where it last stopped."""
+    """Reads the conversations streams (both lanes: the snapshot is on the bulk one) from
+    where it last stopped."""
 
-    def __init__(self, redis: Redis, stream: str) -> None:
+    def __init__(self, redis: Redis, streams: tuple[str, ...]) -> None:
         self.redis = redis
-        self.stream = stream
-        self.last_id: bytes | str = "0-0"  # a fresh key prefix: read from the start
+        self.positions: dict[str, bytes | str] = dict.fromkeys(streams, "0-0")  # fresh prefix
 
     async def until(self, wanted: Any) -> None:
         """Block until an event for which ``wanted(event)`` is true has arrived."""
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            reply = await self.redis.xread({self.stream: self.last_id}, block=1000, count=1000)
-            for _, entries in reply or ():
+            reply = await self.redis.xread(self.positions, block=1000, count=1000)
+            for stream, entries in reply or ():
                 for entry_id, fields in entries:
-                    self.last_id = entry_id
+                    self.positions[stream.decode()] = entry_id
                     if wanted(codec.decode(fields)):
                         return
         raise TimeoutError("no event arrived in time")
@@ -76,7 +76,7 @@ class Tail:
 @contextlib.asynccontextmanager
 async def running(redis: Redis, settings: Settings, variant: str) -> AsyncIterator[Tail]:
     options = VARIANTS[variant]
-    tail = Tail(redis, settings.keys.conversations_stream)
+    tail = Tail(redis, settings.keys.lanes("conversations"))
     watcher = FolderWatcher(replace(settings, watch_polling=options["polling"]), redis,
                             step_ms=options["step_ms"], debounce_ms=options["debounce_ms"])
     stop = asyncio.Event()

@@ -88,13 +88,13 @@ async def _outbox_bytes(pg: Any, table: str) -> int:
 
 async def _drain(redis: Redis, settings: Settings, rows: int, batch: int) -> float:
     """Seconds from the relay's start until ``rows`` changes are on the stream."""
-    stream = settings.keys.conversations_stream
-    await redis.delete(stream)
+    lanes = settings.keys.lanes("conversations")  # a full batch goes to the bulk lane
+    await redis.delete(*lanes)
     stop = asyncio.Event()
     started = time.perf_counter()
     relay = asyncio.create_task(run_relay(settings, redis, stop, RelayOptions(batch=batch)))
     try:
-        while await redis.xlen(stream) < rows:  # the changes, then the resynced marker
+        while sum([await redis.xlen(s) for s in lanes]) < rows:  # changes, resynced marker
             if relay.done() or time.perf_counter() - started > TIMEOUT_S:
                 raise RuntimeError(f"the relay stopped or took over {TIMEOUT_S:g} s")
             await asyncio.sleep(0.05)

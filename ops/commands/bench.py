@@ -17,6 +17,7 @@ BENCHES: dict[str, str] = {
     "park-latency": "park_latency",
     "file-capture": "file_capture",
     "db-listing": "db_listing",
+    "live-lane": "live_lane",
 }
 
 

@@ -27,7 +27,7 @@ from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import Pause, PauseStore
 from consumers.stores.session_files import SessionFiles
 from events import codec, wiring
-from events.contract import ActionRecorded, EventBase, tag_of
+from events.contract import CONVERSATIONS, SESSIONS, ActionRecorded, EventBase, tag_of
 from events.errors import MalformedEntry
 from events.ids import id_time
 from events.keys import SESSION_NAME, split_conversation_key
@@ -61,10 +61,10 @@ async def run(args: argparse.Namespace) -> int:
         keys = env.settings.keys
         if conversation:
             state = await _conversation_state(env.settings, env.redis, args.key)
-            streams = [keys.conversations_stream, keys.audit_stream]
+            streams = [*keys.lanes(CONVERSATIONS), keys.audit_stream]
         else:
             state = await _session_state(env.settings, env.redis, args.key)
-            streams = [keys.sessions_stream, keys.audit_stream]
+            streams = [*keys.lanes(SESSIONS), keys.audit_stream]
         timeline = await _timeline(env.redis, streams, args.key)
         pause = await PauseStore(env.redis, keys).active(args.key)
     data = {"key": args.key, "kind": "conversation" if conversation else "session",

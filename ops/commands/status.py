@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events import codec
-from events.contract import SnapshotFinished, SourceResynced
+from events.contract import CONVERSATIONS, SESSIONS, SnapshotFinished, SourceResynced
 from events.errors import MalformedEntry
 from events.keys import KeySpace
 from events.replies import text
@@ -59,19 +59,20 @@ def _source_row(name: str) -> dict[str, Any]:
 async def sources(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {name: _source_row(name) for name in SOURCES}
     now_ms = time.time() * 1000
-    for stream in (keys.conversations_stream, keys.sessions_stream):
+    for stream in (*keys.lanes(CONVERSATIONS), *keys.lanes(SESSIONS)):
         for entry_id, fields in await redis.xrevrange(stream, count=STATUS_SCAN):
             try:
                 event = codec.decode(fields)
             except MalformedEntry:
                 continue
             row = rows.setdefault(event.source, _source_row(event.source))
-            if row["last_event_s_ago"] is None:
-                age = (now_ms - int(text(entry_id).partition("-")[0])) / 1000
-                row["last_event_s_ago"] = round(max(0.0, age), 1)
+            age = round(max(0.0, (now_ms - int(text(entry_id).partition("-")[0])) / 1000), 1)
+            if row["last_event_s_ago"] is None or age < row["last_event_s_ago"]:
+                row["last_event_s_ago"] = age
             if isinstance(event, SourceResynced):
                 row["resyncs"] += 1
-            elif isinstance(event, SnapshotFinished) and row["last_snapshot"] is None:
+            elif isinstance(event, SnapshotFinished) and (
+                    row["last_snapshot"] is None or event.occurred_at > row["last_snapshot"]):
                 row["last_snapshot"] = event.occurred_at
     for name, row in rows.items():
         state = await redis.hgetall(keys.source_state(name))

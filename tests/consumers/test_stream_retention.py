@@ -75,9 +75,10 @@ async def test_a_bulk_change_larger_than_the_cap_is_reconciled_completely(
     pg: Any, redis: Redis, settings: Settings
 ) -> None:
     settings = settings_with(settings, stream_max_len=CAP)
-    stream = settings.keys.conversations_stream
+    lanes = settings.keys.lanes("conversations")  # the backlog's full batches: the bulk lane
     await stage(pg, settings)
-    await redis.xgroup_create(stream, "conversations", id="0", mkstream=True)
+    for stream in lanes:
+        await redis.xgroup_create(stream, "conversations", id="0", mkstream=True)
     gaps_before = gaps("conversations")
     # The nightly job: one statement closes every bot chat and leaves the bot fields behind.
     await pg.execute(f"UPDATE \"{settings.table}\" SET status = 'closed' WHERE status = 'active'")
@@ -88,7 +89,8 @@ async def test_a_bulk_change_larger_than_the_cap_is_reconciled_completely(
         async def drained() -> bool:
             return await pg.fetchval(f"SELECT count(*) FROM {outbox}") == 0
         await eventually(drained, timeout=300, message="the relay to publish the outbox")
-        assert await redis.xlen(stream) >= ROWS  # four times the cap, unread: nothing trimmed
+        # four times the cap, unread: nothing trimmed
+        assert sum([await redis.xlen(stream) for stream in lanes]) >= ROWS
 
         async with running(run_consumers, settings, redis):
             async def reconciled() -> bool:
@@ -97,16 +99,17 @@ async def test_a_bulk_change_larger_than_the_cap_is_reconciled_completely(
                              message="every closed row to lose its bot fields")
 
             async def acked() -> bool:
-                groups = await redis.xinfo_groups(stream)
+                groups = [g for stream in lanes for g in await redis.xinfo_groups(stream)]
                 return all(g["pending"] == 0 and g["lag"] == 0 for g in groups)
             await eventually(acked, timeout=120, message="every entry to be acked")
-        # The next change trims what was read and acked, back to about the cap.
+        # The next change (a live one) trims what was read and acked, back to about the cap,
+        # on both lanes.
         await pg.execute(f"UPDATE \"{settings.table}\" SET status = 'active', "
                          "assigned_to = 'agent-1' WHERE id = (SELECT min(id) FROM "
                          f'"{settings.table}")')
 
         async def trimmed() -> bool:
-            return await redis.xlen(stream) < CAP + 1000
+            return all([await redis.xlen(stream) < CAP + 1000 for stream in lanes])
         await eventually(trimmed, timeout=60, message="the stream to be trimmed to its cap")
     assert gaps("conversations") == gaps_before
 
@@ -143,6 +146,6 @@ async def test_entries_trimmed_by_someone_else_are_re_listed(
             return await with_bot_fields(pg, settings) == 0
         await eventually(cleared, timeout=60, message="the re-listed row to be reconciled")
     assert gaps("conversations") == before + 1
-    relisted = {e.key for _, fields in await redis.xrange(stream)
+    relisted = {e.key for _, fields in await redis.xrange(settings.keys.bulk_stream("conversations"))
                 if isinstance(e := codec.decode(fields), ReconcileRequested) and e.source == "reconciler"}
     assert relisted == {f"5511:{CHANNEL}", f"5533:{CHANNEL}"}  # the bot row and the file, not the agent's

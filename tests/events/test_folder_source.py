@@ -34,7 +34,7 @@ from events.settings import Settings
 from events.sources.folder import run_watcher
 from events.sources.folder_scan import FolderView
 from tests.conftest import settings_with
-from tests.support import eventually
+from tests.support import eventually, lane_entries
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -43,22 +43,18 @@ NAME = "whatsapp_5511999990000_940740243.json"
 
 
 class Stream:
-    """Everything published on the conversations stream so far, read incrementally."""
+    """Everything published on the conversations stream (both lanes) so far, read incrementally."""
 
     def __init__(self, redis: Any, keys: KeySpace) -> None:
         self.redis = redis
-        self.key = keys.conversations_stream
+        self.keys = keys
         self.events: list[Event] = []
-        self.last_id = b"0-0"
+        self.after: dict[str, bytes] = {}
 
     async def read(self) -> list[Event]:
-        while True:
-            entries = await self.redis.xrange(self.key, min=b"(" + self.last_id, count=5000)
-            if not entries:
-                return self.events
-            for entry_id, fields in entries:
-                self.events.append(codec.decode(fields))
-                self.last_id = entry_id
+        for _, fields in await lane_entries(self.redis, self.keys, "conversations", self.after):
+            self.events.append(codec.decode(fields))
+        return self.events
 
     async def wait_for(self, predicate: Any, message: str, timeout: float = 60) -> Event:
         found: list[Event] = []

@@ -32,7 +32,7 @@ from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, classify, event_from_row, outbox_names
 from events.sources.postgres import APPLICATION_NAME, RelayOptions, run_relay
 from ops import migrate
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, lane_entries
 
 FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_timeout_s=5.0)
 
@@ -58,7 +58,7 @@ async def relay(settings: Settings, redis: Redis) -> AsyncIterator[None]:
 
 
 async def stream(redis: Redis, settings: Settings) -> list[Any]:
-    entries = await redis.xrange(settings.keys.conversations_stream)
+    entries = await lane_entries(redis, settings.keys, "conversations")
     return [codec.decode(fields) for _, fields in entries]
 
 

@@ -21,11 +21,11 @@ from events.settings import Settings
 from events.sources import sessions as sessions_module
 from events.sources.sessions import SessionsSource, merged_flags, run_sessions_source
 from ops.embedded import start_redis
-from tests.support import eventually
+from tests.support import eventually, lane_entries
 
 
 async def session_events(redis: Any, keys: KeySpace) -> list[Event]:
-    return [codec.decode(fields) for _, fields in await redis.xrange(keys.sessions_stream)]
+    return [codec.decode(fields) for _, fields in await lane_entries(redis, keys, "sessions")]
 
 
 def of_type(events: list[Event], kind: type[Any], key: str | None = None) -> list[Any]:

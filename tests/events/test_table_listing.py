@@ -13,11 +13,11 @@ from events.contract import EventBase, ReconcileRequested, SnapshotFinished, Sna
 from events.publisher import Publisher
 from events.settings import Settings
 from events.sources.table_listing import serve_listing
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, lane_entries
 
 
 async def published(redis: Redis, settings: Settings) -> list[EventBase]:
-    return [codec.decode(f) for _, f in await redis.xrange(settings.keys.conversations_stream)]
+    return [codec.decode(f) for _, f in await lane_entries(redis, settings.keys, "conversations")]
 
 
 async def stage(pg: Any, settings: Settings) -> None:

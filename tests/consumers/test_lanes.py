@@ -1,0 +1,102 @@
+"""The bulk lane against a real Redis: a live change is handled while a bulk backlog drains."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from consumers.keyqueue import Delivery
+from consumers.options import GroupOptions
+from consumers.run import _options
+from consumers.runtime import GroupConsumer, running_groups
+from events.contract import ActionRecorded
+from events.ids import new_event_id
+from events.keys import KeySpace
+from events.publisher import Publisher
+from events.settings import Settings
+from ops.group_metrics import GroupCollector
+from projections.models import model as model_named
+from projections.runner import read_after
+from tests.consumers.test_runtime import Running
+from tests.support import eventually, request
+
+BACKLOG = 50_000
+STILL_UNREAD = 10_000
+"""The live key must be handled while at least this many bulk entries are not yet handled."""
+
+
+def laned(keys: KeySpace) -> GroupOptions:
+    live, bulk = keys.lanes("conversations")
+    return GroupOptions(group="lanes", streams=(live, bulk), bulk_streams=(bulk,),
+                        deadletter_stream=keys.deadletter_stream, concurrency=16,
+                        read_count=500, bulk_max_buffered=1000)
+
+
+async def test_live_change_is_handled_while_a_bulk_backlog_drains(
+        redis: Redis, keys: KeySpace) -> None:
+    publisher = Publisher(redis, keys)
+    await publisher.publish_many([request(f"bulk-{n}") for n in range(BACKLOG)], lane="bulk",
+                                 batch_size=5000)
+    assert await redis.xlen(keys.bulk_stream("conversations")) == BACKLOG
+    handled: set[str] = set()
+    bulk_done_when_live: list[int] = []
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        await asyncio.sleep(0.001)  # a handler that takes real time
+        if key == "live-1":
+            bulk_done_when_live.append(len(handled))
+        handled.add(key)
+
+    async with Running(GroupConsumer(redis, laned(keys), handler)):
+        await eventually(lambda: _at_least(handled, 1000), message="the backlog to start draining")
+        await publisher.publish(request("live-1"))
+        await eventually(lambda: _at_least(bulk_done_when_live, 1), message="the live change")
+        assert BACKLOG - bulk_done_when_live[0] > STILL_UNREAD, bulk_done_when_live
+        await eventually(lambda: _at_least(handled, BACKLOG + 1), timeout=300,
+                         message="the whole backlog to be handled")
+    assert handled == {f"bulk-{n}" for n in range(BACKLOG)} | {"live-1"}
+
+
+async def test_bulk_lane_is_read_when_live_streams_are_idle_and_everywhere_known(
+        redis: Redis, keys: KeySpace, settings: Settings) -> None:
+    publisher = Publisher(redis, keys)
+    await publisher.publish(request("a"), lane="bulk")
+    audit = ActionRecorded(id=new_event_id(), occurred_at=request("x").occurred_at,
+                           source="reconciler", key="a", action="close", target="a",
+                           outcome="done")
+    await publisher.publish(audit, lane="bulk")  # a stream without a bulk lane: its own
+    assert await redis.xlen(keys.audit_stream) == 1
+    seen: list[str] = []
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        seen.append(deliveries[0].stream)
+
+    options = _options(settings, "conversations")
+    assert options.streams == keys.lanes("conversations")
+    async with Running(GroupConsumer(redis, options, handler)):
+        await eventually(lambda: _at_least(seen, 1), message="the bulk entry")
+        assert running_groups()["conversations"] == keys.lanes("conversations")
+        states = {(s.stream, s.group) for s in await GroupCollector(redis, keys).collect()}
+        assert ("conversations:bulk", "conversations") in states
+    assert seen == [keys.bulk_stream("conversations")]
+
+
+async def test_projection_reads_both_lanes_in_entry_id_order(redis: Redis, keys: KeySpace) -> None:
+    publisher = Publisher(redis, keys)
+    ids = []
+    for n in range(7):  # alternate lanes, so each read of 2 per stream must be cut and merged
+        ids.append(await publisher.publish(request(f"k{n}"), lane="bulk" if n % 3 else "live"))
+    model = model_named("conversations")
+    positions: dict[str, str] = {}
+    order: list[str] = []
+    while entries := await read_after(redis, keys, model, positions, count=2):
+        for stream, entry_id, _ in entries:
+            positions[stream] = entry_id.decode()
+            order.append(entry_id.decode())
+    assert order == ids
+
+
+async def _at_least(items: set[str] | list[int] | list[str], n: int) -> bool:
+    return len(items) >= n
