@@ -1,9 +1,11 @@
-"""The bulk lane against a real Redis: a live change is handled while a bulk backlog drains."""
+"""The bulk lane against a real Redis and a real folder: a live change is handled while a
+bulk backlog drains; groups, gauges, gaps and projections know the lane."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 
 from redis.asyncio import Redis
 
@@ -16,6 +18,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
+from events.sources.folder import run_watcher
 from ops.group_metrics import GroupCollector
 from projections.fold import id_tuple
 from projections.models import model as model_named
@@ -60,6 +63,42 @@ async def test_live_change_is_handled_while_a_bulk_backlog_drains(
     assert handled == {f"bulk-{n}" for n in range(BACKLOG)} | {"live-1"}
 
 
+async def test_a_live_file_change_goes_ahead_of_the_folder_snapshot(
+        redis: Redis, keys: KeySpace, settings: Settings) -> None:
+    files = 20_000
+    for n in range(files):
+        (settings.sessions_dir / f"whatsapp_55{n:06d}_1.json").write_text('{"flowId": "f"}')
+    handled: set[str] = set()
+    bulk_done_when_live: list[int] = []
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        await asyncio.sleep(0.001)
+        if key == "5599:1":
+            bulk_done_when_live.append(len(handled))
+        handled.add(key)
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(run_watcher(settings, redis, stop))
+    try:
+        await eventually(lambda: _snapshot_published(redis, keys), message="the folder snapshot")
+        assert await redis.xlen(keys.conversations_stream) == 0  # all of it on the bulk lane
+        async with Running(GroupConsumer(redis, laned(keys), handler)):
+            await eventually(lambda: _at_least(handled, 1000), message="the snapshot draining")
+            (settings.sessions_dir / "whatsapp_5599_1.json").write_text('{"flowId": "live"}')
+            await eventually(lambda: _at_least(bulk_done_when_live, 1), message="the live file")
+            assert files - bulk_done_when_live[0] > 5000, bulk_done_when_live
+            await eventually(lambda: _at_least(handled, files + 1), timeout=300,
+                             message="the whole snapshot to be handled")
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, 30)
+
+
+async def _snapshot_published(redis: Redis, keys: KeySpace) -> bool:
+    last = await redis.xrevrange(keys.bulk_stream("conversations"), count=1)
+    return bool(last) and b"snapshot_finished" in last[0][1].get(b"type", b"")
+
+
 async def test_bulk_lane_is_read_when_live_streams_are_idle_and_everywhere_known(
         redis: Redis, keys: KeySpace, settings: Settings) -> None:
     publisher = Publisher(redis, keys)
@@ -82,6 +121,25 @@ async def test_bulk_lane_is_read_when_live_streams_are_idle_and_everywhere_known
         states = {(s.stream, s.group) for s in await GroupCollector(redis, keys).collect()}
         assert ("conversations:bulk", "conversations") in states
     assert seen == [keys.bulk_stream("conversations")]
+
+
+async def test_entries_trimmed_from_the_bulk_lane_are_reported_as_a_gap(
+        redis: Redis, keys: KeySpace) -> None:
+    publisher, gaps = Publisher(redis, keys), []
+    options = replace(laned(keys), gaps_key=keys.stream_gaps)
+    handled: list[str] = []
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        handled.append(key)
+
+    await publisher.publish_many([request(f"a{n}") for n in range(10)], lane="bulk")
+    async with Running(GroupConsumer(redis, options, handler, on_gap=gaps.append)):
+        await eventually(lambda: _at_least(handled, 10), message="the first entries")
+    await publisher.publish_many([request(f"b{n}") for n in range(10)], lane="bulk")
+    await redis.xtrim(keys.bulk_stream("conversations"), maxlen=0)  # by other hands, unread
+    async with Running(GroupConsumer(redis, options, handler, on_gap=gaps.append)):
+        await eventually(lambda: _at_least(gaps, 1), message="the gap on the bulk lane")
+    assert gaps[0].startswith("conversations:bulk: entries before"), gaps
 
 
 async def test_projection_reads_both_lanes_in_entry_id_order(redis: Redis, keys: KeySpace) -> None:
