@@ -23,8 +23,11 @@ Steps 2-3 run again after every reconnect or restart, and a slow rescan
 (``rescan_interval_s``) repeats step 3 without the marker, which also catches
 notifications Redis dropped (pubsub is fire-and-forget).  Where CONFIG is
 disabled (managed Redis) the source says so in one WARNING and relies on the
-scans alone.  Redis reports an expiry when it evicts the key (lazily or by
-its active cycle), up to about 100 ms after the TTL ran out; that is fine.
+scans alone.  Redis reports an expiry only when it evicts the key (lazily, or
+when its active cycle happens to sample it, which in a database with many keys
+that carry a TTL can take minutes), so the source reads each known lease again
+at its deadline (:mod:`events.sources.lease_deadlines`) and the expiry is seen
+when it happens.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.readiness import READINESS
 from events.replies import text
 from events.settings import Settings
+from events.sources.lease_deadlines import LeaseDeadlines, read_ttls
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
 
 log = logging.getLogger(__name__)
@@ -53,13 +57,15 @@ log = logging.getLogger(__name__)
 LOOP = "source:sessions"
 READY_FLAG = "source:sessions"
 """Not ready until the first listing of leases and queues is published."""
-REQUIRED_FLAGS = "Kxl"
-"""Keyspace events (K) for expired keys (x) and list commands (l)."""
+REQUIRED_FLAGS = "Kgxl"
+"""Keyspace events (K) for expired keys (x), list commands (l) and generic ones (g: a lease's
+expiry being set by a start or a heartbeat, so its deadline is known)."""
 ALL_FLAGS_ALIAS = "g$lshzxetd"
 """What the ``A`` flag of ``notify-keyspace-events`` stands for."""
 IDLE_WAIT_S = 1.0
 """Longest wait for a notification before the loop beats its heartbeat."""
 EXPIRY_EVENTS = frozenset({b"expired", b"evicted"})
+TTL_SET_EVENTS = frozenset({b"expire"})
 
 _warned: set[str] = set()
 """The kinds of notification trouble already logged in this process (one WARNING each)."""
@@ -141,6 +147,7 @@ class SessionsSource:
         self._channels = channel_prefix(redis)
         self._runs = 0
         self._legacy_reported: set[str] = set()
+        self._deadlines = LeaseDeadlines()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Subscribe, list, then watch until ``stop`` is set; raises on a lost connection."""
@@ -181,6 +188,7 @@ class SessionsSource:
         while not stop.is_set():
             HEARTBEATS.beat(LOOP)
             wait = min(IDLE_WAIT_S, self._coalescer.seconds_until_due(),
+                       self._deadlines.seconds_until_next(),
                        max(0.0, next_rescan - time.monotonic()))
             if pubsub is None:
                 await sleep_unless_stopped(stop, wait)
@@ -190,6 +198,7 @@ class SessionsSource:
                     await self._on_message(message)
             if self._coalescer.seconds_until_due() == 0:
                 await self._coalescer.flush()
+            await self._probe_due_leases(notifying=pubsub is not None)
             if watch.reconnected:
                 watch.reconnected = False
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
@@ -212,6 +221,8 @@ class SessionsSource:
             if action in EXPIRY_EVENTS:
                 await self._redis.srem(self._keys.leases_seen, session)
                 await self._publish([self._expired(session, "lease expired")])
+            elif action in TTL_SET_EVENTS:
+                await self._track([session])
             return
         if action not in PUSH_EVENTS:
             return
@@ -254,7 +265,31 @@ class SessionsSource:
         if live:
             pipe.sadd(self._keys.leases_seen, *sorted(live))
         await pipe.execute()
+        await self._track(sorted(live))
         return [self._expired(s, "lease gone while unwatched") for s in sorted(seen - live)]
+
+    async def _track(self, sessions: list[str]) -> None:
+        """Learn when these leases run out (see :mod:`events.sources.lease_deadlines`)."""
+        ttls = await read_ttls(self._redis, [self._keys.lease(s) for s in sessions])
+        for session, ttl in zip(sessions, ttls, strict=True):
+            self._deadlines.note(session, ttl)
+
+    async def _probe_due_leases(self, *, notifying: bool) -> None:
+        """Read the leases whose deadline came: a lapsed one is expired by the read itself, and
+        its notification publishes ``session.expired``; without notifications, say it here."""
+        due = self._deadlines.take_due()
+        if not due:
+            return
+        ttls = await read_ttls(self._redis, [self._keys.lease(s) for s in due])
+        gone = []
+        for session, ttl in zip(due, ttls, strict=True):
+            if ttl == -2:
+                gone.append(session)
+            else:
+                self._deadlines.note(session, ttl)
+        if gone and not notifying:
+            await self._redis.srem(self._keys.leases_seen, *gone)
+            await self._publish([self._expired(s, "lease expired") for s in gone])
 
     def _report_legacy_lease(self, key: str) -> None:
         """A gateway of an earlier release still writes the untagged lease name: say so once."""
