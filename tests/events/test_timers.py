@@ -75,7 +75,10 @@ async def test_a_sleeping_loop_wakes_for_an_earlier_deadline(
     stop = asyncio.Event()
     loop = asyncio.create_task(run_timers(settings, redis, stop))
     try:
-        await asyncio.sleep(0.5)  # the loop found nothing and sleeps for MAX_SLEEP_S (30 s)
+        async def listening() -> bool:  # subscribed, then it finds nothing and sleeps 30 s
+            [(_, subscribers)] = await redis.pubsub_numsub(keys.deadlines_wake)
+            return int(subscribers) >= 1
+        await eventually(listening, message="the timer loop to listen for wake-ups")
         await TimerWheel(redis, keys).schedule("soon", time.time() + 0.2, grace_event("1:1"))
 
         async def fired() -> bool:
@@ -105,7 +108,7 @@ async def test_a_deadline_fires_exactly_once_with_three_timer_processes(
             return await wheel.count() == 0 and await redis.xlen(keys.conversations_stream) >= 300
 
         await eventually(all_fired, timeout=60, message="300 deadlines to fire")
-        await asyncio.sleep(1.0)  # a duplicate would show up by now
+        await asyncio.sleep(1.0)  # a quiet second: a duplicate would show up in it (absence needs a wait)
         published = await stream_events(redis, keys)
         assert sorted(e.id for e in published) == sorted(e.id for e in events)
         assert all(loop.poll() is None for loop in loops)
