@@ -17,7 +17,8 @@ retained entry.  The sources re-list their stores on every start and
 reconnect, between ``source.snapshot_started`` and
 ``source.snapshot_finished`` markers; state folded from the latest complete
 snapshot onward is therefore complete.  :func:`retained_snapshot` says
-whether the retained streams still hold one.
+whether the retained streams still hold one (the markers and the snapshot are
+on the bulk lane, ``KeySpace.bulk_stream``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from events.gateway import GatewaySessions
 from events.settings import Settings
 from ops import migrate
 from ops.roles import serve_roles
-from tests.support import create_conversations_table, eventually, group_caught_up
+from tests.support import create_conversations_table, eventually, group_caught_up, lane_entries
 
 T = TypeVar("T")
 ROLES = ("relay", "watcher", "sessions", "consumers", "timers")
@@ -93,9 +93,8 @@ class Running:
                 and all(g is not None for g in groups))
 
     async def _markers(self, stream: str = "conversations") -> list[Any]:
-        key = self.keys.conversations_stream if stream == "conversations" else self.keys.sessions_stream
-        out = []
-        for _, fields in await self.redis.xrange(key):
+        out = []  # both lanes: snapshots and resync markers are on the bulk one
+        for _, fields in await lane_entries(self.redis, self.keys, stream):
             event = codec.decode(fields)
             if isinstance(event, SnapshotFinished | SourceResynced):
                 out.append(event)
@@ -110,9 +109,10 @@ class Running:
 
     async def quiet(self) -> bool:
         """No entry waits for a group, none is being handled, no deadline is due."""
-        for name, attr in GROUPS:
-            if not await group_caught_up(self.redis, getattr(self.keys, attr), name):
-                return False
+        for name, _ in GROUPS:
+            for stream in self.keys.lanes(name):
+                if not await group_caught_up(self.redis, stream, name):
+                    return False
         due = await self.redis.zrangebyscore(self.keys.deadlines, "-inf", time.time() * 1000)
         return not due
 
