@@ -19,7 +19,6 @@ once).  Nothing is left pending under this consumer's name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -29,12 +28,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from consumers.acks import AckBatcher
 from consumers.deadletter import Failed, dead_letter
 from consumers.errors import PermanentError, TemporaryError
 from consumers.gaps import GapWatch, OnGap
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
+from consumers.tallies import OutcomeTally
 from events import codec, metrics
 from events.contract import tag_of
 from events.errors import MalformedEntry
@@ -71,15 +72,13 @@ class GroupConsumer:
         self._handler = handler
         self._queue = KeyQueue()
         self._tracked: set[tuple[str, str]] = set()
-        self._acks: dict[str, list[str]] = defaultdict(list)
-        self._ack_count = 0
-        self._ack_now = asyncio.Event()
+        self._acks = AckBatcher(redis, group=options.group, batch_size=options.read_count,
+                                interval_s=options.ack_interval_s)
         self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._stopping = False
         self.stopped = asyncio.Event()
         """Set when shutdown begins; helper loops return when they see it."""
-        self._counters: dict[tuple[str, str], Any] = {}
-        self._tallies: dict[tuple[type, str], int] = {}
+        self._tally = OutcomeTally(options.group)
         self._loop_prefix = f"consumer:{options.group}"
 
     # -- groups --------------------------------------------------------------
@@ -151,7 +150,8 @@ class GroupConsumer:
         await asyncio.wait(helpers, timeout=SHUTDOWN_GRACE_S + self.options.claim_interval_s)
         for task in (reader, *helpers):
             task.cancel()
-        await self.flush_acks()
+        self._tally.flush()
+        await self._acks.flush()
         await self._release_own_pending()
 
     # -- reading -------------------------------------------------------------
@@ -213,7 +213,7 @@ class GroupConsumer:
         for raw_id, fields in entries:
             entry_id = raw_id.decode() if type(raw_id) is bytes else text(raw_id)
             if fields is None:  # deleted from the stream while pending: its key is unknown
-                self.ack(stream, entry_id)
+                self._acks.add(stream, entry_id)
                 self.gaps.lost(stream, f"pending entry {entry_id} was deleted")
                 continue
             marker = (stream, entry_id)
@@ -249,7 +249,7 @@ class GroupConsumer:
             except asyncio.CancelledError:
                 raise  # shutdown: the batch is released by _release_own_pending
             except PermanentError as e:
-                self._count(batch, "dead_lettered")
+                self._tally.add(batch, "dead_lettered")
                 log.error("permanent error for key %s: %s", key, e,
                           extra={"group": group, "key": key, "stream": batch[-1].stream,
                                  "message_id": batch[-1].entry_id,
@@ -263,7 +263,7 @@ class GroupConsumer:
                             extra={"group": group, "key": key, "stream": batch[-1].stream,
                                    "message_id": batch[-1].entry_id,
                                    "event_type": tag_of(type(batch[-1].event))})
-                self._count(batch, "retried")
+                self._tally.add(batch, "retried")
                 await self._retry_later(batch, e)
             else:
                 self._handled(batch)
@@ -273,37 +273,13 @@ class GroupConsumer:
 
     def _handled(self, batch: Sequence[Delivery]) -> None:
         """Count, ack and untrack a batch whose handler returned: one pass, no awaits."""
-        acks, tracked, tallies = self._acks, self._tracked, self._tallies
+        acks, tracked, tallies = self._acks.waiting, self._tracked, self._tally.counts
         for d in batch:
             acks[d.stream].append(d.entry_id)
             tracked.discard((d.stream, d.entry_id))
             label = (type(d.event), "handled")
             tallies[label] = tallies.get(label, 0) + 1
-        self._ack_count += len(batch)
-        if self._ack_count >= self.options.read_count:
-            self._ack_now.set()
-
-    def _count(self, batch: Sequence[Delivery], outcome: str) -> None:
-        tallies = self._tallies
-        for d in batch:
-            label = (type(d.event), outcome)
-            tallies[label] = tallies.get(label, 0) + 1
-
-    def flush_counts(self) -> None:
-        """Add the outcomes tallied since the last flush to ``EVENTS_CONSUMED``.
-
-        Workers tally in a plain dict (the Prometheus counters take a lock per
-        call); the acker flushes every ``ack_interval_s``, so the metric lags
-        by at most that much.
-        """
-        tallies, self._tallies = self._tallies, {}
-        for (event_type, outcome), n in tallies.items():
-            label = (tag_of(event_type), outcome)
-            counter = self._counters.get(label)
-            if counter is None:
-                counter = metrics.EVENTS_CONSUMED.labels(self.options.group, *label)
-                self._counters[label] = counter
-            counter.inc(n)
+        self._acks.added(len(batch))
 
     def _untrack(self, batch: Sequence[Delivery]) -> None:
         for d in batch:
@@ -377,36 +353,9 @@ class GroupConsumer:
 
     # -- acks ----------------------------------------------------------------
 
-    def ack(self, stream: str, entry_id: str) -> None:
-        self._acks[stream].append(entry_id)
-        self._ack_count += 1
-        if self._ack_count >= self.options.read_count:
-            self._ack_now.set()
-
     async def _ack_loop(self) -> None:
         name = f"{self._loop_prefix}:acker"
-        while not self._stopping:
-            HEARTBEATS.beat(name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_now.wait(), timeout=self.options.ack_interval_s)
-            self._ack_now.clear()
-            await self.flush_acks()
-
-    async def flush_acks(self) -> None:
-        self.flush_counts()
-        if not self._ack_count:
-            return
-        acks, self._acks, self._ack_count = self._acks, defaultdict(list), 0
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in acks.items():
-            pipe.xack(stream, self.options.group, *ids)
-        try:
-            await pipe.execute(raise_on_error=False)
-        except Exception:
-            for stream, ids in acks.items():  # keep them for the next flush
-                self._acks[stream].extend(ids)
-                self._ack_count += len(ids)
-            raise
+        await self._acks.run(lambda: self._stopping, lambda: HEARTBEATS.beat(name), self._tally.flush)
 
     # -- release -------------------------------------------------------------
 
