@@ -244,6 +244,6 @@ def conversation_key(phone: str, channel: str) -> str:
 def split_conversation_key(key: str) -> tuple[str, str]:
     """``(phone, channel)`` of a conversation key; raises ``ValueError`` if it is not one."""
     phone, sep, channel = key.partition(":")
-    if not sep or not phone or not channel:
+    if not sep or not phone or not channel or "\x00" in key:  # PostgreSQL text holds no NUL
         raise ValueError(f"not a conversation key: {key[:80]!r}")
     return phone, channel
