@@ -56,7 +56,8 @@ async def test_status_shows_groups_dead_letters_sources_and_timers(
 async def test_replay_command_rebuilds_and_reports(settings: Settings, redis: Redis,
                                                    keys: KeySpace) -> None:
     await Publisher(redis, keys).publish_many(
-        [f.db(KEY, 0, status="closed"), f.file_written(KEY, 1), f.started("default", 2)])
+        # the file was written 40 s before the row closed: past the settle window, so stale
+        [f.file_written(KEY, 1), f.db(KEY, 41, status="closed"), f.started("default", 42)])
     code, out, err = await cli(settings, "--json", "replay", "conversations")
     assert code == 0, err
     result = json.loads(out)
