@@ -54,7 +54,6 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
     """Role ``consumers``: react to conversation and session events until ``stop``."""
     if settings.database_url is None:
         raise ValueError("DATABASE_URL is needed by the consumers role")
-    keys = settings.keys
     actions = Actions.for_settings(redis, settings)
     publisher = actions.publisher
     timers = wiring.timer_wheel(settings, redis)
@@ -69,25 +68,17 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
         conversations = ConversationsHandler(
             settings=settings, sql=ConversationsSql(pool, settings), files=SessionFiles(settings),
             redis=redis, actions=actions, timers=timers)
-        for line in conversations.files.recover():  # moves a crash cut short
-            log.warning("session files: %s", line)
-        purged = await conversations.purge_expired()
-        if purged:
-            log.info("purged %d quarantine entries past their retention", purged)
+        await _tidy_quarantine(conversations)
         sessions = SessionsHandler(settings=settings, redis=redis, actions=actions, timers=timers)
-        relisters = [
-            Relister(scope="conversations", keys=conversation_keys(settings, pool),
-                     publisher=publisher),
-            Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher),
-        ]
-        pauses = PauseStore(redis, keys)
+        relisters = [Relister(scope="conversations", keys=conversation_keys(settings, pool),
+                              publisher=publisher),
+                     Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher)]
+        pauses = PauseStore(redis, settings.keys)
         groups = [
-            GroupConsumer(redis, _options(settings, "conversations"),
-                          settling_expiries(conversations, pauses, actions),
-                          on_gap=relisters[0].request),
-            GroupConsumer(redis, _options(settings, "sessions"),
-                          settling_expiries(sessions, pauses, actions),
-                          on_gap=relisters[1].request),
+            GroupConsumer(redis, _options(settings, scope), settling_expiries(handler, pauses, actions),
+                          on_gap=relister.request)
+            for scope, handler, relister in (("conversations", conversations, relisters[0]),
+                                             ("sessions", sessions, relisters[1]))
         ]
         listing = asyncio.create_task(guarded(
             f"listing:{settings.table}", lambda: serve_listing(settings, redis, publisher, stop),
@@ -98,6 +89,15 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
             await relister.stop()
     finally:
         await pool.close()
+
+
+async def _tidy_quarantine(conversations: ConversationsHandler) -> None:
+    """At start: finish the moves a crash cut short, and purge what is past its retention."""
+    for line in conversations.files.recover():
+        log.warning("session files: %s", line)
+    purged = await conversations.purge_expired()
+    if purged:
+        log.info("purged %d quarantine entries past their retention", purged)
 
 
 async def _missing(pool: Any, redis: Any, settings: Settings) -> list[str]:
