@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from events import metrics
 from events.contract import ActionOutcome, ActionRecorded, Source
-from events.ids import new_event_id
+from events.envelope import new_event
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def entry(*, source: Source, key: str, cause_id: str | None, cause_type: str | N
           dry_run: bool = False, reason: str = "", before: dict[str, Any] | None = None,
           after: dict[str, Any] | None = None) -> ActionRecorded:
     """One audit entry (text fields cut to what the contract allows)."""
-    return ActionRecorded(
-        id=new_event_id(), occurred_at=datetime.now(UTC), source=source, key=key,
+    return new_event(
+        ActionRecorded, source=source, key=key,
         cause_id=cause_id, cause_type=cause_type, action=action, target=target[:512],
         outcome=outcome, action_id=action_id, dry_run=dry_run, reason=reason[:512],
         before=before, after=after)

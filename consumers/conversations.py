@@ -22,7 +22,7 @@ from typing import Any
 
 from consumers.actions import Action as Change
 from consumers.actions import Actions, Result, skipped
-from consumers.conversations_act import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, envelope, utc
+from consumers.conversations_act import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, due_event
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
 from consumers.rules.conversations import (
@@ -157,12 +157,12 @@ class ConversationsHandler:
             elif isinstance(action, ForgetSeen):
                 await self.redis.delete(self.keys.first_seen(action.kind, o.key))
             elif isinstance(action, ScheduleBotTimeout):
-                await self.timers.schedule(action.member, action.due, BotRunTimedOut(
-                    **envelope(o.key, cause, action.due), flow_id=action.flow_id,
-                    started_at=action.started_at, deadline=utc(action.due)))
+                await self.timers.schedule(action.member, action.due, due_event(
+                    BotRunTimedOut, o.key, cause, action.due, flow_id=action.flow_id,
+                    started_at=action.started_at))
             elif isinstance(action, ScheduleRejudge):
-                await self.timers.schedule(action.member, action.due, OrphanGraceElapsed(
-                    **envelope(o.key, cause, action.due), deadline=utc(action.due)))
+                await self.timers.schedule(action.member, action.due, due_event(
+                    OrphanGraceElapsed, o.key, cause, action.due))
             elif isinstance(action, ReportAmbiguousRows):
                 await self.report_ambiguous(o, action, cause)
             elif (await self.change(o, action, name, cause)).outcome in ("done", "reverted"):

@@ -24,7 +24,7 @@ from consumers.errors import TemporaryError
 from consumers.stores.conversations_sql import ConversationsSql, Row
 from consumers.stores.session_files import FileState, QuarantineError, QuarantineRecord, SessionFiles
 from events.contract import ActionRecorded, EventBase, QuarantineRetentionDue
-from events.ids import new_event_id
+from events.envelope import E, new_event
 from events.keys import split_conversation_key
 from events.settings import Settings
 from events.timers import TimerWheel
@@ -121,8 +121,8 @@ class ConversationActs:
 
     async def schedule_purge(self, record: QuarantineRecord, cause: EventBase | None) -> None:
         due = record.quarantined_at.timestamp() + self.settings.quarantine_retention_s
-        await self.timers.schedule(f"purge:{record.name}", due, QuarantineRetentionDue(
-            **envelope(record.key, cause, due), name=record.name, deadline=utc(due)))
+        await self.timers.schedule(f"purge:{record.name}", due, due_event(
+            QuarantineRetentionDue, record.key, cause, due, name=record.name))
 
     async def check(self, intent: ActionRecorded) -> Result | None:
         """The outcome of an intent left open, read from the stores; ``None`` if not carried out."""
@@ -152,12 +152,11 @@ class ConversationActs:
         return done() if all(now.get(k) == after[k] for k in written) else None
 
 
-def envelope(key: str, cause: EventBase | None, due: float | None = None) -> dict[str, Any]:
-    """Envelope of an event the timer wheel will publish: it occurs at its deadline,
-    so its id and time say when it was due, not when it was scheduled."""
-    at = utc(due) if due is not None else datetime.now(UTC)
-    return {"id": new_event_id(at), "occurred_at": at, "source": "timers",
-            "key": key, "cause_id": cause.id if cause is not None else None}
+def due_event(kind: type[E], key: str, cause: EventBase | None, due: float, **fields: Any) -> E:
+    """An event the timer wheel will publish: it occurs at its deadline, so its
+    id and time say when it was due, not when it was scheduled."""
+    return new_event(kind, at=utc(due), source="timers", key=key,
+                     cause_id=cause.id if cause is not None else None, deadline=utc(due), **fields)
 
 
 def utc(unix: float) -> datetime:

@@ -30,7 +30,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -43,7 +42,7 @@ from consumers.runtime import GroupConsumer
 from consumers.webhooks import WebhookSender
 from events import wiring
 from events.contract import ActionRecorded, EventBase, SessionExpired, WebhookDue, tag_of
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.publisher import Publisher
 from events.settings import Settings
 
@@ -128,10 +127,10 @@ def _small(value: dict[str, Any] | None) -> dict[str, Any] | None:
 def deliveries_for(event: EventBase, urls: Sequence[str]) -> list[WebhookDue]:
     """One :class:`WebhookDue` per URL; each key names the notification and the URL."""
     body = msgspec.json.encode(document(event)).decode()
-    now, nid = datetime.now(UTC), notification_id(event)
-    return [WebhookDue(id=new_event_id(now), occurred_at=event.occurred_at, source="reconciler",
-                       key=f"{nid}:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
-                       cause_id=event.id, notification_id=nid, url=url, body=body)
+    nid = notification_id(event)
+    return [new_event(WebhookDue, at=event.occurred_at, source="reconciler",
+                      key=f"{nid}:{hashlib.sha256(url.encode()).hexdigest()[:16]}",
+                      cause_id=event.id, notification_id=nid, url=url, body=body)
             for url in urls]
 
 

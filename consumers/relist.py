@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from events.contract import ReconcileRequested
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.keys import conversation_key
 from events.publisher import Publisher
 from events.replies import text
@@ -95,10 +94,11 @@ class Relister:
                 return
 
     async def _relist(self, reason: str) -> int:
-        now, batch, total = datetime.now(UTC), [], 0
+        batch: list[ReconcileRequested] = []
+        total = 0
         async for key in self._keys():
-            batch.append(ReconcileRequested(id=new_event_id(), occurred_at=now, source="reconciler",
-                                            key=key, scope=self.scope, reason=reason))
+            batch.append(new_event(ReconcileRequested, source="reconciler", key=key,
+                                   scope=self.scope, reason=reason))
             if len(batch) >= PUBLISH_BATCH:
                 total += await self._flush(batch)
         return total + await self._flush(batch)

@@ -67,7 +67,7 @@ from events.contract import (
     SnapshotStarted,
     SourceResynced,
 )
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.keys import checked_session
 from events.settings import Settings
 
@@ -167,8 +167,8 @@ class SessionsHandler:
         if self._timers is None:
             return
         deadline = datetime.fromtimestamp(due, UTC)
-        event = ParkedRetentionDue(id=new_event_id(deadline), occurred_at=deadline, source="timers",
-                                   key=session, cause_id=cause.id, deadline=deadline)
+        event = new_event(ParkedRetentionDue, at=deadline, source="timers", key=session,
+                          cause_id=cause.id, deadline=deadline)
         await self._timers.schedule(retention_member(session), due, event)
 
 

@@ -51,7 +51,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events.contract import ActionOutcome, ActionRecorded, SessionStarted, SessionStopped
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.keys import KeySpace
 from events.loops import spawn
 from events.parked_scripts import START
@@ -118,9 +118,8 @@ class GatewaySessions:
         may start draining.  A restore is audited intent first: ``intent``,
         the script, then ``done`` (or ``skipped`` when nothing was left).
         """
-        now = datetime.now(UTC)
-        event = SessionStarted(id=new_event_id(now), occurred_at=now, source="gateway",
-                               key=name, gateway=self.gateway, lease_ttl_s=self.ttl_s)
+        event = new_event(SessionStarted, source="gateway", key=name, gateway=self.gateway,
+                          lease_ttl_s=self.ttl_s)
         parked = int(await self._redis.llen(self._keys.parked(name)))
         if not parked:
             await self._handshake(name, restore=False)
@@ -150,9 +149,9 @@ class GatewaySessions:
             after = {"parked": parked - restored, "restored": restored}
         else:
             reason, after = "nothing to restore (restored already, or past retention)", None
-        return ActionRecorded(
-            id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
-            key=started.key, cause_id=started.id, cause_type="session.started",
+        return new_event(
+            ActionRecorded, source="gateway", key=started.key, cause_id=started.id,
+            cause_type="session.started",
             action="restore_parked", action_id=action_id, target=self._keys.queue(started.key),
             outcome=outcome, reason=reason, before={"parked": parked}, after=after)
 
@@ -188,8 +187,7 @@ class GatewaySessions:
     async def stop(self, name: str) -> str:
         """Drop the lease and announce the end of the session; returns the event id."""
         await self._redis.delete(self._keys.lease(name))
-        event = SessionStopped(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
-                               key=name, gateway=self.gateway)
+        event = new_event(SessionStopped, source="gateway", key=name, gateway=self.gateway)
         await self._publisher.publish(event)
         log.info("session %s stopped", name, extra={"key": name, "gateway": self.gateway})
         return event.id

@@ -35,7 +35,6 @@ import os
 import stat
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from events.contract import (
     SnapshotStarted,
     SourceResynced,
 )
+from events.envelope import E, new_event
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
@@ -141,9 +141,9 @@ class FolderWatcher:
         snapshot_id = new_event_id()
         events, items = await asyncio.to_thread(self.view.snapshot)
         await self._publish([
-            SnapshotStarted(**self._envelope(), snapshot_id=snapshot_id),
+            self._event(SnapshotStarted, snapshot_id=snapshot_id),
             *events,
-            SnapshotFinished(**self._envelope(), snapshot_id=snapshot_id, items=items),
+            self._event(SnapshotFinished, snapshot_id=snapshot_id, items=items),
             *self._resynced(resync_reason),
         ], replace_state=True, lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
@@ -246,12 +246,11 @@ class FolderWatcher:
                 pipe.hset(self.state_key, mapping=kept)
         await pipe.execute()
 
-    def _envelope(self) -> dict[str, Any]:
-        return {"id": new_event_id(), "occurred_at": datetime.now(UTC), "source": SOURCE,
-                "key": FOLDER_KEY}
+    def _event(self, kind: type[E], **fields: Any) -> E:
+        return new_event(kind, source=SOURCE, key=FOLDER_KEY, **fields)
 
     def _resynced(self, reason: str | None) -> list[EventBase]:
-        return [] if reason is None else [SourceResynced(**self._envelope(), reason=reason)]
+        return [] if reason is None else [self._event(SourceResynced, reason=reason)]
 
 
 def _folder_id(folder: Path) -> FolderId | None:

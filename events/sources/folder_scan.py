@@ -46,7 +46,7 @@ from events.contract import (
     SessionFileRemoved,
     SessionFileWritten,
 )
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.sessionfiles import FilePattern, Rejected, SessionFile, path_inside, read_session_file
 
 SOURCE: Final = "folder"
@@ -218,19 +218,18 @@ class FolderView:
             at = datetime.fromtimestamp(os.lstat(path).st_mtime, UTC)
         except OSError:
             at = datetime.now(UTC)
-        return SessionFileWritten(
-            id=new_event_id(), occurred_at=at, source=SOURCE, key=key, name=name,
+        return new_event(
+            SessionFileWritten, at=at, source=SOURCE, key=key, name=name,
             flow_id=found.flow_id, content_sha256=found.content_sha256,
             size_bytes=found.size_bytes,
         )
 
     def _removed(self, name: str, key: str) -> SessionFileRemoved:
-        return SessionFileRemoved(id=new_event_id(), occurred_at=datetime.now(UTC),
-                                  source=SOURCE, key=key, name=name)
+        return new_event(SessionFileRemoved, source=SOURCE, key=key, name=name)
 
     def _rejected(self, name: str, key: str, reason: RejectReason, detail: str) -> SessionFileRejected:
-        return SessionFileRejected(
-            id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE, key=key,
+        return new_event(
+            SessionFileRejected, source=SOURCE, key=key,
             name=printable(name), reason=reason, detail=printable(detail),
         )
 

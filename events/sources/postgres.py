@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
@@ -38,9 +37,9 @@ from redis.asyncio import Redis
 
 from events import metrics, wiring
 from events.contract import Lane, ReconcileRequested, SourceResynced
+from events.envelope import new_event
 from events.errors import ReconcilerError
 from events.grants import missing_grants, wait_until_granted
-from events.ids import new_event_id
 from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
 from events.publisher import Publisher
 from events.readiness import READINESS
@@ -224,9 +223,9 @@ class OutboxRelay:
                          "reason": error.reason})
 
     async def _resynced(self, reason: str, backlog: int) -> None:
-        await self._publisher.publish(SourceResynced(
-            id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE,
-            key=f"{SOURCE}:{self._table}"[:256], reason=reason), lane="bulk")
+        await self._publisher.publish(new_event(
+            SourceResynced, source=SOURCE, key=f"{SOURCE}:{self._table}"[:256], reason=reason),
+            lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
         READINESS.ready(READY_FLAG)
         log.info("relay for %s %s: %d backlog row(s) handled, listening", self._table,

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from events import metrics
 from events.contract import QueueObserved
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.replies import text
@@ -44,8 +43,8 @@ SOURCE = "sessions"
 
 
 def queue_event(keys: KeySpace, session: str, length: int) -> QueueObserved:
-    return QueueObserved(id=new_event_id(), occurred_at=datetime.now(UTC), source="queues",
-                         key=session, queue=keys.queue(session), length=length)
+    return new_event(QueueObserved, source="queues", key=session, queue=keys.queue(session),
+                     length=length)
 
 
 class QueueCoalescer:

@@ -35,15 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import NoPermissionError, ResponseError
 
 from events import metrics, wiring
 from events.contract import EventBase, Lane, SessionExpired, SourceResynced
+from events.envelope import new_event
 from events.grants import confirm_subscribed
-from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.readiness import READINESS
@@ -235,9 +234,8 @@ class SessionsSource:
     async def resync(self, reason: str) -> None:
         """List leases and queues, then publish the ``source.resynced`` marker."""
         await self.scan()
-        marker = SourceResynced(id=new_event_id(), occurred_at=datetime.now(UTC),
-                                source="gateway", key="sessions", reason=reason,
-                                scope="sessions")
+        marker = new_event(SourceResynced, source="gateway", key="sessions", reason=reason,
+                           scope="sessions")
         await self._publish([marker], lane="bulk")
         READINESS.ready(READY_FLAG)
         log.info("sessions source resynced (%s)", reason, extra={"source": SOURCE})
@@ -305,8 +303,7 @@ class SessionsSource:
 
     def _expired(self, session: str, why: str) -> SessionExpired:
         log.info("session %s: %s", session, why, extra={"key": session, "source": SOURCE})
-        return SessionExpired(id=new_event_id(), occurred_at=datetime.now(UTC), source="gateway",
-                              key=session)
+        return new_event(SessionExpired, source="gateway", key=session)
 
     async def _publish(self, events: list[EventBase], *, lane: Lane = "live") -> None:
         """Publish; the listing of leases and queues goes to the bulk lane."""

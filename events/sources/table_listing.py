@@ -35,7 +35,6 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import asyncpg
@@ -43,6 +42,7 @@ from redis.asyncio import Redis
 
 from events import metrics
 from events.contract import EventBase, ReconcileRequested, SnapshotFinished, SnapshotStarted
+from events.envelope import E, new_event
 from events.ids import new_event_id
 from events.keys import conversation_key
 from events.loops import HEARTBEATS, sleep_unless_stopped
@@ -94,8 +94,8 @@ class TableListing:
     async def list_once(self, conn: Any, reason: str) -> ListingResult:
         """One full pass, published between snapshot markers."""
         started, snapshot_id = time.monotonic(), new_event_id()
-        await self._publisher.publish(SnapshotStarted(**_envelope(self._table),
-                                                      snapshot_id=snapshot_id), lane="bulk")
+        await self._publisher.publish(
+            _marker(SnapshotStarted, self._table, snapshot_id=snapshot_id), lane="bulk")
         rows = keys = 0
         last: Any = None
         while True:
@@ -112,9 +112,9 @@ class TableListing:
             HEARTBEATS.beat(f"listing:{self._table}")
             await asyncio.sleep(max(0.0, len(records) / self._rate
                                     - (time.monotonic() - page_started)))
-        await self._publisher.publish(SnapshotFinished(**_envelope(self._table),
-                                                       snapshot_id=snapshot_id, items=keys),
-                                      lane="bulk")
+        await self._publisher.publish(
+            _marker(SnapshotFinished, self._table, snapshot_id=snapshot_id, items=keys),
+            lane="bulk")
         metrics.SOURCE_RESYNCS.labels(SOURCE).inc()
         result = ListingResult(rows, keys, time.monotonic() - started)
         log.info("listed %s (%s): %d rows that can matter, %d keys, %.1fs", self._table, reason,
@@ -122,14 +122,13 @@ class TableListing:
         return result
 
 
-def _envelope(table: str) -> dict[str, Any]:
-    return {"id": new_event_id(), "occurred_at": datetime.now(UTC), "source": SOURCE,
-            "key": f"{SOURCE}:{table}"[:256]}
+def _marker(kind: type[E], table: str, **fields: Any) -> E:
+    return new_event(kind, source=SOURCE, key=f"{SOURCE}:{table}"[:256], **fields)
 
 
 def _wake(key: str, reason: str) -> EventBase:
-    return ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC), source=SOURCE,
-                              key=key, scope="conversations", reason=f"database listing: {reason}")
+    return new_event(ReconcileRequested, source=SOURCE, key=key, scope="conversations",
+                     reason=f"database listing: {reason}")
 
 
 async def list_table(settings: Settings, publisher: Publisher, reason: str) -> ListingResult:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -33,7 +32,7 @@ from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from events.contract import ReconcileRequested
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.keys import KeySpace
 from events.publisher import Publisher
 from ops.bench import common
@@ -46,8 +45,8 @@ WAIT_S = 600.0
 
 
 def _request(key: str) -> ReconcileRequested:
-    return ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC), source="operator",
-                              key=key, scope="conversations", reason="bench")
+    return new_event(ReconcileRequested, source="operator", key=key, scope="conversations",
+                     reason="bench")
 
 
 class Probe:

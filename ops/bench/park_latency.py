@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -44,7 +43,7 @@ from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.sessions import SessionsHandler
 from events.contract import QueueObserved
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.publisher import Publisher
 from events.settings import Settings
 from events.sources.queues import COALESCE_WINDOW_S
@@ -107,9 +106,8 @@ async def measure_variant(redis: Redis, args: Any, variant: str) -> dict[str, li
                 started = time.perf_counter()
                 await redis.rpush(queue, f'{{"n":{n},"text":"hola"}}')
                 if variant == "direct":
-                    await publisher.publish(QueueObserved(
-                        id=new_event_id(), occurred_at=datetime.now(UTC), source="queues",
-                        key=session, queue=queue))
+                    await publisher.publish(new_event(
+                        QueueObserved, source="queues", key=session, queue=queue))
                 last_id = await common.wait_for_action(redis, keys.audit_stream, last_id,
                                                        action="park_queue", key=session,
                                                        timeout_s=WAIT_S)

@@ -10,12 +10,11 @@ their audit trail, dry run and safety checks).
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import Any
 
 from events import wiring
 from events.contract import ReconcileRequested
-from events.ids import new_event_id
+from events.envelope import new_event
 from events.settings import Settings
 from ops.runtime_env import open_environment, require_sessions_dir, settings_from_args
 from ops.scan import Inconsistency, by_kind, scan, scanned_at
@@ -63,9 +62,7 @@ def report(found: list[Inconsistency], *, requested: int | None) -> dict[str, An
 async def request_reconcile(redis: Any, settings: Settings, found: list[Inconsistency]) -> int:
     """One ``reconcile.requested`` per distinct key; returns how many were published."""
     wanted = sorted({(i.scope, i.key) for i in found})
-    now = datetime.now(UTC)
-    events = [ReconcileRequested(id=new_event_id(), occurred_at=now, source="operator", key=key,
-                                 scope=scope, reason="reconciler audit --fix")  # type: ignore[arg-type]
-              for scope, key in wanted]
+    events = [new_event(ReconcileRequested, source="operator", key=key, scope=scope,
+                        reason="reconciler audit --fix") for scope, key in wanted]
     await wiring.publisher(settings, redis).publish_many(events)
     return len(events)

@@ -26,6 +26,7 @@ from consumers.actions import Action, Actions, done
 from consumers.stores.pauses import PAUSE_EXPIRED, Pause, PauseStore, expiry_member, scope_of
 from events import wiring
 from events.contract import ReconcileRequested
+from events.envelope import new_event
 from events.ids import new_event_id
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
@@ -70,8 +71,8 @@ def parse_until(text: str, now: float) -> float:
 
 
 def _request(pause_key: str, reason: str, source: str, at: datetime) -> ReconcileRequested:
-    return ReconcileRequested(id=new_event_id(at), occurred_at=at, source=source,  # type: ignore[arg-type]
-                              key=pause_key, scope=scope_of(pause_key), reason=reason)
+    return new_event(ReconcileRequested, at=at, source=source, key=pause_key,
+                     scope=scope_of(pause_key), reason=reason)
 
 
 async def run_pause(args: argparse.Namespace) -> int:

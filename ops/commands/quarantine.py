@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from consumers.actions import Action, Actions, Result, done
 from consumers.stores.session_files import QuarantineRecord, SessionFiles
 from events.contract import ReconcileRequested
-from events.ids import new_event_id
+from events.envelope import new_event
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import print_rows
 
@@ -59,9 +58,8 @@ async def run_restore(args: argparse.Namespace) -> int:
     record = files.records.read(args.name)
     async with open_environment(settings, need_pg=False) as env:
         files.restore(args.name, dry_run=True)  # every check, before the intent is recorded
-        cause = ReconcileRequested(id=new_event_id(), occurred_at=datetime.now(UTC),
-                                   source="operator", key=record.key, scope="conversations",
-                                   reason="quarantine restore")
+        cause = new_event(ReconcileRequested, source="operator", key=record.key,
+                          scope="conversations", reason="quarantine restore")
         action = Action(verb="restore_file", target=record.original_path, key=record.key,
                         cause=cause, reason="operator restore",
                         before={"path": str(files.quarantine_dir / record.name)},
