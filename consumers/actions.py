@@ -47,7 +47,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from consumers import audit
+from consumers import audit_entries
 from events import wiring
 from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.keys import KeySpace
@@ -244,7 +244,7 @@ class Actions:
 
     def _entry(self, action: Action, outcome: ActionOutcome, *, reason: str = "",
                dry_run: bool = False) -> ActionRecorded:
-        return audit.entry(
+        return audit_entries.entry(
             source=self.source, key=action.key,
             cause_id=action.cause.id if action.cause is not None else None,
             cause_type=tag_of(type(action.cause)) if action.cause is not None else None,
@@ -258,7 +258,7 @@ class Actions:
                                 ex=PLANNED_TTL_S):
             planned = self._entry(action, "planned", dry_run=True)
             await self.publisher.publish(planned)
-            audit.count(planned, cause_at=None)
+            audit_entries.count(planned, cause_at=None)
 
     async def _claim(self, action: Action) -> ActionRecorded | Result:
         """The intent to act under: a new one, or one left open long enough to adopt.
@@ -291,7 +291,7 @@ class Actions:
                     await self.publisher.add_to(pipe, intent)
                     pipe.hset(open_key, action.id, audit_json(intent))
                     await pipe.execute()
-                    audit.count(intent, cause_at=None)
+                    audit_entries.count(intent, cause_at=None)
                     return intent
                 except WatchError:
                     continue
@@ -301,7 +301,7 @@ class Actions:
         """Write the outcome of ``intent`` unless someone else did; the entry if written."""
         before = intent.before if result.before is None else {**(intent.before or {}),
                                                                **result.before}
-        outcome = audit.entry(
+        outcome = audit_entries.entry(
             source=self.source, key=intent.key, cause_id=intent.cause_id,
             cause_type=intent.cause_type, action=intent.action,
             target=intent.target, outcome=result.outcome, action_id=intent.action_id,
@@ -325,7 +325,7 @@ class Actions:
                     break
                 except WatchError:
                     continue
-        audit.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
+        audit_entries.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
         return outcome
 
     async def _open_intent(self, key: str, action_id: str) -> ActionRecorded | None:

@@ -9,8 +9,9 @@ lost entries carried are unknown, so every key that can matter is listed
 again and published as ``reconcile.requested``; the handlers are
 level-triggered, so a key listed without need costs one reconciliation.
 
-* conversations: every key with a row the rule table can act on (bot
-  assignment, a flow or a start time set) and every session file;
+* conversations: every key with a row the rule table can act on (the same rows
+  the database listing reads: :func:`events.sources.table_listing.rows_that_can_matter`)
+  and every session file;
 * sessions: every session with a queue, a parked list or a lease.
 
 Requests coalesce: while a re-list runs, further requests make it run once
@@ -29,8 +30,9 @@ from events.envelope import new_event
 from events.keys import conversation_key
 from events.publisher import Publisher
 from events.replies import text
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
+from events.sources.table_listing import rows_that_can_matter
 from events.sql import quote_ident, quote_table
 
 log = logging.getLogger(__name__)
@@ -116,8 +118,7 @@ def conversation_keys(settings: Settings, pool: Any) -> Callable[[], AsyncIterat
     c, table = settings.columns, quote_table(settings.table)
     phone, channel = quote_ident(c.phone), quote_ident(c.channel)
     query = (f"SELECT DISTINCT {phone}::text AS phone, {channel}::text AS channel FROM {table} "
-             f"WHERE {quote_ident(c.assigned_to)} = 'bot' OR {quote_ident(c.bot_flow_id)} IS NOT NULL "
-             f"OR {quote_ident(c.bot_started_at)} IS NOT NULL")
+             f"WHERE {rows_that_can_matter(settings)}")
     pattern = FilePattern(settings.file_pattern)
 
     async def keys() -> AsyncIterator[str]:

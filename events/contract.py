@@ -98,18 +98,19 @@ class ConversationBotFlowCleared(
     """``bot_flow_id`` went from a value to NULL."""
 
 
-class ConversationBotFieldsChanged(
+class ConversationChanged(
     RowChange, frozen=True, kw_only=True, tag="conversation.bot_fields_changed"
 ):
-    """Any other change of ``assigned_to``, ``bot_flow_id`` or ``bot_started_at``."""
+    """Any other change of the row: bot fields, a status other than to or from ``'closed'``,
+    the phone or channel.  (The wire tag keeps its first name; tags never change.)"""
 
 
 class ConversationClosed(RowChange, frozen=True, kw_only=True, tag="conversation.closed"):
     """``status`` became ``'closed'``."""
 
 
-class ConversationReopened(RowChange, frozen=True, kw_only=True, tag="conversation.reopened"):
-    """``status`` went from ``'closed'`` back to ``'active'``."""
+class ConversationLeftClosed(RowChange, frozen=True, kw_only=True, tag="conversation.reopened"):
+    """``status`` went from ``'closed'`` to any other status (the tag says "reopened")."""
 
 
 class ConversationDeleted(RowChange, frozen=True, kw_only=True, tag="conversation.deleted"):
@@ -296,9 +297,9 @@ Event = (
     ConversationCreated
     | ConversationBotAssigned
     | ConversationBotFlowCleared
-    | ConversationBotFieldsChanged
+    | ConversationChanged
     | ConversationClosed
-    | ConversationReopened
+    | ConversationLeftClosed
     | ConversationDeleted
     | SessionFileWritten
     | SessionFileRemoved

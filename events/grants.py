@@ -21,7 +21,7 @@ wheel's wake-up channel) and the timers role (subscribed to it) need that
 channel; :func:`missing_redis_rights` finds out by publishing an empty
 wake-up (harmless: a timer loop only looks at the wheel once more).  The
 keyspace notifications of the sessions source are optional and handled
-there (:mod:`events.sources.sessions`).
+there (:mod:`events.sources.gateway_leases`).
 """
 
 from __future__ import annotations

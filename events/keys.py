@@ -40,11 +40,16 @@ class KeySpace:
         if "{" in leftover or "}" in leftover:
             raise ValueError("the queue pattern may not contain braces besides {session}")
 
-    # -- streams (tag {events}) ------------------------------------------
+    # -- streams, and the keys written with them (tag {events}) ----------
+
+    def in_events_slot(self, name: str) -> str:
+        """A key in the ``{events}`` hash slot: the streams, and the keys a MULTI writes
+        together with a stream entry (on a cluster they must share one slot)."""
+        return f"{self.prefix}{{events}}:{name}"
 
     def stream(self, name: str) -> str:
         """The Redis key of a logical stream (``conversations``, ``sessions``, ...)."""
-        return f"{self.prefix}{{events}}:{name}"
+        return self.in_events_slot(name)
 
     def bulk_stream(self, name: str) -> str:
         """The bulk lane of a laned stream (``conversations``, ``sessions``): snapshots,
@@ -83,31 +88,31 @@ class KeySpace:
     @property
     def stream_gaps(self) -> str:
         """Hash: ``{group} {stream}`` -> boundary of the last gap reported (events.retention)."""
-        return self.stream("gaps")
+        return self.in_events_slot("gaps")
 
     @property
     def deadlines(self) -> str:
         """Sorted set of pending deadlines (score: due time in ms)."""
-        return self.stream("deadlines")
+        return self.in_events_slot("deadlines")
 
     @property
     def deadline_payloads(self) -> str:
         """Hash: deadline member -> the encoded event to publish when it is due."""
-        return self.stream("deadline-payloads")
+        return self.in_events_slot("deadline-payloads")
 
     @property
     def deadlines_wake(self) -> str:
         """Pub/sub channel: a deadline earlier than every other one was scheduled."""
-        return self.stream("deadlines-wake")
+        return self.in_events_slot("deadlines-wake")
 
     def open_actions(self, key: str) -> str:
         """Hash: action id -> the intent of an action on ``key`` still without its outcome
         (tag ``{events}``: it is written in one MULTI with the audit entry)."""
-        return self.stream(f"open-actions:{key}")
+        return self.in_events_slot(f"open-actions:{key}")
 
     def settled_actions(self, key: str) -> str:
         """Hash: action id -> outcome of the recent actions on ``key`` (tag ``{events}``)."""
-        return self.stream(f"settled-actions:{key}")
+        return self.in_events_slot(f"settled-actions:{key}")
 
     # -- conversation bookkeeping ----------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from events.publisher import Publisher, Retention
 from events.settings import Settings
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 
 
 def retention(settings: Settings) -> Retention:

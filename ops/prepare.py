@@ -19,7 +19,7 @@ from typing import Any
 from events.errors import ReconcilerError
 from events.settings import Settings
 from events.sql import quote_ident, quote_table
-from ops import migrate
+from ops import capture_install
 from ops.runtime_env import Environment
 
 CONVERSATIONS_DDL = """
@@ -69,7 +69,7 @@ async def _make_ready(conn: Any, settings: Settings) -> None:
     created = await conn.fetchval("SELECT to_regclass($1)", settings.table) is None
     if created:
         await conn.execute(conversations_ddl(settings))
-    outcome = await migrate.install(conn, settings)
+    outcome = await capture_install.install(conn, settings)
     done = [f"created table {settings.table}"] if created else []
     if outcome.before != outcome.after:
         done.append(f"installed the change capture (version {outcome.after})")
@@ -82,7 +82,7 @@ async def _check(conn: Any, settings: Settings, *, need_capture: bool) -> None:
         raise DatabaseNotReady(
             f"PostgreSQL (DATABASE_URL): table {settings.table!r} does not exist: set RECONCILER_TABLE "
             "to your conversations table (docs/database.md shows the shape it needs)")
-    if need_capture and await migrate.installed_version(conn, settings.table) is None:
+    if need_capture and await capture_install.installed_version(conn, settings.table) is None:
         raise DatabaseNotReady(
             f"PostgreSQL (DATABASE_URL): no change capture on table {settings.table!r}: "
             "run `reconciler migrate` once (it adds a trigger and an outbox)")

@@ -19,13 +19,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.consumers_role import run_consumers
 from consumers.notifier import run_notifier
-from consumers.run import run_consumers
 from events.settings import Settings
+from events.sources.due_timers import run_timers
 from events.sources.folder import run_watcher
+from events.sources.gateway_leases import run_sessions_source
 from events.sources.postgres import run_relay
-from events.sources.sessions import run_sessions_source
-from events.sources.timers import run_timers
 from ops.health import operations
 from ops.prepare import prepare_database
 from ops.runtime_env import open_environment

@@ -3,8 +3,8 @@
 This is what the old one-off check scripts did, done once and right: it reads
 every conversation row (the rows of one key together, since a key may have
 several), every session file and every queue, asks the rule table
-(:func:`consumers.rules.conversations.judge` per conversation key,
-:func:`consumers.rules.sessions.judge` per session) and lists what disagrees,
+(:func:`consumers.rules.conversation_rules.judge` per conversation key,
+:func:`consumers.rules.gateway_session_rules.judge` per session) and lists what disagrees,
 by kind, naming the row concerned.  It changes nothing; ``reconciler audit
 --fix`` only asks the consumers to reconcile the keys it found, through the
 normal path.
@@ -22,13 +22,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.relist import session_names
-from consumers.rules import conversations as rules
-from consumers.rules import sessions as session_rules
+from consumers.rules import conversation_rules as rules
+from consumers.rules import gateway_session_rules as session_rules
 from consumers.stores.parked_queues import ParkedQueues
-from consumers.stores.session_files import FileState, SessionFiles
+from consumers.stores.session_folder import FileState, SessionFiles
 from events.contract import ConversationRow
 from events.keys import conversation_key
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from events.sql import quote_ident, quote_table
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from events.settings import Settings
-from projections.conversations import ConversationsModel
+from projections.conversation_view import ConversationsModel
 from projections.fold import Model
-from projections.sessions import SessionsModel
+from projections.gateway_session_view import SessionsModel
 
 
 def models(settings: Settings | None = None) -> dict[str, Model[Any]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from events.keys import KeySpace
-from projections.conversations import ConversationsModel, ConversationView
-from projections.sessions import SessionsModel, SessionView
+from projections.conversation_view import ConversationsModel, ConversationView
+from projections.gateway_session_view import SessionsModel, SessionView
 from projections.store import ProjectionStore
 
 _conversations = ConversationsModel()

@@ -1,9 +1,9 @@
-"""The rule table as the read models see it: a caller of :mod:`consumers.rules.conversations`.
+"""The rule table as the read models see it: a caller of :mod:`consumers.rules.conversation_rules`.
 
 Nothing here encodes a rule.  A projection knows a key's rows and file from
 events, and its time from their ``occurred_at``; :func:`verdict` turns that
-into the :class:`consumers.rules.conversations.Observed` the handler builds
-from the stores, and asks the same :func:`~consumers.rules.conversations.judge`.
+into the :class:`consumers.rules.conversation_rules.Observed` the handler builds
+from the stores, and asks the same :func:`~consumers.rules.conversation_rules.judge`.
 The kinds (:data:`KINDS`) are a fixed vocabulary, so they can label metrics.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from consumers.rules import conversations as rules
+from consumers.rules import conversation_rules as rules
 from events.contract import ConversationRow
 from events.settings import Settings
 

@@ -1,6 +1,6 @@
 """Moving one directory entry between two folders without losing or overwriting a file.
 
-The primitives under :mod:`consumers.stores.session_files`, kept apart because
+The primitives under :mod:`consumers.stores.session_folder`, kept apart because
 they are plain POSIX and easy to get subtly wrong:
 
 * :func:`rename_no_replace` -- ``renameat2(RENAME_NOREPLACE)``, or hard link then
@@ -21,13 +21,20 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import logging
 import os
 import re
 import stat
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from events.errors import ReconcilerError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 RENAME_NOREPLACE = 1
@@ -139,3 +146,30 @@ def copy_into_place(fd: int, info: os.stat_result, staged: Path, target: Path) -
     except BaseException:
         staged.unlink(missing_ok=True)
         raise
+
+
+def recover_moves(folders: tuple[Path, ...], original: Callable[[str], Path], *,
+                  older_than_s: float) -> list[str]:
+    """Finish what a crash cut short: an original captured under a hidden name for a copy
+    goes back under its name (``original(name)``; never over a newer file, then it is left
+    and logged); unfinished copies and records are removed (their originals are intact).
+    Only entries unchanged for ``older_than_s`` (their ctime), so a move another process
+    is making now is left alone."""
+    done = []
+    cutoff = time.time() - older_than_s
+    for folder in folders:
+        with contextlib.suppress(FileNotFoundError), os.scandir(folder) as listing:
+            leftovers = [(e.name, m) for e in listing if (m := HIDDEN.fullmatch(e.name))
+                         and e.stat(follow_symlinks=False).st_ctime <= cutoff]
+        for entry, match in leftovers:
+            path = folder / entry
+            if match["what"] != "moving":
+                path.unlink(missing_ok=True)
+                done.append(f"removed the unfinished copy {entry}")
+                continue
+            try:
+                rename_no_replace(path, original(match["name"]))
+                done.append(f"put {match['name']} back")
+            except (FileExistsError, ReconcilerError) as e:  # a name that leaves the folder
+                log.warning("%s: left as %s (%s)", match["name"][:120], entry[:200], e)
+    return done

@@ -24,7 +24,7 @@ import msgspec
 
 from consumers.stores.file_moves import hidden_name, rename_no_replace
 from events.errors import ReconcilerError
-from events.sessionfiles import FilePattern, Rejected, path_inside, read_bounded
+from events.session_file_format import FilePattern, Rejected, path_inside, read_bounded
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
 from events.readiness import READINESS
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from events.sources.folder_scan import FOLDER_KEY, SOURCE, FolderView
 

@@ -21,7 +21,7 @@ Names are untrusted input:
   quietly -- an atomic replace goes through one (see :func:`is_temporary`);
 * other names that are not ours are reported once (reason ``not_ours``, key
   ``folder``) and never read;
-* our names are read with :func:`events.sessionfiles.read_session_file`, which
+* our names are read with :func:`events.session_file_format.read_session_file`, which
   refuses symlinks, non-files and oversized files without following them.
 
 A file that is not valid JSON and was modified less than ``SETTLE_S`` ago is
@@ -47,7 +47,7 @@ from events.contract import (
     SessionFileWritten,
 )
 from events.envelope import new_event
-from events.sessionfiles import FilePattern, Rejected, SessionFile, path_inside, read_session_file
+from events.session_file_format import FilePattern, Rejected, SessionFile, path_inside, read_session_file
 
 SOURCE: Final = "folder"
 FOLDER_KEY = "folder"

@@ -31,12 +31,12 @@ import msgspec
 from events.codec import MAX_ENTRY_BYTES, encode_json
 from events.contract import (
     ConversationBotAssigned,
-    ConversationBotFieldsChanged,
     ConversationBotFlowCleared,
+    ConversationChanged,
     ConversationClosed,
     ConversationCreated,
     ConversationDeleted,
-    ConversationReopened,
+    ConversationLeftClosed,
     ConversationRow,
     EventBase,
     ReconcileRequested,
@@ -124,12 +124,12 @@ def classify(op: str, old: ConversationRow | None, new: ConversationRow | None) 
     if new.status != old.status and new.status == "closed":
         return ConversationClosed
     if new.status != old.status and old.status == "closed":
-        return ConversationReopened
+        return ConversationLeftClosed
     if waiting_on_bot and old.assigned_to != "bot":
         return ConversationBotAssigned
     if old.bot_flow_id is not None and new.bot_flow_id is None:
         return ConversationBotFlowCleared
-    return ConversationBotFieldsChanged
+    return ConversationChanged
 
 
 def _row(raw: str | bytes | None, which: str) -> ConversationRow | None:

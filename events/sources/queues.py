@@ -1,6 +1,6 @@
 """Queue discovery: which sessions' outgoing queues hold messages.
 
-Two inputs feed it, both owned by :mod:`events.sources.sessions`: keyspace
+Two inputs feed it, both owned by :mod:`events.sources.gateway_leases`: keyspace
 notifications of list pushes (``lpush``, ``rpush``, ``linsert``, ...) and a
 SCAN of the queue keys (never KEYS) at start, after a reconnect, and on the
 slow rescan.  A gateway may push thousands of messages a second to one queue,

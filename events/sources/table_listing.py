@@ -69,15 +69,24 @@ class ListingResult:
     seconds: float
 
 
+def rows_that_can_matter(settings: Settings) -> str:
+    """The SQL condition of the rows the rule table can act on: an active conversation, or
+    one with bot fields set (a closed row keeping them is cleared).  The listing and the
+    re-listing after a stream gap both read exactly these rows."""
+    c = settings.columns
+    q = {n: quote_ident(getattr(c, n)) for n in
+         ("status", "assigned_to", "bot_flow_id", "bot_started_at")}
+    return (f"({q['status']} = 'active' OR {q['assigned_to']} IS NOT NULL"
+            f" OR {q['bot_flow_id']} IS NOT NULL OR {q['bot_started_at']} IS NOT NULL)")
+
+
 class TableListing:
     """Pages through the rows of the conversations table that can matter."""
 
     def __init__(self, settings: Settings, publisher: Publisher, *, page: int = PAGE) -> None:
         c = settings.columns
-        q = {n: quote_ident(getattr(c, n)) for n in
-             ("id", "phone", "channel", "status", "assigned_to", "bot_flow_id", "bot_started_at")}
-        matters = (f"({q['status']} = 'active' OR {q['assigned_to']} IS NOT NULL"
-                   f" OR {q['bot_flow_id']} IS NOT NULL OR {q['bot_started_at']} IS NOT NULL)")
+        q = {n: quote_ident(getattr(c, n)) for n in ("id", "phone", "channel")}
+        matters = rows_that_can_matter(settings)
         base = f"SELECT {q['id']}, {q['phone']}, {q['channel']} FROM {quote_table(settings.table)}"
         self._first = f"{base} WHERE {matters} ORDER BY {q['id']} LIMIT $1"
         self._next = f"{base} WHERE {matters} AND {q['id']} > $2 ORDER BY {q['id']} LIMIT $1"

@@ -34,7 +34,7 @@ from typing import Any
 
 from events import codec
 from events.contract import ActionRecorded
-from ops import migrate
+from ops import capture_install
 
 RESULTS_DIR = Path(__file__).parent / "results"
 """Where ``--out`` writes by default when given a bare flag, and where the report reads."""
@@ -122,7 +122,7 @@ async def delete_prefix(redis: Any, prefix: str) -> None:
 async def drop_captured_table(pg: Any, settings: Any) -> None:
     """Uninstall the trigger and outbox, then drop the bench's conversations table."""
     with contextlib.suppress(Exception):
-        await migrate.uninstall(pg, settings, force=True)
+        await capture_install.uninstall(pg, settings, force=True)
     await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
 
 

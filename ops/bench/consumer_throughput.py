@@ -37,7 +37,7 @@ from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from events import codec
-from events.contract import ConversationBotFieldsChanged, ConversationRow
+from events.contract import ConversationChanged, ConversationRow
 from ops.bench import common
 
 NAME = "consumer-throughput"
@@ -103,13 +103,13 @@ def faststream_note(rates: dict[str, float]) -> list[str]:
             f"not decoding) would change what is measured."]
 
 
-def event(n: int) -> ConversationBotFieldsChanged:
+def event(n: int) -> ConversationChanged:
     """A typical relay event: a conversation's bot fields changed (old and new row)."""
     phone, channel = f"5511{n % CONVERSATIONS:09d}", "940740243"
     now = datetime.now(UTC)
     row = ConversationRow(id=str(n), phone=phone, channel=channel, status="active",
                           assigned_to="bot", bot_flow_id="flow-welcome", bot_started_at=now)
-    return ConversationBotFieldsChanged(
+    return ConversationChanged(
         id=f"01J{n:023d}", occurred_at=now, source="postgres", key=f"{phone}:{channel}",
         outbox_id=n, row=row, previous=row)
 

@@ -29,7 +29,7 @@ from events import codec
 from events.contract import SourceResynced
 from events.settings import Settings
 from events.sources.postgres import RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from ops.bench import common
 
 NAME = "db-capture"
@@ -58,7 +58,7 @@ async def _run(redis_url: str, database_url: str, changes: int) -> tuple[dict[st
                          "assigned_to text, bot_flow_id text, bot_started_at timestamptz)")
         await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) '
                          "SELECT '5511' || g, '940740243' FROM generate_series(1, $1) g", ROWS)
-        await migrate.install(pg, settings)
+        await capture_install.install(pg, settings)
         relay = asyncio.create_task(run_relay(settings, redis, stop, RelayOptions()))
         stream, bulk = settings.keys.lanes("conversations")
         marker = await _wait_for_marker(redis, bulk)  # the relay's resynced marker: bulk lane

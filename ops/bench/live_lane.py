@@ -10,7 +10,7 @@ times each from just before its XADD to the call of its handler (same process,
 one clock).  Variants, in one run, on the same data:
 
 * ``lanes`` -- the backlog goes to the bulk lane (``{events}:conversations:bulk``)
-  and the group reads the live stream first (as ``consumers.run`` sets it up);
+  and the group reads the live stream first (as ``consumers.consumers_role`` sets it up);
 * ``one_stream`` -- the backlog and the live changes share one stream, as before
   the bulk lane: a live change waits for the backlog read before it.
 

@@ -1,7 +1,7 @@
 """Park latency: from a push to the queue of a dead session to its messages parked.
 
 The real ``sessions`` consumer group (:class:`consumers.runtime.GroupConsumer`
-running :class:`consumers.sessions.SessionsHandler`) runs against Redis; no
+running :class:`consumers.gateway_session_group.SessionsHandler`) runs against Redis; no
 session has a lease.  ``--pushes`` times (default 1,000), one after another,
 the bench RPUSHes one message to the queue of one of ``--sessions`` sessions
 and waits (XREAD BLOCK on the audit stream) for the ``park_queue`` entry of
@@ -9,7 +9,7 @@ that session: the latency is from just before the push to the entry's
 arrival, so it includes writing the audit entry.  Variants, in one run:
 
 * ``source`` -- the push is noticed by the sessions source
-  (:mod:`events.sources.sessions`: keyspace notification, coalesced for
+  (:mod:`events.sources.gateway_leases`: keyspace notification, coalesced for
   ``COALESCE_WINDOW_S`` into a ``queue.observed`` event), as in production;
 * ``source_no_window`` -- the same source with the coalescing window at 0,
   which shows what the window costs;
@@ -39,15 +39,15 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.actions import Actions
+from consumers.gateway_session_group import SessionsHandler
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
-from consumers.sessions import SessionsHandler
 from events.contract import QueueObserved
 from events.envelope import new_event
 from events.publisher import Publisher
 from events.settings import Settings
+from events.sources.gateway_leases import SessionsSource
 from events.sources.queues import COALESCE_WINDOW_S
-from events.sources.sessions import SessionsSource
 from ops.bench import common, polling
 
 NAME = "park-latency"
@@ -162,27 +162,13 @@ async def measure(args: Any) -> dict[str, Any]:
         if v in measured:
             part = polling.summary(measured[v], common.percentiles)
             figures[v].update({k: part[k] for k in ("wait_for_poll_p50_ms", "poll_work_p50_ms")})
-    ratios = {}
-    for a, b in (("source", "direct"), ("source_no_window", "direct"), ("poll_1s", "source"),
-                 ("poll_60s", "source")):
-        for point in ("p50", "p99"):
-            if a in figures and b in figures and (point == "p50" or a.startswith("poll")):
-                ratios[f"{a}/{b} ({point})"] = {
-                    "ratio": common.ratio(figures[a][point], figures[b][point]),
-                    "target": None, "met": None}
+    ratios = _ratios(figures)
     targets = {f"push -> parked {point} (source)": common.target(figures["source"][point], limit)
                for point, limit in (("p50", P50_TARGET_MS), ("p99", P99_TARGET_MS))
                if "source" in figures}
     return {
         "servers": {"redis-server": version},
-        "parameters": {"pushes": args.pushes, "sessions": args.sessions or args.pushes,
-                       "poll_1s": {"period_s": 1.0, "pushes": args.poll_1s_pushes,
-                                   "spread_over_s": args.poll_1s_span},
-                       "poll_60s": {"period_s": 60.0, "pushes": args.poll_60s_pushes,
-                                    "spread_over_s": args.poll_60s_span},
-                       "coalesce_window_ms": COALESCE_WINDOW_S * 1000,
-                       "push_noticed_by": "events.sources.sessions (keyspace notifications) "
-                                          "in source*, the bench's own queue.observed in direct"},
+        "parameters": _parameters(args),
         "figures": {v: {f"{k}_ms" if k[1:2].isdigit() or k in ("min", "max", "mean") else k: x
                         for k, x in f.items()} for v, f in figures.items()},
         "ratios": ratios,
@@ -201,6 +187,30 @@ async def measure(args: Any) -> dict[str, Any]:
             "poll (wait_for_poll) and the SCAN, lease checks and moves (poll_work).",
         ],
     }
+
+
+def _ratios(figures: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Each variant against the one it is compared with: p50, and p99 for the polled ones."""
+    ratios = {}
+    for a, b in (("source", "direct"), ("source_no_window", "direct"), ("poll_1s", "source"),
+                 ("poll_60s", "source")):
+        for point in ("p50", "p99"):
+            if a in figures and b in figures and (point == "p50" or a.startswith("poll")):
+                ratios[f"{a}/{b} ({point})"] = {
+                    "ratio": common.ratio(figures[a][point], figures[b][point]),
+                    "target": None, "met": None}
+    return ratios
+
+
+def _parameters(args: Any) -> dict[str, Any]:
+    return {"pushes": args.pushes, "sessions": args.sessions or args.pushes,
+            "poll_1s": {"period_s": 1.0, "pushes": args.poll_1s_pushes,
+                        "spread_over_s": args.poll_1s_span},
+            "poll_60s": {"period_s": 60.0, "pushes": args.poll_60s_pushes,
+                         "spread_over_s": args.poll_60s_span},
+            "coalesce_window_ms": COALESCE_WINDOW_S * 1000,
+            "push_noticed_by": "events.sources.gateway_leases (keyspace notifications) "
+                               "in source*, the bench's own queue.observed in direct"}
 
 
 def main(argv: list[str]) -> int:

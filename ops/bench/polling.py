@@ -62,6 +62,12 @@ async def run_polled(*, period_s: float, changes: int, span_s: float, change: Ch
 
     limit = span_s + 3 * period_s + 30
     await asyncio.wait_for(asyncio.gather(poller(), changer()), timeout=limit)
+    return _latencies(made, acted)
+
+
+def _latencies(made: dict[str, float], acted: dict[str, tuple[float, float]],
+               ) -> dict[str, list[float]]:
+    """Per change, in the order made: the whole latency, the wait for the poll, the poll's work."""
     out: dict[str, list[float]] = {"latency_ms": [], "wait_ms": [], "work_ms": []}
     for token, at in sorted(made.items(), key=lambda item: item[1]):
         poll_started, done = acted[token]

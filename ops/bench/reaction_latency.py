@@ -37,11 +37,11 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from consumers.run import run_consumers
+from consumers.consumers_role import run_consumers
 from events.settings import Settings
+from events.sources.due_timers import run_timers
 from events.sources.postgres import run_relay
-from events.sources.timers import run_timers
-from ops import migrate
+from ops import capture_install
 from ops.bench import common, polling
 
 NAME = "reaction-latency"
@@ -85,7 +85,7 @@ async def _run(args: Any) -> tuple[dict[str, Any], dict[str, str]]:
         stop = asyncio.Event()
         try:
             ids = await _seed(pg, settings, changes + sum(n for _, n, _ in plans.values()))
-            await migrate.install(pg, settings)
+            await capture_install.install(pg, settings)
             roles = [asyncio.create_task(role(settings, redis, stop))
                      for role in (run_relay, run_consumers, run_timers)]
             await asyncio.sleep(1.0)  # let the groups and the relay start
@@ -177,6 +177,26 @@ async def _polled(pg: Any, settings: Settings, ids: list[tuple[int, Path]], peri
         await poller.close()
 
 
+NOTES = [
+    "event_driven: one change at a time; the relay, consumers and timers share this "
+    "process's event loop with the client. Latency is from just before the UPDATE is "
+    "sent (so it includes the UPDATE's own round trip: with the whole reaction in one "
+    "event loop, the client may resume only after the reaction ran, and timing from "
+    "the commit's return undercounted some changes to 0.1 ms) to the arrival (XREAD "
+    "BLOCK) of the quarantine_file audit entry, written right after the move; the file "
+    "is checked to be gone.",
+    "poll_*: the polling loop runs live against the same table (the event-driven roles "
+    "stopped), its changes made at random moments spread over the span while it polls; "
+    "latency is from the UPDATE being sent to the file moved by the poller, split into the wait for "
+    "the next poll (wait_for_poll) and the poll's query and file moves (poll_work). Each "
+    "poll stats the file of every closed row, as a scheduler must.",
+    "poll_60s runs over one 60 s period, so its sample is small: the changes are spread "
+    "one per equal slice of the period (stratified), so its latency is close to uniform "
+    "between 0 and 60 s (expected mean 30 s).",
+]
+"""What the figures measure, printed with them."""
+
+
 def _result(changes: int, latencies: list[float], polled: dict[str, dict[str, list[float]]],
             plans: dict[str, tuple[float, int, float]]) -> dict[str, Any]:
     stats = common.percentiles(latencies)
@@ -203,21 +223,5 @@ def _result(changes: int, latencies: list[float], polled: dict[str, dict[str, li
         "distributions": {"event_driven: commit -> file quarantined": latencies,
                           **{f"{name} (polling)": [round(x, 3) for x in s["latency_ms"]]
                              for name, s in polled.items()}},
-        "notes": [
-            "event_driven: one change at a time; the relay, consumers and timers share this "
-            "process's event loop with the client. Latency is from just before the UPDATE is "
-            "sent (so it includes the UPDATE's own round trip: with the whole reaction in one "
-            "event loop, the client may resume only after the reaction ran, and timing from "
-            "the commit's return undercounted some changes to 0.1 ms) to the arrival (XREAD "
-            "BLOCK) of the quarantine_file audit entry, written right after the move; the file "
-            "is checked to be gone.",
-            "poll_*: the polling loop runs live against the same table (the event-driven roles "
-            "stopped), its changes made at random moments spread over the span while it polls; "
-            "latency is from the UPDATE being sent to the file moved by the poller, split into the wait for "
-            "the next poll (wait_for_poll) and the poll's query and file moves (poll_work). Each "
-            "poll stats the file of every closed row, as a scheduler must.",
-            "poll_60s runs over one 60 s period, so its sample is small: the changes are spread "
-            "one per equal slice of the period (stratified), so its latency is close to uniform "
-            "between 0 and 60 s (expected mean 30 s).",
-        ],
+        "notes": NOTES,
     }

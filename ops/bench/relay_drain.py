@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from events.settings import Settings
 from events.sources.outbox import outbox_names
 from events.sources.postgres import RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from ops.bench import common
 
 NAME = "relay-drain"
@@ -62,7 +62,7 @@ async def _run(redis_url: str, database_url: str, rows: int, batches: list[int],
         await pg.execute(DDL.format(table=settings.table))
         await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id, assigned_to) '
                          "SELECT '5511' || g, '940740243', 'bot' FROM generate_series(1, $1) g", rows)
-        await migrate.install(pg, settings)
+        await capture_install.install(pg, settings)
         for n in range(rounds):
             for batch in batches if n % 2 == 0 else batches[::-1]:
                 await pg.execute(f'UPDATE "{settings.table}" SET bot_flow_id = $1 || id::text',

@@ -4,7 +4,7 @@ Publishes ``--events`` events (default 1,000,000) over ``--conversations``
 conversation keys (default 100,000) and 500 gateway sessions -- row changes,
 file writes and removals, bot timeouts, audited actions, session lifecycle,
 queue observations -- then rebuilds both read models from the streams with
-:func:`projections.replay.replay` (the code ``reconciler replay`` runs).
+:func:`projections.rebuild.replay` (the code ``reconciler replay`` runs).
 
 Prints: entries folded per second per projection and overall, next to the
 target (50,000/s) as a ratio; and the Redis memory the conversations read
@@ -40,7 +40,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher, Retention
 from ops.bench import common
-from projections.replay import replay
+from projections.rebuild import replay
 from projections.rules import KINDS
 from projections.store import ProjectionStore
 

@@ -34,7 +34,7 @@ import asyncpg
 
 from events.settings import Settings
 from events.sources.outbox import outbox_names
-from ops import migrate
+from ops import capture_install
 from ops.bench import common
 
 NAME = "trigger-cost"
@@ -100,7 +100,7 @@ async def _table(pg: Any, database_url: str, rows: int, kind: str) -> Settings:
                      "SELECT '5511' || g, '940740243', 'bot' FROM generate_series(1, $1) g", rows)
     await pg.execute(f'VACUUM ANALYZE "{settings.table}"')
     if kind != "plain":
-        await migrate.install(pg, settings, up_to=ROW_CAPTURE_VERSION if kind == "per_row" else None)
+        await capture_install.install(pg, settings, up_to=ROW_CAPTURE_VERSION if kind == "per_row" else None)
     return settings
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from events.settings import Settings
-from ops import migrate
+from ops import capture_install
 from ops.demo.show import AuditTail, summary
 from ops.demo.stage import (
     LOST_SESSION,
@@ -91,7 +91,7 @@ async def _demo(settings: Settings, redis: Any, args: argparse.Namespace) -> int
     staged = Staged()
     try:
         await create_table(pg, settings.table)
-        await migrate.install(pg, settings)
+        await capture_install.install(pg, settings)
         staged.healthy = await stage_healthy(pg, settings, args.conversations, rng)
         await gateway.open(LIVE_SESSION)
         await stage_incidents(pg, redis, settings, staged)

@@ -19,13 +19,13 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers import conversations, sessions
+from consumers import conversation_group, gateway_session_group
 from consumers.actions import Actions
-from consumers.rules import sessions as session_rules
-from consumers.rules.conversations import judge
+from consumers.rules import gateway_session_rules as session_rules
+from consumers.rules.conversation_rules import judge
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import Pause, PauseStore
-from consumers.stores.session_files import SessionFiles
+from consumers.stores.session_folder import SessionFiles
 from events import codec, wiring
 from events.contract import CONVERSATIONS, SESSIONS, ActionRecorded, EventBase, tag_of
 from events.errors import MalformedEntry
@@ -78,7 +78,7 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
     phone, channel = split_conversation_key(key)
     pg = await connect_pg(settings.database_url or "")
     try:
-        handler = conversations.ConversationsHandler(
+        handler = conversation_group.ConversationsHandler(
             settings=settings, sql=ConversationsSql(pg, settings), files=SessionFiles(settings),
             redis=redis, actions=Actions.for_settings(redis, settings, dry_run=True),
             timers=wiring.timer_wheel(settings, redis))
@@ -102,7 +102,7 @@ async def _conversation_state(settings: Settings, redis: Any, key: str) -> dict[
 
 
 async def _session_state(settings: Settings, redis: Any, name: str) -> dict[str, Any]:
-    handler = sessions.SessionsHandler(
+    handler = gateway_session_group.SessionsHandler(
         settings=settings, redis=redis,
         actions=Actions.for_settings(redis, settings, dry_run=True))
     state, observed = await handler.observe(name)

@@ -1,7 +1,7 @@
 """``reconciler migrate [--uninstall] [--dry-run] [--force] [--create-index]``: the change capture.
 
 Installs (or removes) the outbox, the capture function and the triggers on
-``RECONCILER_TABLE`` (see :mod:`ops.migrate`), prints what it did, and
+``RECONCILER_TABLE`` (see :mod:`ops.capture_install`), prints what it did, and
 records it in the audit stream.  ``--dry-run`` prints the SQL it would run
 and changes nothing.  An install also says whether an index serves the
 handlers' lookup by phone and channel and, when none does, prints the
@@ -15,7 +15,7 @@ from typing import Any
 
 from consumers.actions import Action, Actions, Result, done
 from events.ids import new_event_id
-from ops import migrate
+from ops import capture_install
 from ops.runtime_env import open_environment, settings_from_args
 
 
@@ -29,10 +29,10 @@ def register(subparsers: Any) -> None:
                         help="with --uninstall: drop unpublished outbox rows too")
     parser.add_argument("--create-index", action="store_true",
                         help="also build the (phone, channel) lookup index, CONCURRENTLY")
-    parser.add_argument("--lock-timeout", type=float, default=migrate.LOCK_TIMEOUT_S,
+    parser.add_argument("--lock-timeout", type=float, default=capture_install.LOCK_TIMEOUT_S,
                         metavar="SECONDS",
                         help="give up when a table lock is not granted within this time "
-                             f"(default {migrate.LOCK_TIMEOUT_S:g}; writers wait behind it)")
+                             f"(default {capture_install.LOCK_TIMEOUT_S:g}; writers wait behind it)")
     parser.set_defaults(handler=run)
 
 
@@ -48,15 +48,15 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _audited(env: Any, conn: Any, args: argparse.Namespace) -> migrate.Outcome:
+async def _audited(env: Any, conn: Any, args: argparse.Namespace) -> capture_install.Outcome:
     """The migration as an audited action; in a dry run, only the SQL it would run."""
     table = env.settings.table
     executor = Actions.for_settings(env.redis, env.settings, source="operator",
                                     dry_run=args.dry_run)
-    action = Action(verb="migrate.uninstall" if args.uninstall else "migrate.install",
+    action = Action(verb="capture_install.uninstall" if args.uninstall else "capture_install.install",
                     key=f"postgres:{table}", target=table, origin=new_event_id(),
-                    before={"version": await migrate.installed_version(conn, table)})
-    outcomes: list[migrate.Outcome] = []
+                    before={"version": await capture_install.installed_version(conn, table)})
+    outcomes: list[capture_install.Outcome] = []
 
     async def act(_action_id: str) -> Result:
         outcomes.append(await _migrate(conn, env.settings, args, dry_run=False))
@@ -68,25 +68,25 @@ async def _audited(env: Any, conn: Any, args: argparse.Namespace) -> migrate.Out
 
 
 async def _migrate(conn: Any, settings: Any, args: argparse.Namespace, *,
-                   dry_run: bool) -> migrate.Outcome:
+                   dry_run: bool) -> capture_install.Outcome:
     if args.uninstall:
-        return await migrate.uninstall(conn, settings, dry_run=dry_run, force=args.force,
+        return await capture_install.uninstall(conn, settings, dry_run=dry_run, force=args.force,
                                        lock_timeout_s=args.lock_timeout)
-    outcome = await migrate.install(conn, settings, dry_run=dry_run,
+    outcome = await capture_install.install(conn, settings, dry_run=dry_run,
                                     lock_timeout_s=args.lock_timeout)
     if args.create_index and not dry_run:
-        outcome.index = await migrate.create_index(conn, settings)
+        outcome.index = await capture_install.create_index(conn, settings)
     return outcome
 
 
-def _result(outcome: migrate.Outcome, *, uninstall: bool) -> Result:
+def _result(outcome: capture_install.Outcome, *, uninstall: bool) -> Result:
     changed = outcome.before is not None if uninstall else outcome.before != outcome.after
     after = {"version": outcome.after, "pending_rows": outcome.pending_rows}
     reason = ", ".join(outcome.applied) or ("not installed" if uninstall else "up to date")
     return done(after, reason=reason) if changed else Result("skipped", reason, after)
 
 
-def _print(outcome: migrate.Outcome, *, uninstall: bool) -> None:
+def _print(outcome: capture_install.Outcome, *, uninstall: bool) -> None:
     if outcome.dry_run:
         print(f"-- dry run: nothing was changed. SQL for {outcome.table}:")
         print(outcome.sql or "-- nothing to do")
@@ -104,7 +104,7 @@ def _print(outcome: migrate.Outcome, *, uninstall: bool) -> None:
         _print_index(outcome.table, outcome.index)
 
 
-def _print_index(table: str, index: migrate.IndexState) -> None:
+def _print_index(table: str, index: capture_install.IndexState) -> None:
     if index.serving is not None:
         print(f"{table}: lookup index {index.serving} serves the (phone, channel) reads")
         return

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from consumers.actions import Action, Actions, Result, done
-from consumers.stores.session_files import QuarantineRecord, SessionFiles
+from consumers.stores.session_folder import QuarantineRecord, SessionFiles
 from events.contract import ReconcileRequested
 from events.envelope import new_event
 from ops.runtime_env import open_environment, settings_from_args

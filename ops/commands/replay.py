@@ -2,7 +2,7 @@
 
 The rebuild goes into a fresh version; the switch to it is one atomic pointer
 write once it has caught up, and the old version is deleted afterwards (see
-:mod:`projections.replay`).  A progress bar is drawn on stderr when it is a
+:mod:`projections.rebuild`).  A progress bar is drawn on stderr when it is a
 terminal; the result is a table or JSON.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
 from projections.models import models
-from projections.replay import Progress, replay
+from projections.rebuild import Progress, replay
 
 BAR_WIDTH = 30
 REDRAW_S = 0.1

@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events.keys import KeySpace, conversation_key
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from events.sql import quote_table
 from ops.prepare import conversations_ddl

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from events.gateway import GatewaySessions
 from events.keys import split_conversation_key
 from events.loops import sleep_unless_stopped
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from ops.demo.stage import CHANNEL, FLOWS, write_session_file
 

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 
 from events.gateway import GatewaySessions
 from events.keys import KeySpace, conversation_key
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from tests.chaos.harness import retrying
 

@@ -30,12 +30,12 @@ import pytest
 from redis.asyncio import Redis
 
 from consumers.actions import NOT_CARRIED_OUT, SETTLED
-from consumers.stores.session_files import SessionFiles
+from consumers.stores.session_folder import SessionFiles
 from events import codec
 from events.contract import ActionRecorded
 from events.settings import Settings
 from events.sources.outbox import outbox_names
-from ops.migrate import install
+from ops.capture_install import install
 from ops.scan import Inconsistency, scan
 from tests.chaos.harness import Cluster, Faults, PrivateRedis, harness_redis, pg_pids, role_env
 from tests.chaos.load import CHANNEL, Crm, FakeGateway, Ledger, burst, phone, push_messages, run_crm

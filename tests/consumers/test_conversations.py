@@ -23,13 +23,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from consumers.run import run_consumers
+from consumers.consumers_role import run_consumers
 from events import codec
 from events.contract import ActionRecorded, ConversationClosed, ConversationRow, SessionFileWritten
 from events.ids import new_event_id
 from events.publisher import Publisher
 from events.settings import Settings
-from events.sources.timers import run_timers
+from events.sources.due_timers import run_timers
 from tests.support import (
     create_conversations_table,
     eventually,

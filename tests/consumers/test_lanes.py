@@ -9,9 +9,9 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
+from consumers.consumers_role import _options
 from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
-from consumers.run import _options
 from consumers.runtime import GroupConsumer, running_groups
 from events.contract import ActionRecorded
 from events.ids import new_event_id

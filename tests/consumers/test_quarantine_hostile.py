@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from consumers.stores.session_files import RECORD_SUFFIX, FileState, SessionFiles
+from consumers.stores.session_folder import RECORD_SUFFIX, FileState, SessionFiles
 from events import codec
 from events.contract import ActionRecorded
 from events.settings import Settings
@@ -47,7 +47,7 @@ def write(path: Path, raw: bytes, mode: int = 0o600) -> str:
 
 async def quarantine(files: SessionFiles, sha: str) -> Any:
     return await files.quarantine(NAME, key=KEY, reason="not_bot", cause=None,
-                                  expected_sha256=sha, guard=allow)
+                                  expected_fingerprint=sha, guard=allow)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -105,8 +105,8 @@ async def test_a_file_over_the_limit_is_never_copied_to_another_file_system(
         with (settings.sessions_dir / NAME).open("wb") as big:
             big.truncate(4 * 1024 * 1024)
         current = files.read(NAME)
-        assert current is not None and current.sha256 == "rejected:oversized" and current.movable
-        moved = await quarantine(files, current.sha256)
+        assert current is not None and current.fingerprint == "rejected:oversized" and current.movable
+        moved = await quarantine(files, current.fingerprint)
         assert moved.outcome == "skipped" and "never copied" in moved.reason
         assert os.listdir(other) == [] and (settings.sessions_dir / NAME).stat().st_size > 1024
 

@@ -26,7 +26,7 @@ from consumers.stores.conversations_sql import ConversationsSql
 from events import codec
 from events.contract import ActionRecorded
 from events.settings import Settings
-from ops import migrate
+from ops import capture_install
 from ops.config import ConfigError, load_settings
 from ops.roles import serve_roles
 from tests.ops.test_audit_inspect import reconciler
@@ -63,7 +63,7 @@ ID_TYPES = {"uuid": "uuid DEFAULT gen_random_uuid()", "bigserial": "bigserial"}
 async def crm_table(pg: Any, settings: Settings, id_kind: str, *, install: bool = True) -> None:
     await pg.execute(CRM_TABLE.format(table=settings.table, id_type=ID_TYPES[id_kind]))
     if install:
-        await migrate.install(pg, settings)
+        await capture_install.install(pg, settings)
 
 
 async def insert(pg: Any, settings: Settings, phone: str, status: str, assigned: str | None,
@@ -129,7 +129,7 @@ async def test_returning_customers_every_row_is_reconciled_from_the_listing(
         await insert(pg, settings, phone, "closed", None, None, False)
         await insert(pg, settings, phone, "closed", "bot", FLOW, True)
     assert await bot_fields_left(pg, settings) == 20
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
 
     async with running(settings, redis):
         async def healed() -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from consumers.rules.conversations import (
+from consumers.rules.conversation_rules import (
     BackfillFlow,
     ClearBotFields,
     CloseConversation,
@@ -20,7 +20,7 @@ from consumers.rules.conversations import (
     may_move_file,
 )
 from consumers.stores.conversations_sql import Row
-from consumers.stores.session_files import FileState
+from consumers.stores.session_folder import FileState
 
 NOW = 1_700_000_000.0
 KEY = "5215550001:940740243"
@@ -42,7 +42,7 @@ def closed(id: object = 1, **fields: object) -> Row:
 
 
 def file(flow: str | None = FLOW, movable: bool = True, modified: float | None = OLD) -> FileState:
-    return FileState(name="whatsapp_5215550001_940740243.json", flow_id=flow, sha256="0" * 64,
+    return FileState(name="whatsapp_5215550001_940740243.json", flow_id=flow, fingerprint="0" * 64,
                      movable=movable, modified_at=modified)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from consumers.rules.sessions import (
+from consumers.rules.gateway_session_rules import (
     CancelRetention,
     DropParked,
     DropQueue,

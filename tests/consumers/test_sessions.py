@@ -19,9 +19,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.actions import Actions
+from consumers.gateway_session_group import SessionsHandler, Timers, retention_member
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
-from consumers.sessions import SessionsHandler, Timers, retention_member
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec
 from events.contract import (

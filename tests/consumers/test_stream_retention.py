@@ -16,14 +16,14 @@ from typing import Any
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from consumers.run import run_consumers
+from consumers.consumers_role import run_consumers
 from events import codec
 from events.contract import ReconcileRequested
 from events.publisher import Publisher, Retention
 from events.settings import Settings
 from events.sources.outbox import outbox_names
 from events.sources.postgres import RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from tests.conftest import settings_with
 from tests.support import create_conversations_table, eventually, request
 
@@ -68,7 +68,7 @@ async def stage(pg: Any, settings: Settings) -> None:
         f'INSERT INTO "{table}" (phone, phone_number_id, status, assigned_to, bot_flow_id, '
         f"bot_started_at) SELECT '55' || g, '{CHANNEL}', 'active', 'bot', 'flow-' || (g % 5), "
         "now() FROM generate_series(1, $1) g", ROWS)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
 
 
 async def test_a_bulk_change_larger_than_the_cap_is_reconciled_completely(

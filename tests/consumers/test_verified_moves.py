@@ -21,9 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from consumers.stores.session_files import FileState, Moved, SessionFiles
+from consumers.stores.session_folder import FileState, Moved, SessionFiles
 from events.settings import Settings
 from tests.conftest import settings_with
 from tests.consumers.second_fs import second_file_system
@@ -101,7 +102,7 @@ async def race(settings: Settings, pg: Any) -> Counter[str]:
             if not inside_guard:
                 writer.write_now(round_)
             moved = await files.quarantine(NAME, key=KEY, reason="not_bot", cause=None,
-                                           expected_sha256=sha(stale), guard=guard)
+                                           expected_fingerprint=sha(stale), guard=guard)
             await asyncio.to_thread(writer.wrote.acquire)
             outcomes[moved.outcome] += 1
             check_round(settings, files, round_, moved, stale, inside_guard)
@@ -164,11 +165,42 @@ async def test_a_move_the_guard_no_longer_allows_is_put_back(where: Settings) ->
         return next(answers)
 
     moved = await files.quarantine(NAME, key=KEY, reason="not_bot", cause=None,
-                                   expected_sha256=sha(body("stale")), guard=guard)
+                                   expected_fingerprint=sha(body("stale")), guard=guard)
     assert (moved.outcome, moved.record) == ("reverted", None)
     assert "guard" in moved.reason
     assert (settings.sessions_dir / NAME).read_bytes() == body("stale")
     assert os.listdir(settings.quarantine_dir) == []
+
+
+async def test_a_guard_whose_connection_is_cut_after_the_move_puts_the_file_back(
+        where: Settings, pg: Any) -> None:
+    """The guard's second question is a real query on a connection the database has just
+    terminated (as a failover or an idle-session killer would): the move cannot be
+    verified, so the file goes back under its name and no record is left for it."""
+    settings = where
+    files = SessionFiles(settings)
+    replace_atomically(settings.sessions_dir, body("stale"))
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url)
+    calls = []
+
+    async def guard(_state: FileState) -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # after the move
+            await pg.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        return bool(await conn.fetchval("SELECT true"))
+
+    try:
+        moved = await files.quarantine(NAME, key=KEY, reason="not_bot", cause=None,
+                                       expected_fingerprint=sha(body("stale")), guard=guard,
+                                       action_id="a1")
+    finally:
+        await conn.close()
+    assert len(calls) == 2
+    assert (moved.outcome, moved.record) == ("failed", None), moved
+    assert "guard could not be asked" in moved.reason and "put back" in moved.reason
+    assert (settings.sessions_dir / NAME).read_bytes() == body("stale")
+    assert os.listdir(settings.quarantine_dir) == [] and files.records.moved_by("a1") is None
 
 
 async def test_a_newer_file_is_never_overwritten_by_a_put_back(where: Settings) -> None:
@@ -185,7 +217,7 @@ async def test_a_newer_file_is_never_overwritten_by_a_put_back(where: Settings) 
         return True
 
     moved = await files.quarantine(NAME, key=KEY, reason="not_bot", cause=None,
-                                   expected_sha256=sha(body("stale")), guard=guard,
+                                   expected_fingerprint=sha(body("stale")), guard=guard,
                                    action_id="a1")
     assert moved.outcome == "reverted" and moved.record is not None and moved.record.superseded
     assert (settings.sessions_dir / NAME).read_bytes() == body("newer")

@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 from events.contract import SessionFileRejected
 from events.keys import KeySpace
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from events.sources.folder_scan import is_temporary
 from tests.events.test_folder_source import Stream, flush, is_written, watching

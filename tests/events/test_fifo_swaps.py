@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from consumers.stores.session_files import SessionFiles
+from consumers.stores.session_folder import SessionFiles
 from events.contract import SnapshotFinished
 from events.keys import KeySpace
 from events.loops import HEARTBEATS
-from events.sessionfiles import Rejected, open_regular, read_session_file
+from events.session_file_format import Rejected, open_regular, read_session_file
 from events.settings import Settings
 from events.sources.folder import LOOP_NAME
 from tests.consumers.test_conversations import cli_env

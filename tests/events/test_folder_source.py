@@ -29,7 +29,7 @@ from events.contract import (
     SourceResynced,
 )
 from events.keys import KeySpace
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from events.sources.folder import run_watcher
 from events.sources.folder_scan import FolderView

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from consumers.run import run_consumers
+from consumers.consumers_role import run_consumers
 from consumers.stores.conversations_sql import ConversationsSql
 from events import grants
 from events.readiness import READINESS
@@ -24,7 +24,7 @@ from events.settings import Settings
 from events.sources import postgres
 from events.sources.outbox import outbox_names
 from events.sources.postgres import RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from tests.pgroles import Roles
 from tests.support import create_conversations_table, eventually
 
@@ -71,7 +71,7 @@ async def test_the_relay_waits_for_its_grants_says_so_once_then_publishes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await create_conversations_table(pg, settings.table)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     relay = await roles.create("relay")
     probes = counted(monkeypatch)
     stop = asyncio.Event()
@@ -104,14 +104,14 @@ async def test_the_relay_waits_for_its_grants_says_so_once_then_publishes(
         stop.set()
         await asyncio.wait_for(task, 30)
     assert await flag("source:postgres") is None
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_consumers_with_exactly_their_grants_clear_bot_fields(
     pg: Any, roles: Roles, settings: Settings
 ) -> None:
     await create_conversations_table(pg, settings.table)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     consumer = await roles.create("consumer", *consumer_grants(settings.table))
     await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id, status, assigned_to, '
                      "bot_flow_id, bot_started_at) VALUES ('5511', 'c', 'active', 'bot', 'f', now())")
@@ -126,7 +126,7 @@ async def test_consumers_with_exactly_their_grants_clear_bot_fields(
     assert await pg.fetchval(f'SELECT bot_flow_id FROM "{settings.table}"') is None
     assert await pg.fetchval(
         f"SELECT count(*) FROM {outbox_names(settings.table).qualified_outbox}") == 2
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_consumers_without_update_do_not_start_and_dead_letter_nothing(

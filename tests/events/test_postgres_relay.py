@@ -17,12 +17,12 @@ from redis.asyncio import Redis
 from events import codec
 from events.contract import (
     ConversationBotAssigned,
-    ConversationBotFieldsChanged,
     ConversationBotFlowCleared,
+    ConversationChanged,
     ConversationClosed,
     ConversationCreated,
     ConversationDeleted,
-    ConversationReopened,
+    ConversationLeftClosed,
     ConversationRow,
     RowChange,
     SourceResynced,
@@ -31,7 +31,7 @@ from events.ids import derived_id
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, classify, event_from_row, outbox_names
 from events.sources.postgres import APPLICATION_NAME, RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from tests.support import create_conversations_table, eventually, lane_entries
 
 FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_timeout_s=5.0)
@@ -40,9 +40,9 @@ FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_ti
 @pytest.fixture
 async def table(pg: Any, settings: Settings) -> AsyncIterator[str]:
     await create_conversations_table(pg, settings.table)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     yield settings.table
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
     await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
 
 
@@ -281,12 +281,12 @@ BOT = {"assigned_to": "bot", "bot_flow_id": "f1", "bot_started_at": datetime(202
     ("UPDATE", row(), row(**BOT), ConversationBotAssigned),
     ("UPDATE", row(assigned_to="agent"), row(assigned_to="bot"), ConversationBotAssigned),
     ("UPDATE", row(**BOT), row(**{**BOT, "bot_flow_id": None}), ConversationBotFlowCleared),
-    ("UPDATE", row(**BOT), row(**{**BOT, "bot_flow_id": "f2"}), ConversationBotFieldsChanged),
-    ("UPDATE", row(**BOT), row(**{**BOT, "assigned_to": "agent"}), ConversationBotFieldsChanged),
-    ("UPDATE", row(**{**BOT, "bot_flow_id": None}), row(**BOT), ConversationBotFieldsChanged),
+    ("UPDATE", row(**BOT), row(**{**BOT, "bot_flow_id": "f2"}), ConversationChanged),
+    ("UPDATE", row(**BOT), row(**{**BOT, "assigned_to": "agent"}), ConversationChanged),
+    ("UPDATE", row(**{**BOT, "bot_flow_id": None}), row(**BOT), ConversationChanged),
     ("UPDATE", row(**BOT), row(status="closed", **BOT), ConversationClosed),
-    ("UPDATE", row(status="closed"), row(), ConversationReopened),
-    ("UPDATE", row(status="closed"), row(**BOT), ConversationReopened),
+    ("UPDATE", row(status="closed"), row(), ConversationLeftClosed),
+    ("UPDATE", row(status="closed"), row(**BOT), ConversationLeftClosed),
     ("DELETE", row(**BOT), None, ConversationDeleted),
 ])
 def test_classification(op: str, old: ConversationRow | None, new: ConversationRow | None,

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from events.readiness import READINESS
 from events.settings import Settings
 from events.sources.folder import run_watcher
-from events.sources.sessions import run_sessions_source
+from events.sources.gateway_leases import run_sessions_source
 from tests.support import eventually
 
 

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from events.keys import KeySpace
 from events.publisher import Publisher, Retention
 from events.retention import GAP_LUA, TRIM_LUA, trim_args
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 from tests.support import request
 
 GROUP = "conversations"

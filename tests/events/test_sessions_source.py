@@ -18,8 +18,8 @@ from events.contract import Event, QueueObserved, SessionExpired, SourceResynced
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
 from events.settings import Settings
-from events.sources import sessions as sessions_module
-from events.sources.sessions import SessionsSource, merged_flags, run_sessions_source
+from events.sources import gateway_leases as sessions_module
+from events.sources.gateway_leases import SessionsSource, merged_flags, run_sessions_source
 from ops.embedded import start_redis
 from tests.support import eventually, lane_entries
 
@@ -176,7 +176,7 @@ async def test_without_config_it_warns_once_and_relies_on_the_scans(
     monkeypatch.setattr(sessions_module, "_warned", set())
     await redis.rpush(keys.queue("before"), b"m")
     source = SessionsSource(replace(settings, rescan_interval_s=0.5), redis)
-    with caplog.at_level(logging.WARNING, logger="events.sources.sessions"):
+    with caplog.at_level(logging.WARNING, logger="events.sources.gateway_leases"):
         async with running(source):
             await wait_for(redis, keys, QueueObserved, "before")
             await redis.rpush(keys.queue("later"), b"m")
@@ -219,7 +219,7 @@ async def test_a_lease_under_the_name_of_an_earlier_release_is_reported_once(
 ) -> None:
     await redis.set(f"{keys.prefix}lease:old-gateway", "gw", ex=60)
     source = SessionsSource(settings, redis)
-    with caplog.at_level(logging.WARNING, logger="events.sources.sessions"):
+    with caplog.at_level(logging.WARNING, logger="events.sources.gateway_leases"):
         await source.scan()
         await source.scan()
     warnings = [r.getMessage() for r in caplog.records if "earlier release" in r.getMessage()]

@@ -18,8 +18,8 @@ from events.contract import OrphanGraceElapsed
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.settings import Settings
-from events.sources.timers import run_timers
-from events.timers import TimerWheel
+from events.sources.due_timers import run_timers
+from events.timer_wheel import TimerWheel
 from tests.support import eventually
 
 RECONCILER = Path(sys.executable).with_name("reconciler")

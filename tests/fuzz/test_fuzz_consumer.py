@@ -24,10 +24,10 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from consumers.consumers_role import run_consumers
 from consumers.deadletter import list_dead_letters
 from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
-from consumers.run import run_consumers
 from consumers.runtime import GroupConsumer
 from events import codec
 from events.contract import TAGS, SessionFileRemoved, SessionFileWritten

@@ -29,7 +29,7 @@ from events.contract import ConversationBotAssigned, EventBase, ReconcileRequest
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, event_from_row, outbox_names
 from events.sources.postgres import RelayOptions, run_relay
-from ops import migrate
+from ops import capture_install
 from tests.support import create_conversations_table, eventually
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,7 +138,7 @@ async def test_weird_outbox_rows_are_marked_failed_counted_and_the_relay_goes_on
     pg: Any, redis: Redis, settings: Settings
 ) -> None:
     await create_conversations_table(pg, settings.table)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     names = outbox_names(settings.table)
     outbox = names.qualified_outbox
     before = sum(metric("reconciler_invalid_inputs_total", source="postgres", reason=r)

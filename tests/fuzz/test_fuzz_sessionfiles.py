@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from events.contract import RejectReason, SessionFileRejected, SessionFileRemoved, SessionFileWritten
-from events.sessionfiles import FilePattern, Rejected, path_inside, read_session_file
+from events.session_file_format import FilePattern, Rejected, path_inside, read_session_file
 from events.sources.folder_scan import FolderView, is_temporary
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

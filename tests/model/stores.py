@@ -27,7 +27,7 @@ from events import codec
 from events.contract import SnapshotFinished, SourceResynced
 from events.gateway import GatewaySessions
 from events.settings import Settings
-from ops import migrate
+from ops import capture_install
 from ops.roles import serve_roles
 from tests.support import create_conversations_table, eventually, group_caught_up, lane_entries
 
@@ -80,7 +80,7 @@ class Running:
         self.redis = Redis.from_url(self.settings.redis_url or "", decode_responses=False)
         self.pg = await asyncpg.connect(self.settings.database_url)
         await create_conversations_table(self.pg, self.settings.table)
-        await migrate.install(self.pg, self.settings)
+        await capture_install.install(self.pg, self.settings)
         self.gateway = GatewaySessions(self.redis, self.keys, ttl_s=300)
         self.roles = asyncio.create_task(serve_roles(self.settings, self.redis, ROLES, self.stop))
         await eventually(self._ready, timeout=60, message="the roles to be listening")
@@ -122,7 +122,7 @@ class Running:
             if self.roles is not None:
                 await asyncio.wait_for(self.roles, 60)
         finally:
-            await migrate.uninstall(self.pg, self.settings, force=True)
+            await capture_install.uninstall(self.pg, self.settings, force=True)
             await self.pg.execute(f'DROP TABLE IF EXISTS "{self.settings.table}"')
             await self.pg.close()
             async for key in self.redis.scan_iter(match=f"{self.settings.key_prefix}*", count=1000):

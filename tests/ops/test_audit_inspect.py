@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from events.sessionfiles import FilePattern
+from events.session_file_format import FilePattern
 from events.settings import Settings
 from ops.demo.stage import write_session_file
 from ops.roles import serve_roles

@@ -60,7 +60,7 @@ def test_an_unknown_log_level_is_one_line_naming_the_choices() -> None:
 
 
 def test_what_the_rule_table_asks_for_is_said_in_words_not_class_names() -> None:
-    from consumers.rules.conversations import BackfillFlow, ScheduleRejudge
+    from consumers.rules.conversation_rules import BackfillFlow, ScheduleRejudge
     from ops.commands.inspect import describe
 
     assert describe(BackfillFlow("7", "promo-v2")) == "backfill_flow (row_id 7, flow_id promo-v2)"

@@ -226,10 +226,10 @@ async def test_the_gateway_start_handshake_runs_in_one_slot_on_the_cluster(
     assert await ParkedQueues(client, KEYS).park(session, now=time.time(), cause="late") == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("events.timers") is None,
+@pytest.mark.skipif(importlib.util.find_spec("events.timer_wheel") is None,
                     reason="the timer wheel is not in this tree")
 async def test_a_due_timer_fires_into_its_stream_on_the_cluster(client: RedisCluster) -> None:
-    from events.timers import TimerWheel
+    from events.timer_wheel import TimerWheel
 
     wheel = TimerWheel(client, KEYS)
     before = await client.xlen(KEYS.conversations_stream)

@@ -15,7 +15,7 @@ from events import codec
 from events.contract import ActionRecorded
 from events.settings import Columns, Settings
 from events.sources.outbox import outbox_names
-from ops import migrate
+from ops import capture_install
 from tests.support import create_conversations_table, one_line_per_action
 
 CATALOGUE = """
@@ -38,7 +38,7 @@ async def catalogue(pg: Any) -> set[str]:
     return {r[0] for r in await pg.fetch(CATALOGUE)}
 
 
-LATEST = migrate.migrations()[-1].version
+LATEST = capture_install.migrations()[-1].version
 
 
 async def outbox_rows(pg: Any, table: str) -> int:
@@ -49,22 +49,22 @@ async def outbox_rows(pg: Any, table: str) -> int:
 async def test_install_is_idempotent_and_uninstall_leaves_no_trace(pg: Any, settings: Settings) -> None:
     await create_conversations_table(pg, settings.table)
     before = await catalogue(pg)
-    first = await migrate.install(pg, settings)
+    first = await capture_install.install(pg, settings)
     assert (first.before, first.after) == (None, LATEST)
-    assert first.applied == [m.name for m in migrate.migrations()]
+    assert first.applied == [m.name for m in capture_install.migrations()]
     assert first.applied[:3] == ["0001_outbox.sql", "0002_definer_rights.sql",
                                  "0003_statement_capture.sql"]
     installed = await catalogue(pg)
-    second = await migrate.install(pg, settings)
+    second = await capture_install.install(pg, settings)
     assert (second.before, second.after, second.applied) == (LATEST, LATEST, [])
     assert await catalogue(pg) == installed
-    assert await migrate.installed_version(pg, settings.table) == LATEST
+    assert await capture_install.installed_version(pg, settings.table) == LATEST
     await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES ($1, $2)', "1", "c")
     assert await outbox_rows(pg, settings.table) == 1
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
     assert await catalogue(pg) == before
     await pg.execute(f'UPDATE "{settings.table}" SET status = $1', "closed")  # no trigger left to fire
-    assert await migrate.installed_version(pg, settings.table) is None
+    assert await capture_install.installed_version(pg, settings.table) is None
 
 
 async def test_uninstall_refuses_while_changes_are_unpublished_and_dry_runs_change_nothing(
@@ -72,18 +72,18 @@ async def test_uninstall_refuses_while_changes_are_unpublished_and_dry_runs_chan
 ) -> None:
     await create_conversations_table(pg, settings.table)
     before = await catalogue(pg)
-    planned = await migrate.install(pg, settings, dry_run=True)
+    planned = await capture_install.install(pg, settings, dry_run=True)
     assert planned.after == LATEST and "CREATE TRIGGER" in planned.sql
     assert await catalogue(pg) == before
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     installed = await catalogue(pg)
     await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES ($1, $2)', "1", "c")
-    with pytest.raises(migrate.MigrationError, match="1 unpublished change"):
-        await migrate.uninstall(pg, settings)
-    dry = await migrate.uninstall(pg, settings, dry_run=True)
+    with pytest.raises(capture_install.MigrationError, match="1 unpublished change"):
+        await capture_install.uninstall(pg, settings)
+    dry = await capture_install.uninstall(pg, settings, dry_run=True)
     assert dry.pending_rows == 1 and "DROP TABLE" in dry.sql
     assert await catalogue(pg) == installed and await outbox_rows(pg, settings.table) == 1
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
     assert await catalogue(pg) == before
 
 
@@ -91,24 +91,24 @@ async def test_tables_coexist_and_are_removed_one_at_a_time(pg: Any, settings: S
     other = replace(settings, table=settings.table + "_b")
     for each in (settings, other):
         await create_conversations_table(pg, each.table)
-        await migrate.install(pg, each)
-    await migrate.uninstall(pg, other)
+        await capture_install.install(pg, each)
+    await capture_install.uninstall(pg, other)
     await pg.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES ($1, $2)', "1", "c")
     await pg.execute(f'INSERT INTO "{other.table}" (phone, phone_number_id) VALUES ($1, $2)', "1", "c")
     assert await outbox_rows(pg, settings.table) == 1
-    assert await migrate.installed_version(pg, other.table) is None
-    await migrate.uninstall(pg, settings, force=True)
+    assert await capture_install.installed_version(pg, other.table) is None
+    await capture_install.uninstall(pg, settings, force=True)
     await pg.execute(f'DROP TABLE "{settings.table}", "{other.table}"')
 
 
 async def test_a_missing_table_or_column_is_a_clear_error(pg: Any, settings: Settings) -> None:
-    with pytest.raises(migrate.MigrationError, match="does not exist"):
-        await migrate.install(pg, settings)
+    with pytest.raises(capture_install.MigrationError, match="does not exist"):
+        await capture_install.install(pg, settings)
     await create_conversations_table(pg, settings.table)
     renamed = replace(settings, columns=Columns(phone="msisdn"))
-    with pytest.raises(migrate.MigrationError, match="msisdn"):
-        await migrate.install(pg, renamed)
-    assert await migrate.installed_version(pg, settings.table) is None
+    with pytest.raises(capture_install.MigrationError, match="msisdn"):
+        await capture_install.install(pg, renamed)
+    assert await capture_install.installed_version(pg, settings.table) is None
 
 
 def reconciler(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -140,11 +140,11 @@ async def test_the_command_with_renamed_columns_is_audited(
     assert dry.returncode == 0 and "DROP TRIGGER" in dry.stdout
     removed = reconciler(settings, "migrate", "--uninstall", "--force", **env)
     assert removed.returncode == 0, removed.stderr
-    assert await migrate.installed_version(pg, settings.table) is None
+    assert await capture_install.installed_version(pg, settings.table) is None
     audit = [codec.decode(f) for _, f in await redis.xrange(settings.keys.audit_stream)]
     lines = one_line_per_action([a for a in audit if isinstance(a, ActionRecorded)])
     assert [(a.action, a.outcome) for a in lines] == [
-        ("migrate.install", "done"), ("migrate.install", "skipped"),
-        ("migrate.uninstall", "failed"), ("migrate.uninstall", "planned"),
-        ("migrate.uninstall", "done")]
+        ("capture_install.install", "done"), ("capture_install.install", "skipped"),
+        ("capture_install.uninstall", "failed"), ("capture_install.uninstall", "planned"),
+        ("capture_install.uninstall", "done")]
     await pg.execute(f'DROP TABLE "{settings.table}"')

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from events.settings import Settings
-from ops import migrate
+from ops import capture_install
 from ops.migrate_checks import RightsMissing
 from tests.conftest import RUN_ID, with_database
 from tests.ops.test_migrate import catalogue, outbox_rows, reconciler
@@ -70,9 +70,9 @@ async def test_the_application_writer_keeps_writing_after_migrate(
     pg: Any, roles: Roles, settings: Settings
 ) -> None:
     _, writer = await owned_table(pg, roles, settings)
-    done = await migrate.install(pg, settings)
+    done = await capture_install.install(pg, settings)
     assert done.applied[:2] == ["0001_outbox.sql", "0002_definer_rights.sql"]
-    assert done.after == migrate.migrations()[-1].version
+    assert done.after == capture_install.migrations()[-1].version
     await write_as(roles, writer, settings.table)
     assert await outbox_rows(pg, settings.table) == 3
     function = await pg.fetchrow(
@@ -80,25 +80,25 @@ async def test_the_application_writer_keeps_writing_after_migrate(
         "FROM pg_proc p WHERE proname = $1", f"capture_{settings.table}")
     assert function["prosecdef"] and "search_path=pg_catalog, pg_temp" in function["proconfig"]
     assert not function["public"]
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_an_installed_version_1_is_upgraded_in_place(
     pg: Any, roles: Roles, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, writer = await owned_table(pg, roles, settings)
-    shipped = migrate.migrations()
-    monkeypatch.setattr(migrate, "migrations", lambda: shipped[:1])
-    assert (await migrate.install(pg, settings)).after == 1
+    shipped = capture_install.migrations()
+    monkeypatch.setattr(capture_install, "migrations", lambda: shipped[:1])
+    assert (await capture_install.install(pg, settings)).after == 1
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="schema reconciler"):
         await write_as(roles, writer, settings.table)  # what version 1 did to the CRM
     monkeypatch.undo()
-    upgraded = await migrate.install(pg, settings)
+    upgraded = await capture_install.install(pg, settings)
     assert (upgraded.before, upgraded.after) == (1, shipped[-1].version)
     assert upgraded.applied == [m.name for m in shipped[1:]]
     await write_as(roles, writer, settings.table)
     assert await outbox_rows(pg, settings.table) == 3
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_a_trigger_only_role_is_refused_up_front_and_the_owners_member_can_do_both(
@@ -112,12 +112,12 @@ async def test_a_trigger_only_role_is_refused_up_front_and_the_owners_member_can
     conn = await roles.connect(installer)
     try:
         with pytest.raises(RightsMissing, match=f'GRANT "{owner}" TO "{installer}"'):
-            await migrate.install(conn, settings)
+            await capture_install.install(conn, settings)
         assert await catalogue(pg) == before
         await pg.execute(f'GRANT "{owner}" TO "{installer}"')
-        await migrate.install(conn, settings)
-        await migrate.install(conn, settings)
-        await migrate.uninstall(conn, settings, force=True)
+        await capture_install.install(conn, settings)
+        await capture_install.install(conn, settings)
+        await capture_install.uninstall(conn, settings, force=True)
         assert await catalogue(pg) == before
     finally:
         await conn.close()
@@ -130,7 +130,7 @@ async def test_a_role_that_may_not_create_the_schema_is_told_the_grant(
     conn = await roles.connect(owner)
     try:
         with pytest.raises(RightsMissing, match="GRANT CREATE ON DATABASE"):
-            await migrate.install(conn, settings)
+            await capture_install.install(conn, settings)
     finally:
         await conn.close()
 
@@ -140,7 +140,7 @@ async def test_a_schema_holding_another_tables_capture_is_named_with_its_grant(
 ) -> None:
     other = replace(settings, table=f"{settings.table}_other")
     await create_conversations_table(pg, other.table)
-    await migrate.install(pg, other)  # schema reconciler now exists, owned by the superuser
+    await capture_install.install(pg, other)  # schema reconciler now exists, owned by the superuser
     owner, writer = await owned_table(pg, roles, settings)
     installer = await roles.create("installer", f'GRANT "{owner}" TO {{role}}')
     before = await catalogue(pg)
@@ -148,21 +148,21 @@ async def test_a_schema_holding_another_tables_capture_is_named_with_its_grant(
     try:
         grant = f'GRANT USAGE, CREATE ON SCHEMA "reconciler" TO "{installer}"'
         with pytest.raises(RightsMissing, match=grant):
-            await migrate.install(conn, settings)
+            await capture_install.install(conn, settings)
         assert await catalogue(pg) == before
         await pg.execute(f'GRANT USAGE, CREATE ON SCHEMA reconciler TO "{installer}"')
         with pytest.raises(RightsMissing, match=re.escape(
                 'GRANT SELECT, INSERT, UPDATE, DELETE ON "reconciler".schema_version')):
-            await migrate.install(conn, settings)
+            await capture_install.install(conn, settings)
         await pg.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON reconciler.schema_version "
                          f'TO "{installer}"')
-        await migrate.install(conn, settings)
+        await capture_install.install(conn, settings)
         await write_as(roles, writer, settings.table)
         assert await outbox_rows(pg, settings.table) == 3
-        await migrate.uninstall(conn, settings, force=True)
+        await capture_install.uninstall(conn, settings, force=True)
     finally:
         await conn.close()
-    await migrate.uninstall(pg, other, force=True)
+    await capture_install.uninstall(pg, other, force=True)
 
 
 async def test_an_open_write_transaction_makes_migrate_give_up_not_stall_writers(
@@ -175,14 +175,14 @@ async def test_an_open_write_transaction_makes_migrate_give_up_not_stall_writers
         open_write = holder.transaction()
         await open_write.start()
         await holder.execute(f'INSERT INTO "{settings.table}" (phone, phone_number_id) VALUES (1, 1)')
-        with pytest.raises(migrate.MigrationError, match="another transaction holds a lock"):
-            await migrate.install(pg, settings, lock_timeout_s=0.3)
+        with pytest.raises(capture_install.MigrationError, match="another transaction holds a lock"):
+            await capture_install.install(pg, settings, lock_timeout_s=0.3)
         assert await catalogue(pg) == before
         await open_write.commit()
     finally:
         await holder.close()
-    assert (await migrate.install(pg, settings)).after == migrate.migrations()[-1].version
-    await migrate.uninstall(pg, settings, force=True)
+    assert (await capture_install.install(pg, settings)).after == capture_install.migrations()[-1].version
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_migrate_advises_the_lookup_index_and_builds_it_concurrently(
@@ -197,7 +197,7 @@ async def test_migrate_advises_the_lookup_index_and_builds_it_concurrently(
     built = reconciler(settings, "migrate", "--create-index")
     assert built.returncode == 0, built.stderr
     assert f"lookup index reconciler_lookup_{settings.table} serves" in built.stdout
-    assert (await migrate.install(pg, settings)).index.serving  # type: ignore[union-attr]
+    assert (await capture_install.install(pg, settings)).index.serving  # type: ignore[union-attr]
     await pg.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass",
                      f"reconciler_lookup_{settings.table}")  # as a failed concurrent build leaves it
     invalid = reconciler(settings, "migrate", "--create-index")
@@ -206,6 +206,6 @@ async def test_migrate_advises_the_lookup_index_and_builds_it_concurrently(
     assert "is invalid" in reconciler(settings, "migrate").stdout
     await pg.execute(f'DROP INDEX "reconciler_lookup_{settings.table}"')
     await pg.execute(f'CREATE INDEX ON "{settings.table}" (phone_number_id, phone, status)')
-    found = await migrate.install(pg, settings)
+    found = await capture_install.install(pg, settings)
     assert found.index is not None and found.index.serving is not None
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)

@@ -19,7 +19,7 @@ from events import codec, metrics
 from events.contract import ReconcileRequested
 from events.keys import KeySpace
 from events.publisher import Publisher
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 from ops.group_metrics import GroupCollector
 from tests.ops.test_parked_command import audit_entries, reconciler
 from tests.support import eventually

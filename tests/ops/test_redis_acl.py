@@ -20,8 +20,8 @@ from events import grants
 from events.loops import HEARTBEATS
 from events.readiness import READINESS
 from events.settings import Settings
-from events.sources import sessions
-from ops import migrate
+from events.sources import gateway_leases as sessions
+from ops import capture_install
 from ops.roles import ROLE_NAMES, serve_roles
 from tests.support import create_conversations_table, eventually
 
@@ -79,7 +79,7 @@ async def test_every_role_works_under_the_documented_acl(
     pg: Any, redis: Redis, settings: Settings, acl_user: Callable[[list[str]], Any]
 ) -> None:
     await create_conversations_table(pg, settings.table)
-    await migrate.install(pg, settings)
+    await capture_install.install(pg, settings)
     limited = await acl_user(documented_rules(settings))
     stop = asyncio.Event()
     roles = list(ROLE_NAMES)
@@ -107,7 +107,7 @@ async def test_every_role_works_under_the_documented_acl(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    await migrate.uninstall(pg, settings, force=True)
+    await capture_install.uninstall(pg, settings, force=True)
 
 
 async def test_without_the_channels_timers_say_what_to_grant_and_sessions_fall_back_to_scans(
@@ -115,7 +115,7 @@ async def test_without_the_channels_timers_say_what_to_grant_and_sessions_fall_b
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limited = await acl_user(documented_rules(settings, channels=False))
-    caplog.set_level(logging.WARNING, logger="events.sources.sessions")
+    caplog.set_level(logging.WARNING, logger="events.sources.gateway_leases")
     stop = asyncio.Event()
     task = asyncio.create_task(serve_roles(replace(settings, rescan_interval_s=0.2), limited,
                                            ["timers", "sessions"], stop))

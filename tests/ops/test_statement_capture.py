@@ -17,7 +17,7 @@ import pytest
 
 from events.settings import Settings
 from events.sources.outbox import outbox_names
-from ops import migrate
+from ops import capture_install
 
 DDL = """CREATE TABLE "{table}" (
     id {id_type} PRIMARY KEY, phone text NOT NULL, phone_number_id text NOT NULL,
@@ -88,8 +88,8 @@ async def test_statement_capture_writes_what_row_capture_wrote(
     per_row, per_statement = table_settings(settings), table_settings(settings)
     for target in (per_row, per_statement):
         await create(pg, target, id_type)
-    await migrate.install(pg, per_row, up_to=2)
-    await migrate.install(pg, per_statement)
+    await capture_install.install(pg, per_row, up_to=2)
+    await capture_install.install(pg, per_statement)
     assert await row_triggers(pg, per_row.table) == [True, True]
     assert await row_triggers(pg, per_statement.table) == [False, False, False]
     for statement in STATEMENTS:
@@ -99,7 +99,7 @@ async def test_statement_capture_writes_what_row_capture_wrote(
     assert len(expected) > 5000
     assert await outbox(pg, per_statement.table) == expected
     for target in (per_row, per_statement):
-        await migrate.uninstall(pg, target, force=True)
+        await capture_install.uninstall(pg, target, force=True)
 
 
 async def test_migrate_upgrades_an_installed_version_in_place(
@@ -107,15 +107,15 @@ async def test_migrate_upgrades_an_installed_version_in_place(
 ) -> None:
     target = table_settings(settings)
     await create(pg, target, "bigint")
-    await migrate.install(pg, target, up_to=2)
+    await capture_install.install(pg, target, up_to=2)
     await pg.execute(STATEMENTS[0].format(t=f'"{target.table}"', id="g"))
     waiting = await outbox(pg, target.table)
-    upgraded = await migrate.install(pg, target)
+    upgraded = await capture_install.install(pg, target)
     assert (upgraded.before, upgraded.applied[0]) == (2, "0003_statement_capture.sql")
     assert await outbox(pg, target.table) == waiting  # unpublished changes survive the upgrade
     assert await row_triggers(pg, target.table) == [False, False, False]
     await pg.execute(f"UPDATE \"{target.table}\" SET status = 'closed' WHERE phone = '551'")
     after = await outbox(pg, target.table)
     assert len(after) == len(waiting) + 1 and after[-1][0] == "UPDATE"
-    await migrate.uninstall(pg, target, force=True)
+    await capture_install.uninstall(pg, target, force=True)
     assert await row_triggers(pg, target.table) == []

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from consumers import audit
+from consumers import audit_entries
 from events.contract import ActionOutcome, ActionRecorded
 from ops.commands.inspect import one_per_action
-from projections.conversations import with_action
+from projections.conversation_view import with_action
 
 KEY = "5215550101:940740243"
 
 
 def step(action_id: str, outcome: ActionOutcome, action: str = "backfill_flow") -> ActionRecorded:
-    return audit.entry(source="reconciler", key=KEY, cause_id=None, cause_type=None,
+    return audit_entries.entry(source="reconciler", key=KEY, cause_id=None, cause_type=None,
                        action=action, target="crm_conversations#1", outcome=outcome,
                        action_id=action_id)
 

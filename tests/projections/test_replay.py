@@ -13,7 +13,7 @@ from events.publisher import Publisher
 from events.settings import Settings
 from projections import queries
 from projections.models import models
-from projections.replay import REPLAY_COMMIT_ITEMS, Progress, replay
+from projections.rebuild import REPLAY_COMMIT_ITEMS, Progress, replay
 from projections.runner import run_projections
 from projections.store import ProjectionStore
 from tests.projections import factory as f

@@ -4,7 +4,7 @@ A hypothesis strategy generates what can be observed about one conversation
 key (up to four rows with uuid or serial ids, a file or none, of any age) and
 every caller is fed that same state in its own shape: the handler's
 :class:`~consumers.stores.conversations_sql.Row` and
-:class:`~consumers.stores.session_files.FileState`, the projection's events,
+:class:`~consumers.stores.session_folder.FileState`, the projection's events,
 the scan's :class:`~events.contract.ConversationRow`.  All must give the
 same inconsistencies, and every change the handler would make must answer
 one of them.
@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.conversations import decide
-from consumers.rules.conversations import (
+from consumers.conversation_group import decide
+from consumers.rules.conversation_rules import (
     BackfillFlow,
     ClearBotFields,
     CloseConversation,
@@ -29,7 +29,7 @@ from consumers.rules.conversations import (
     judge,
 )
 from consumers.stores.conversations_sql import Row
-from consumers.stores.session_files import FileState
+from consumers.stores.session_folder import FileState
 from events.contract import (
     ConversationCreated,
     ConversationRow,
@@ -40,7 +40,7 @@ from events.contract import (
 from events.ids import new_event_id
 from events.settings import Settings
 from ops.scan import judge_key
-from projections.conversations import ConversationsModel
+from projections.conversation_view import ConversationsModel
 from projections.rules import Limits
 
 KEY = "5215550001:940740243"
@@ -103,7 +103,7 @@ def test_every_caller_gives_the_same_verdict(raw: list[dict[str, Any]], file: di
     event_rows = [ConversationRow(id=i, phone=PHONE, channel=CHANNEL,
                                   **{**r, "bot_started_at": _utc(r["bot_started_at"])})
                   for i, r in zip(ids, raw, strict=True)]
-    state = None if file is None else FileState(name="f.json", sha256="0" * 64, movable=True,
+    state = None if file is None else FileState(name="f.json", fingerprint="0" * 64, movable=True,
                                                 **file)
     observed = Observed(key=KEY, now=NOW, rows=db_rows, file=state, bot_timeout_s=TIMEOUT,
                         grace_s=GRACE)

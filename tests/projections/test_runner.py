@@ -14,7 +14,7 @@ from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
 from projections import queries
-from projections.conversations import ConversationsModel, fold
+from projections.conversation_view import ConversationsModel, fold
 from projections.fold import Folder
 from projections.runner import flatten, run_projections
 from projections.store import Conflict, ProjectionStore

@@ -3,7 +3,7 @@
 The loop subscribes to the wheel's wake-up channel first, then fires what is
 due and sleeps until the earliest remaining deadline -- or until a schedule
 announces an earlier one.  Firing is one atomic script (see
-:mod:`events.timers`), so any number of these loops can run side by side and
+:mod:`events.timer_wheel`), so any number of these loops can run side by side and
 each deadline still fires once.  The sleep is capped (``MAX_SLEEP_S``) so a
 wake-up lost to a clock jump is made up for; a lost connection fails the loop,
 which :func:`events.loops.guarded` restarts, re-subscribing and firing again.
@@ -21,7 +21,7 @@ from events import metrics, wiring
 from events.grants import missing_redis_rights, wait_until_granted
 from events.loops import HEARTBEATS, spawn
 from events.settings import Settings
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 
 log = logging.getLogger(__name__)
 

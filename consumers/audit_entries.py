@@ -8,7 +8,7 @@ the same codec, tools and projections read it.  Entries are made by
 them and counts them in the metrics, and each outcome is one log line (so
 ``reconciler run``'s output shows every action as it happens).  The readers
 fold an intent and its outcome into one line per action
-(``ops.commands.inspect.one_per_action``, ``projections.conversations.with_action``).
+(``ops.commands.inspect.one_per_action``, ``projections.conversation_view.with_action``).
 """
 
 from __future__ import annotations

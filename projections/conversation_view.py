@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from consumers.rules.conversations import ForgetSeen, RememberSeen
+from consumers.rules.conversation_rules import ForgetSeen, RememberSeen
 from events.contract import (
     ROW_CHANGES,
     ActionRecorded,

@@ -21,14 +21,14 @@ from typing import Any
 import asyncpg
 
 from consumers.actions import Actions
-from consumers.conversations import ConversationsHandler
+from consumers.conversation_group import ConversationsHandler
+from consumers.gateway_session_group import SessionsHandler
 from consumers.options import GroupOptions
 from consumers.relist import Relister, conversation_keys, session_names
 from consumers.runtime import GroupConsumer
-from consumers.sessions import SessionsHandler
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import PauseStore, settling_expiries
-from consumers.stores.session_files import SessionFiles
+from consumers.stores.session_folder import SessionFiles
 from events import wiring
 from events.grants import missing_grants, missing_redis_rights, wait_until_granted
 from events.loops import guarded

@@ -26,7 +26,7 @@ from events.contract import (
     SessionStopped,
 )
 from events.keys import SESSION_NAME
-from projections.conversations import ActionSeen, with_action
+from projections.conversation_view import ActionSeen, with_action
 from projections.encoding import ItemCodec
 
 NAME = "sessions"

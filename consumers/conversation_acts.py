@@ -22,12 +22,12 @@ from typing import Any
 from consumers.actions import Action, Actions, Result, done, reverted, skipped
 from consumers.errors import TemporaryError
 from consumers.stores.conversations_sql import ConversationsSql, Row
-from consumers.stores.session_files import FileState, QuarantineError, QuarantineRecord, SessionFiles
+from consumers.stores.session_folder import FileState, QuarantineError, QuarantineRecord, SessionFiles
 from events.contract import ActionRecorded, EventBase, QuarantineRetentionDue
 from events.envelope import E, new_event
 from events.keys import split_conversation_key
 from events.settings import Settings
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 
 BACKFILL, CLOSE, CLEAR = "backfill_flow", "close_conversation", "clear_bot_fields"
 QUARANTINE, PURGE = "quarantine_file", "purge_quarantine"
@@ -83,7 +83,7 @@ class ConversationActs:
 
         async def act(action_id: str) -> Result:
             moved = await self.files.quarantine(
-                name, key=key, reason=reason, cause=cause, expected_sha256=file.sha256,
+                name, key=key, reason=reason, cause=cause, expected_fingerprint=file.fingerprint,
                 guard=guard, action_id=action_id)
             if moved.outcome == "failed":
                 raise TemporaryError(moved.reason)  # the intent stays open; retried with backoff
@@ -98,7 +98,7 @@ class ConversationActs:
             return await self._moved(record, cause)
 
         action = Action(verb=QUARANTINE, key=key, target=target, reason=reason, cause=cause,
-                        before={"path": target, "flow_id": file.flow_id, "sha256": file.sha256},
+                        before={"path": target, "flow_id": file.flow_id, "sha256": file.fingerprint},
                         after={"reason": reason})
         return await self.actions.run(action, act, check=self.check)
 

@@ -4,7 +4,7 @@ The handler is level-triggered.  Whatever event woke it (a session started,
 stopped or expired, a push observed on its queue, a parked-retention
 deadline, an operator's request) it reads the current state of the session --
 does its lease exist, how long is its queue, what is parked and since when --
-and :func:`consumers.rules.sessions.decide` turns that into actions, as the rule
+and :func:`consumers.rules.gateway_session_rules.decide` turns that into actions, as the rule
 of DESIGN.md reads:
 
 * a session that is live gets its parked messages back at the head of its
@@ -46,7 +46,7 @@ from consumers.actions import Actions
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
 from consumers.queue_acts import QueueActs
-from consumers.rules.sessions import (
+from consumers.rules.gateway_session_rules import (
     Action,
     CancelRetention,
     DropParked,

@@ -10,9 +10,10 @@ A move is *verified* (:meth:`SessionFiles.quarantine`).  The file is read and
 judged, the caller's ``guard`` re-checks the database, and only then is the
 name renamed away -- but a bot may have replaced the file in between, so what
 was renamed is read again (the same inode, the same content) and the guard
-asked again.  If either says no, the entry is put back under its name with a
-rename that never replaces (a newer file that took the name meanwhile wins,
-and the moved one stays in quarantine marked ``superseded``).  The caller gets
+asked again.  If either says no (or the guard cannot be asked: its connection
+was cut), the entry is put back under its name with a rename that never
+replaces (a newer file that took the name meanwhile wins, and the moved one
+stays in quarantine marked ``superseded``).  The caller gets
 a :class:`Moved` saying ``done``, ``reverted``, ``skipped`` or ``failed``, and why.
 
 Across file systems (``EXDEV``) the entry is first renamed to a hidden name in
@@ -28,7 +29,7 @@ file's name), never lose the file -- and the common path pays no fsync.
 
 Safety, since names come from events and folders from settings:
 
-* every path is built by :func:`events.sessionfiles.path_inside` from a name
+* every path is built by :func:`events.session_file_format.path_inside` from a name
   that matches the file pattern (or a quarantine name we made), so it never
   leaves the configured folders; the path a record says it came from is never
   used -- output names the path actually written;
@@ -39,7 +40,6 @@ Safety, since names come from events and folders from settings:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -54,12 +54,12 @@ from typing import Literal
 import msgspec
 
 from consumers.stores.file_moves import (
-    HIDDEN,
     Identity,
     copy_from_fd,
     copy_into_place,
     fsync_dir,
     hidden_name,
+    recover_moves,
     rename_no_replace,
     same_device,
 )
@@ -71,17 +71,11 @@ from consumers.stores.quarantine_records import (
     inside,
 )
 from events.contract import EventBase, tag_of
-from events.sessionfiles import (
-    FilePattern,
-    Rejected,
-    open_regular,
-    parse_session_file,
-)
+from events.session_file_format import FilePattern, Rejected, open_regular, parse_session_file
 from events.settings import Settings
 
 __all__ = ["RECORD_SUFFIX", "FileState", "Guard", "Moved", "QuarantineError", "QuarantineRecord",
            "SessionFiles"]
-
 log = logging.getLogger(__name__)
 
 MOVABLE_REJECTIONS = ("invalid_json", "oversized")
@@ -95,7 +89,10 @@ class FileState:
 
     name: str
     flow_id: str | None
-    sha256: str
+    fingerprint: str
+    """What the content was judged as: the sha256 of its canonical JSON (as events carry
+    it), or ``rejected:<reason>`` for content that is no session (``rejected:oversized``...);
+    a move goes ahead only while the file still has the fingerprint it was judged by."""
     movable: bool
     """False for what is not a plain file we can read (symlink, directory...)."""
     modified_at: float | None = None
@@ -158,15 +155,15 @@ class SessionFiles:
 
     async def quarantine(
         self, name: str, *, key: str, reason: str, cause: EventBase | None,
-        expected_sha256: str, guard: Guard, action_id: str = "",
+        expected_fingerprint: str, guard: Guard, action_id: str = "",
     ) -> Moved:
-        """Move ``name`` into quarantine if it is still ``expected_sha256`` and ``guard``
+        """Move ``name`` into quarantine if it is still ``expected_fingerprint`` and ``guard``
         agrees, before and after the move; see the module's docstring."""
         source = self._session_path(name)
         seen = self._look(source, name)
         if not isinstance(seen, Seen) or not seen.state.movable:
             return Moved("skipped", "the file is gone" if seen is None else "not a plain file")
-        if seen.state.sha256 != expected_sha256:
+        if seen.state.fingerprint != expected_fingerprint:
             return Moved("skipped", "the file changed since it was judged")
         cross_device = self._cross_device()
         if cross_device and seen.digest is None:
@@ -211,7 +208,16 @@ class SessionFiles:
                                              "the original was put back")
             return Moved("failed", f"cannot copy {seen.state.name} into quarantine: {e}; "
                                    f"{undone.reason}")
-        if not await guard(seen.state):
+        try:
+            holds = await guard(seen.state)
+        except Exception as e:  # e.g. its database connection was cut: the move is unverified
+            undone = await asyncio.to_thread(
+                self._put_back, captured, source, record,
+                f"the guard could not be asked after the move ({type(e).__name__}); put back",
+                target if cross_device else None)
+            # put back: retried later; a newer file took the name: reverted, as a writer's would be
+            return undone if undone.record is not None else Moved("failed", undone.reason)
+        if not holds:
             return await asyncio.to_thread(
                 self._put_back, captured, source, record,
                 "the guard no longer holds after the move; put back",
@@ -289,21 +295,21 @@ class SessionFiles:
         except FileNotFoundError:
             return None
         if isinstance(opened, Rejected):
-            return FileState(name=name, flow_id=None, sha256=f"rejected:{opened.reason}",
+            return FileState(name=name, flow_id=None, fingerprint=f"rejected:{opened.reason}",
                              movable=False)
         fd, info = opened
         with os.fdopen(fd, "rb") as handle:
             raw = handle.read(self._max_bytes + 1) if info.st_size <= self._max_bytes else b""
         if info.st_size > self._max_bytes or len(raw) > self._max_bytes:
-            state = FileState(name=name, flow_id=None, sha256="rejected:oversized", movable=True,
+            state = FileState(name=name, flow_id=None, fingerprint="rejected:oversized", movable=True,
                               modified_at=info.st_mtime)
             return Seen(state, Identity.of(info), None)
         parsed = parse_session_file(raw)
         if isinstance(parsed, Rejected):
-            state = FileState(name=name, flow_id=None, sha256=f"rejected:{parsed.reason}",
+            state = FileState(name=name, flow_id=None, fingerprint=f"rejected:{parsed.reason}",
                               movable=parsed.reason in MOVABLE_REJECTIONS, modified_at=info.st_mtime)
         else:
-            state = FileState(name=name, flow_id=parsed.flow_id, sha256=parsed.content_sha256,
+            state = FileState(name=name, flow_id=parsed.flow_id, fingerprint=parsed.content_sha256,
                               movable=True, modified_at=info.st_mtime)
         return Seen(state, Identity.of(info), hashlib.sha256(raw).hexdigest())
 
@@ -316,33 +322,14 @@ class SessionFiles:
             name=f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}-{name}", original_name=name,
             original_path=str(self._session_path(name)), key=key, reason=reason,
             cause_id=cause.id if cause else None, cause_type=tag_of(type(cause)) if cause else None,
-            quarantined_at=now, sha256=seen.state.sha256, flow_id=seen.state.flow_id,
+            quarantined_at=now, sha256=seen.state.fingerprint, flow_id=seen.state.flow_id,
             action_id=action_id)
 
     def recover(self, *, older_than_s: float = RECOVER_AFTER_S) -> list[str]:
-        """Finish what a crash cut short (run at start): an original captured under a hidden
-        name for a copy goes back under its name (never over a newer file, then it is left
-        and logged); unfinished copies and records are removed (their originals are intact).
-        Only entries unchanged for ``older_than_s`` (their ctime), so a move another process
-        is making now is left alone.  One line per entry handled."""
-        done = []
-        cutoff = time.time() - older_than_s
-        for folder in (self.sessions_dir, self.quarantine_dir):
-            with contextlib.suppress(FileNotFoundError), os.scandir(folder) as listing:
-                leftovers = [(e.name, m) for e in listing if (m := HIDDEN.fullmatch(e.name))
-                             and e.stat(follow_symlinks=False).st_ctime <= cutoff]
-            for entry, match in leftovers:
-                path = folder / entry
-                if match["what"] != "moving":
-                    path.unlink(missing_ok=True)
-                    done.append(f"removed the unfinished copy {entry}")
-                    continue
-                try:
-                    rename_no_replace(path, self._session_path(match["name"]))
-                    done.append(f"put {match['name']} back")
-                except (FileExistsError, QuarantineError) as e:
-                    log.warning("%s: left as %s (%s)", match["name"][:120], entry[:200], e)
-        return done
+        """Finish the moves a crash cut short (run at start); see
+        :func:`consumers.stores.file_moves.recover_moves`.  One line per entry handled."""
+        return recover_moves((self.sessions_dir, self.quarantine_dir), self._session_path,
+                             older_than_s=older_than_s)
 
     # -- restore, retention ------------------------------------------------
 

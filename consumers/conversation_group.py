@@ -1,10 +1,10 @@
 """Group ``conversations``: reconcile one conversation key with the rule table.
 
-The rules live in :mod:`consumers.rules.conversations` (:func:`judge`, a pure
+The rules live in :mod:`consumers.rules.conversation_rules` (:func:`judge`, a pure
 function of what was observed: every row of the key, its session file, when
 clocks started, the time).  This module observes, asks for the verdict and
 carries out its actions through the action executor
-(:mod:`consumers.conversations_act`); each action that changes a row names
+(:mod:`consumers.conversation_acts`); each action that changes a row names
 that row.  After a change it observes again (a close is followed at once by
 the quarantine of the file it left behind).  It does not care which event
 woke it.
@@ -22,10 +22,10 @@ from typing import Any
 
 from consumers.actions import Action as Change
 from consumers.actions import Actions, Result, skipped
-from consumers.conversations_act import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, due_event
+from consumers.conversation_acts import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, due_event
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
-from consumers.rules.conversations import (
+from consumers.rules.conversation_rules import (
     Action,
     BackfillFlow,
     CloseConversation,
@@ -40,7 +40,7 @@ from consumers.rules.conversations import (
     may_move_file,
 )
 from consumers.stores.conversations_sql import ConversationsSql, Row
-from consumers.stores.session_files import FileState, QuarantineError, SessionFiles
+from consumers.stores.session_folder import FileState, QuarantineError, SessionFiles
 from events.contract import (
     BotRunTimedOut,
     EventBase,
@@ -53,7 +53,7 @@ from events.contract import (
 )
 from events.keys import split_conversation_key
 from events.settings import Settings
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 
 log = logging.getLogger(__name__)
 
