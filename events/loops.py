@@ -1,11 +1,18 @@
 """Named, guarded background loops, visible to the health endpoint.
 
 Every long-running loop in this project runs under :func:`guarded`: when its
-body raises, the failure is logged with its traceback and counted, the loop
-backs off (``RESTART_BACKOFF_S``, doubling up to ``RESTART_BACKOFF_MAX_S``)
-and runs the body again -- which re-connects and re-lists, since every body
-starts with its snapshot.  A body that returns normally has finished its job.
-Cancellation is never swallowed.
+body raises, the failure is logged and counted, the loop backs off
+(``RESTART_BACKOFF_S``, doubling up to ``RESTART_BACKOFF_MAX_S``) and runs the
+body again -- which re-connects and re-lists, since every body starts with its
+snapshot.  A body that returns normally has finished its job.  Cancellation is
+never swallowed.
+
+The log says each failure once: an unexpected error with its traceback, an
+error this project raises on purpose (:class:`events.errors.ReconcilerError`,
+whose message says what is wrong and what to do) without one, and the same
+error again (a condition that lasts until an operator acts, such as a stream
+out of entry ids or a missing grant) as one short line per restart, with the
+count, at most every ``RESTART_BACKOFF_MAX_S``.
 
 Loops report progress with :meth:`Heartbeats.beat`; ``/healthz`` reports a
 loop as stuck when it has not beaten within its ``stall_after_s``.
@@ -21,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from events import metrics
+from events.errors import ReconcilerError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +111,7 @@ async def guarded(
     """
     heartbeats.register(name, stall_after_s)
     backoff, stop = Backoff(backoff_s, backoff_max_s), stop or asyncio.Event()
+    same_again: tuple[str, int] = ("", 0)
     try:
         while True:
             started = time.monotonic()
@@ -117,13 +126,29 @@ async def guarded(
                 if time.monotonic() - started > backoff_max_s:
                     backoff.reset()  # it ran fine for a while: start the backoff over
                 delay = backoff.next()
-                log.error("loop %s failed; restarting in %.1fs", name, delay,
-                          exc_info=True, extra={"loop": name})
+                same_again = _log_failure(name, error, delay, same_again)
             if await sleep_unless_stopped(stop, delay):
                 return
             heartbeats.beat(name)  # restarting counts as progress for the health check
     finally:
         heartbeats.unregister(name)
+
+
+def _log_failure(name: str, error: Exception, delay: float,
+                 previous: tuple[str, int]) -> tuple[str, int]:
+    """Log one failure of loop ``name`` (see the module docstring); the error as said, and
+    how many times in a row it was said."""
+    said = f"{type(error).__name__}: {error}"
+    times = previous[1] + 1 if said == previous[0] else 1
+    extra = {"loop": name, "failures_in_a_row": times}
+    if times > 1:
+        log.warning("loop %s still failing (%d times in a row): %s; restarting in %.1fs",
+                    name, times, said, delay, extra=extra)
+    elif isinstance(error, ReconcilerError):
+        log.error("loop %s failed: %s; restarting in %.1fs", name, said, delay, extra=extra)
+    else:
+        log.error("loop %s failed; restarting in %.1fs", name, delay, exc_info=True, extra=extra)
+    return said, times
 
 
 def backoff_delay(first_s: float, max_s: float, attempt: int) -> float:

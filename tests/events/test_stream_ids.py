@@ -6,20 +6,26 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from events import codec
 from events.keys import KeySpace
 from events.loops import Heartbeats
 from events.publisher import Publisher
 from events.readiness import Readiness
+from events.settings import Settings
 from events.streamids import EXHAUSTED, LAST_POSSIBLE_ID, StreamExhausted
-from events.timers import TimerWheel
+from events.timer_wheel import TimerWheel
 from ops.health import HealthServer, add_standard_checks
+from tests.events.test_postgres_relay import changes, insert_rows, outbox_count, relay, table
 from tests.ops.test_health import get
-from tests.support import request
+from tests.support import eventually, request
+
+__all__ = ["table"]  # a fixture
 
 
 @pytest.fixture
@@ -100,3 +106,46 @@ async def test_a_deadline_due_on_an_exhausted_stream_is_kept_until_it_can_be_app
         assert (await wheel.fire_due()).fired == 1 and await wheel.count() == 0
     finally:
         EXHAUSTED.clear()
+
+
+async def exhaust(redis: Redis, stream: str) -> None:
+    await redis.xadd(stream, codec.encode(request("seed")))  # the last real entry
+    await redis.xadd(stream, {"junk": "1"}, id=LAST_POSSIBLE_ID)
+
+
+async def recover(redis: Redis, stream: str) -> None:
+    """docs/security.md, for a stream no group has read the bad entry of."""
+    await redis.xdel(stream, LAST_POSSIBLE_ID)
+    await redis.execute_command("XSETID", stream, (await redis.xrevrange(stream, count=1))[0][0])
+
+
+async def test_the_relay_keeps_changes_in_the_outbox_and_says_so_once_until_recovered(
+    pg: Any, redis: Redis, settings: Settings, table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both lanes out of ids while the relay runs: the failure is one ERROR line, then a
+    short line per restart (no traceback loop); nothing leaves the outbox until the
+    recovery, and then every change is published."""
+    keys = settings.keys
+    caplog.set_level(logging.WARNING, logger="events.loops")
+    async with relay(settings, redis):
+        for lane in keys.lanes("conversations"):
+            await exhaust(redis, lane)
+        await insert_rows(pg, table, 5)
+
+        async def failed_three_times() -> bool:
+            return len([r for r in caplog.records if r.name == "events.loops"]) >= 3
+
+        await eventually(failed_three_times, timeout=90, message="three restarts of the relay")
+        assert await outbox_count(pg, table) == 5
+        said = [r for r in caplog.records if r.name == "events.loops"]
+        assert [r.levelno for r in said[:3]] == [logging.ERROR, logging.WARNING, logging.WARNING]
+        assert all(r.exc_info is None for r in said), "a traceback per restart"
+        assert "used the last possible entry id" in said[0].getMessage()
+        assert "still failing (3 times in a row)" in said[2].getMessage()
+        for lane in keys.lanes("conversations"):
+            await recover(redis, lane)
+
+        async def published() -> bool:
+            return len(await changes(redis, settings)) == 5 and await outbox_count(pg, table) == 0
+
+        await eventually(published, timeout=90, message="the five changes published after recovery")
