@@ -25,6 +25,7 @@ from consumers.conversation_group import ConversationsHandler
 from consumers.gateway_session_group import SessionsHandler
 from consumers.options import GroupOptions
 from consumers.relist import Relister, conversation_keys, session_names
+from consumers.rights_gate import RightsGate
 from consumers.runtime import GroupConsumer
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.pauses import PauseStore, settling_expiries
@@ -74,9 +75,10 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
                               publisher=publisher),
                      Relister(scope="sessions", keys=session_names(settings, redis), publisher=publisher)]
         pauses = PauseStore(redis, settings.keys)
+        rights = RightsGate(lambda: _missing(pool, redis, settings), role="consumers", stop=stop)
         groups = [
             GroupConsumer(redis, _options(settings, scope), settling_expiries(handler, pauses, actions),
-                          on_gap=relister.request)
+                          on_gap=relister.request, rights=rights)
             for scope, handler, relister in (("conversations", conversations, relisters[0]),
                                              ("sessions", sessions, relisters[1]))
         ]

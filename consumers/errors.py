@@ -5,6 +5,9 @@
 * :class:`TemporaryError` -- try again later (a store is down, a lock is
   held): the entry stays pending and is retried with backoff, optionally after
   ``delay`` seconds.  After ``max_deliveries`` it is dead-lettered too.
+* :class:`RightsMissing` -- a store refused this role (a grant or an ACL rule
+  revoked while it runs): no entry is at fault, so none is dead-lettered; the
+  group holds its work until the rights are back (:mod:`consumers.rights_gate`).
 
 Any other exception counts as temporary, and is logged with its traceback.
 """
@@ -24,3 +27,7 @@ class TemporaryError(ReconcilerError):
     def __init__(self, message: str, *, delay: float | None = None) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class RightsMissing(TemporaryError):
+    """A store refused the role itself (permission denied); the message names the right."""

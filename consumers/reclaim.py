@@ -49,6 +49,8 @@ class ClaimingConsumer(Protocol):
 
     async def dead_letter_entries(self, failures: Sequence[Failed], *, reason: str, error: str) -> None: ...
 
+    async def gate_open(self, loop: str | None = None) -> None: ...
+
 
 class Reclaimer:
     def __init__(self, consumer: ClaimingConsumer) -> None:
@@ -62,6 +64,7 @@ class Reclaimer:
             HEARTBEATS.beat(self._name)
             if await sleep_unless_stopped(stopped, self._options.claim_interval_s):
                 return
+            await self._consumer.gate_open(self._name)  # a claimed entry would only be refused
             for stream in self._options.streams:
                 try:
                     await self.reclaim(stream)

@@ -35,6 +35,7 @@ from consumers.gaps import GapWatch, OnGap
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
+from consumers.rights_gate import RightsGate, is_refusal
 from consumers.tallies import OutcomeTally
 from events import codec, metrics
 from events.contract import tag_of
@@ -65,8 +66,9 @@ class GroupConsumer:
     """Reads a consumer group's streams and runs a handler per key."""
 
     def __init__(self, redis: Redis, options: GroupOptions, handler: Handler,
-                 on_gap: OnGap | None = None) -> None:
+                 on_gap: OnGap | None = None, rights: RightsGate | None = None) -> None:
         self.redis = redis
+        self._rights = rights
         self.options = options
         self.gaps = GapWatch(redis, group=options.group, gaps_key=options.gaps_key, on_gap=on_gap)
         self._handler = handler
@@ -165,6 +167,7 @@ class GroupConsumer:
         name = f"{self._loop_prefix}:reader"
         while not self._stopping:
             HEARTBEATS.beat(name)
+            await self.gate_open(name)
             await self._queue.wait_for_space(opts.max_buffered)
             try:
                 reply = await self._read_lanes(live, bulk)
@@ -259,7 +262,9 @@ class GroupConsumer:
                     reason="permanent", error=f"{type(e).__name__}: {e}")
                 self._untrack(batch)
             except Exception as e:
-                log.warning("handler failed for key %s; will retry", key, exc_info=True,
+                if is_refusal(e) and self._rights is not None:
+                    self._rights.refused(e)
+                log.warning("handler failed for key %s; will retry", key, exc_info=not is_refusal(e),
                             extra={"group": group, "key": key, "stream": batch[-1].stream,
                                    "message_id": batch[-1].entry_id,
                                    "event_type": tag_of(type(batch[-1].event))})
@@ -280,6 +285,11 @@ class GroupConsumer:
             label = (type(d.event), "handled")
             tallies[label] = tallies.get(label, 0) + 1
         self._acks.added(len(batch))
+
+    async def gate_open(self, loop: str | None = None) -> None:
+        """Wait while a store refuses the role (:mod:`consumers.rights_gate`)."""
+        if self._rights is not None:
+            await self._rights.wait(lambda: HEARTBEATS.beat(loop) if loop else None)
 
     def _untrack(self, batch: Sequence[Delivery]) -> None:
         for d in batch:
@@ -308,7 +318,7 @@ class GroupConsumer:
                 count = counts.get(d.entry_id)
                 if count is None:  # no longer pending: acked elsewhere or trimmed
                     self._untrack([d])
-                elif count >= self.options.max_deliveries:
+                elif count >= self.options.max_deliveries and not is_refusal(error):
                     exhausted.append(Failed(d.stream, d.entry_id, d.fields, count))
                     self._untrack([d])
                 else:
@@ -326,6 +336,7 @@ class GroupConsumer:
         marker = (delivery.stream, delivery.entry_id)
         try:
             await asyncio.sleep(delay)
+            await self.gate_open()
             # XCLAIM to ourselves counts the new delivery in Redis.
             claimed = await self.redis.xclaim(
                 delivery.stream, self.options.group, self.options.consumer, 0, [delivery.entry_id]

@@ -25,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from consumers.errors import PermanentError, TemporaryError
+from consumers.errors import PermanentError, RightsMissing, TemporaryError
 from events.settings import Settings
 from events.sql import quote_ident, quote_table
 
@@ -166,3 +166,5 @@ class ConversationsSql:
             return await getattr(self._pool, method)(sql, *args)
         except (asyncpg.PostgresConnectionError, OSError, asyncpg.TooManyConnectionsError) as e:
             raise TemporaryError(f"database unavailable: {type(e).__name__}") from e
+        except asyncpg.InsufficientPrivilegeError as e:
+            raise RightsMissing(f"the database refused this role: {e}") from e

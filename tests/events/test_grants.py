@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from consumers import consumers_role
 from consumers.consumers_role import run_consumers
 from consumers.stores.conversations_sql import ConversationsSql
 from events import grants
+from events.publisher import Publisher
 from events.readiness import READINESS
 from events.settings import Settings
 from events.sources import postgres
@@ -26,7 +28,7 @@ from events.sources.outbox import outbox_names
 from events.sources.postgres import RelayOptions, run_relay
 from ops import capture_install
 from tests.pgroles import Roles
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, request
 
 FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_timeout_s=5.0)
 
@@ -148,6 +150,62 @@ async def test_consumers_without_update_do_not_start_and_dead_letter_nothing(
         stop.set()
         await asyncio.wait_for(task, 30)
     assert await flag("grants:consumers") is None
+
+
+async def test_a_grant_revoked_while_consumers_run_holds_the_work_and_dead_letters_nothing(
+    pg: Any, redis: Redis, roles: Roles, settings: Settings, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """UPDATE revoked from the running consumers' role: the entry that needs it is held
+    (pending, not retried, never dead-lettered, even past ``max_deliveries``), the log says
+    the missing GRANT once and /readyz names it; granted again, the row is cleared."""
+    await create_conversations_table(pg, settings.table)
+    consumer = await roles.create("consumer", *consumer_grants(settings.table))
+    probes: list[None] = []
+
+    async def probe(*args: Any) -> list[str]:
+        probes.append(None)
+        return await grants.missing_grants(*args)
+
+    monkeypatch.setattr(consumers_role, "missing_grants", probe)
+    caplog.set_level(logging.INFO, logger="events.grants")
+    settings = replace(settings, database_url=roles.url(consumer), max_deliveries=2,
+                       claim_min_idle_s=2.0)  # the reclaimer, too, must leave held entries alone
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_consumers(settings, redis, stop))
+    table, stream = f'"{settings.table}"', settings.keys.conversations_stream
+    try:
+        await eventually(lambda: _group_exists(redis, stream, "conversations"))
+        await pg.execute(f'REVOKE UPDATE ON {table} FROM "{consumer}"')
+        await pg.execute(f"INSERT INTO {table} (phone, phone_number_id, status, assigned_to, "
+                         "bot_flow_id, bot_started_at) VALUES ('5511', 'c', 'closed', 'bot', 'f', now())")
+        await Publisher(redis, settings.keys).publish(request("5511:c"))
+        await eventually(lambda: _detail_has("grants:consumers", "GRANT UPDATE ("))
+        seen = len(probes)
+        await eventually(lambda: _more_than(probes, seen + 40), timeout=120)  # held, rechecking
+        assert await redis.xlen(settings.keys.deadletter_stream) == 0
+        [pending] = await redis.xpending_range(stream, "conversations", "-", "+", 10)
+        assert pending["times_delivered"] == 1, "retried while the right was missing"
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "GRANT UPDATE (" in errors[0].getMessage()
+        await pg.execute(consumer_grants(settings.table)[1].format(role=f'"{consumer}"'))
+
+        async def cleared() -> bool:
+            return await pg.fetchval(f"SELECT bot_flow_id FROM {table}") is None
+
+        await eventually(cleared, timeout=120, message="the bot fields cleared once granted")
+        assert await flag("grants:consumers") is None
+        assert await redis.xlen(settings.keys.deadletter_stream) == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def _group_exists(redis: Redis, stream: str, group: str) -> bool:
+    try:
+        return any(g["name"] in (group, group.encode()) for g in await redis.xinfo_groups(stream))
+    except Exception:  # no stream yet
+        return False
 
 
 async def _detail_has(name: str, text: str) -> bool:
