@@ -2,7 +2,8 @@
 
 Every ``claim_interval_s`` the reclaimer XAUTOCLAIMs entries that have been
 pending for longer than ``claim_min_idle_s`` under any consumer (a crashed
-one, a stopped one's ``released`` entries, or a stuck one), reads their
+one, or a stopped one's ``released`` entries; a live consumer keeps its own
+fresh, :mod:`consumers.keepalive`), reads their
 delivery count from XPENDING, and either queues them again or, past
 ``max_deliveries``, dead-letters them.
 

@@ -8,7 +8,8 @@ acks in batches after the handler's effects.
 The fate of an entry is decided by what the handler raised (see
 :mod:`consumers.errors`); the delivery count always comes from Redis
 (XPENDING), never from memory, so it survives restarts and crosses processes.
-Pending entries of dead consumers are reclaimed by :mod:`consumers.reclaim`.
+Pending entries of dead consumers are reclaimed by :mod:`consumers.reclaim`;
+those a live one holds are kept fresh by :mod:`consumers.keepalive`.
 
 Shutdown: stop reading, let the workers finish what was read, and when the
 deadline comes hand anything unfinished back to the group (XCLAIM to a
@@ -32,6 +33,7 @@ from consumers.acks import AckBatcher
 from consumers.deadletter import Failed, dead_letter
 from consumers.errors import PermanentError, TemporaryError
 from consumers.gaps import GapWatch, OnGap
+from consumers.keepalive import Keepalive
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
@@ -74,6 +76,7 @@ class GroupConsumer:
         self._handler = handler
         self._queue = KeyQueue()
         self._tracked: set[tuple[str, str]] = set()
+        self._in_handler: dict[str, Sequence[Delivery]] = {}  # by key; the keepalive skips them
         self._acks = AckBatcher(redis, group=options.group, batch_size=options.read_count,
                                 interval_s=options.ack_interval_s)
         self._retrying: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -124,8 +127,10 @@ class GroupConsumer:
         ]
         acker = spawn(f"{prefix}:acker", self._ack_loop, stall_after_s=60)
         reclaimer = spawn(f"{prefix}:reclaim", Reclaimer(self).run, stall_after_s=300)
+        keepalive = spawn(f"{prefix}:keepalive", Keepalive(
+            self.redis, self.options, self._waiting, self.stopped).run, stall_after_s=300)
         await stop.wait()
-        await self._shutdown(reader, workers, [acker, reclaimer])
+        await self._shutdown(reader, workers, [acker, reclaimer, keepalive])
 
     async def _shutdown(
         self,
@@ -247,6 +252,7 @@ class GroupConsumer:
             except IndexError:
                 key, batch = await queue.get()
             started = clock()
+            self._in_handler[key] = batch
             try:
                 await self._handler(key, batch)
             except asyncio.CancelledError:
@@ -273,6 +279,7 @@ class GroupConsumer:
             else:
                 self._handled(batch)
             finally:
+                del self._in_handler[key]
                 duration.observe(clock() - started)
                 queue.done(key)
 
@@ -285,6 +292,11 @@ class GroupConsumer:
             label = (type(d.event), "handled")
             tallies[label] = tallies.get(label, 0) + 1
         self._acks.added(len(batch))
+
+    def _waiting(self) -> set[tuple[str, str]]:
+        """The entries held and not in a handler: buffered, or waiting for a retry."""
+        handling = {(d.stream, d.entry_id) for batch in self._in_handler.values() for d in batch}
+        return self._tracked - handling
 
     async def gate_open(self, loop: str | None = None) -> None:
         """Wait while a store refuses the role (:mod:`consumers.rights_gate`)."""
@@ -352,15 +364,9 @@ class GroupConsumer:
             self._retrying.pop(marker, None)
 
     async def dead_letter_entries(self, failed: Sequence[Failed], *, reason: str, error: str) -> None:
-        await dead_letter(
-            self.redis,
-            deadletter_stream=self.options.deadletter_stream,
-            group=self.options.group,
-            failed=failed,
-            reason=reason,
-            error=error,
-            max_len=self.options.deadletter_max_len,
-        )
+        opts = self.options
+        await dead_letter(self.redis, deadletter_stream=opts.deadletter_stream, group=opts.group,
+                          failed=failed, reason=reason, error=error, max_len=opts.deadletter_max_len)
 
     # -- acks ----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from consumers.deadletter import list_dead_letters, retry_dead_letter
 from consumers.errors import PermanentError, TemporaryError
+from consumers.keepalive import Keepalive
 from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
 from consumers.runtime import RELEASED_CONSUMER, GroupConsumer
@@ -318,3 +319,53 @@ async def test_idle_consumers_are_removed_only_without_pending(
 
 async def _noop(key: str, deliveries: Sequence[Delivery]) -> None:
     return None
+
+
+async def test_a_long_backlog_of_a_live_consumer_is_never_reclaimed_or_dead_lettered(
+    redis: Redis, keys: KeySpace
+) -> None:
+    """One worker, 300 entries of 300 keys at 20 ms each: the last waits ~6 s in the
+    buffer, six times ``claim_min_idle_s``, while the consumer's own reclaimer runs every
+    0.25 s.  Without the keepalive each waiting entry was claimed again and again and,
+    past ``max_deliveries``, dead-lettered although it never failed."""
+    handled: list[str] = []
+
+    async def slow(key: str, batch: Sequence[Delivery]) -> None:
+        await asyncio.sleep(0.02)  # the handler's own work (a database round trip, say)
+        handled.extend(d.event.id for d in batch)
+
+    opts = options(keys, concurrency=1, max_deliveries=2)
+    ids = await publish_requests(redis, keys, 300, 300)
+    async with Running(GroupConsumer(redis, opts, slow)):
+        await eventually(lambda: _all_of(handled, ids), timeout=120, message="all 300 handled")
+    assert await redis.xlen(keys.deadletter_stream) == 0
+    assert sorted(handled) == sorted(ids), "an entry handled twice (claimed by a reclaimer)"
+
+
+async def _all_of(handled: list[str], ids: set[str]) -> bool:
+    return ids <= set(handled)
+
+
+async def test_the_keepalive_touches_only_what_this_consumer_still_holds(
+    redis: Redis, keys: KeySpace
+) -> None:
+    """An entry a peer claimed meanwhile keeps its owner and its idle time; one of ours
+    gets a fresh idle time and no extra delivery."""
+    stream, opts = keys.conversations_stream, options(keys, consumer="me")
+    await redis.xgroup_create(stream, "test", id="0", mkstream=True)
+    ours, theirs = [await Publisher(redis, keys).publish(request(k)) for k in ("a", "b")]
+    await redis.xreadgroup("test", "me", {stream: ">"})
+    await redis.xclaim(stream, "test", "peer", 0, [theirs])
+
+    async def both_idle() -> bool:
+        rows = await redis.xpending_range(stream, "test", "-", "+", 10)
+        return all(r["time_since_delivered"] >= 200 for r in rows)
+
+    await eventually(both_idle, message="both entries idle for 200 ms")
+    keepalive = Keepalive(redis, opts, lambda: [(stream, ours), (stream, theirs)], asyncio.Event())
+    assert await keepalive.touch() == 1
+    rows = {r["message_id"].decode(): r for r in
+            await redis.xpending_range(stream, "test", "-", "+", 10)}
+    assert rows[ours]["consumer"] == b"me" and rows[ours]["time_since_delivered"] < 200
+    assert rows[ours]["times_delivered"] == 1
+    assert rows[theirs]["consumer"] == b"peer" and rows[theirs]["time_since_delivered"] >= 200
