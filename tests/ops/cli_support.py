@@ -10,10 +10,12 @@ from events.settings import Settings
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    """``reconciler ARGS`` against the test's Redis and key prefix: (exit code, stdout, stderr)."""
+    """``reconciler ARGS`` with the test's stores, prefix, table and folders: (exit code, stdout, stderr)."""
     env = {**os.environ, "REDIS_URL": settings.redis_url or "",
            "DATABASE_URL": settings.database_url or "", "RECONCILER_KEY_PREFIX": settings.key_prefix,
-           "RECONCILER_QUEUE_PATTERN": settings.queue_pattern}
+           "RECONCILER_QUEUE_PATTERN": settings.queue_pattern, "RECONCILER_TABLE": settings.table,
+           "RECONCILER_SESSIONS_DIR": str(settings.sessions_dir),
+           "RECONCILER_QUARANTINE_DIR": str(settings.quarantine_dir)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ops", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -23,9 +23,12 @@ from events.settings import Settings
 from events.sources import gateway_leases as sessions
 from ops import capture_install
 from ops.roles import ROLE_NAMES, serve_roles
+from tests.ops.cli_support import cli
 from tests.support import create_conversations_table, eventually
 
 PASSWORD = "acl-" + uuid.uuid4().hex
+made: list[str] = []
+"""Names of the ACL users made, newest last."""
 
 
 def documented_rules(settings: Settings, *, channels: bool = True) -> list[str]:
@@ -49,6 +52,7 @@ async def acl_user(redis: Redis, redis_url: str) -> AsyncIterator[Callable[[list
 
     async def make(rules: list[str]) -> Redis:
         name = f"test-acl-{uuid.uuid4().hex[:10]}"
+        made.append(name)
         await redis.execute_command("ACL", "SETUSER", name, *rules)
         names.append(name)
         host = redis_url.split("://", 1)[1].rsplit("@", 1)[-1]
@@ -133,3 +137,28 @@ async def test_without_the_channels_timers_say_what_to_grant_and_sessions_fall_b
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+OPERATOR_COMMANDS = (
+    ("status",), ("dlq", "list"), ("parked", "list"), ("paused",), ("audit",),
+    ("inspect", "5511999990000:940740243"), ("pause", "5511999990000:940740243"),
+    ("resume", "5511999990000:940740243"), ("session", "start", "940740243"),
+    ("session", "stop", "940740243"), ("quarantine", "list"), ("replay", "conversations"),
+    ("replay", "sessions"), ("resync",),
+)
+
+
+async def test_the_operator_commands_work_under_the_documented_acl(
+    pg: Any, redis: Redis, redis_url: str, settings: Settings,
+    acl_user: Callable[[list[str]], Any],
+) -> None:
+    """Each read and each small write an operator makes, as the documented ACL user."""
+    await create_conversations_table(pg, settings.table)
+    await acl_user(documented_rules(settings))
+    name = made[-1]
+    host = redis_url.split("://", 1)[1].rsplit("@", 1)[-1]
+    as_acl_user = replace(settings, redis_url=f"redis://{name}:{PASSWORD}@{host}")
+    for command in OPERATOR_COMMANDS:
+        code, out, err = await cli(as_acl_user, *command)
+        assert code == 0, f"reconciler {' '.join(command)}: exit {code}\n{out}\n{err}"
+        assert PASSWORD not in out + err
