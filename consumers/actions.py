@@ -17,9 +17,10 @@ dropped; a dead letter retried or dropped) goes through :meth:`Actions.run`:
    other waits for its outcome and returns it without recording anything);
 5. the act runs and says its :class:`Result`; the outcome entry is written,
    the intent taken out of the open-actions hash and the outcome remembered in
-   the settled-actions hash (``SETTLED_TTL_S``) in one MULTI, and only while
-   the intent is still open (WATCH), so no action ever has two outcomes and
-   the same action decided again later (a redelivered event) is not redone.
+   the settled-actions hash in one script, and only while the intent is still
+   open (:mod:`events.action_log`, which a gateway's handshake uses too), so no
+   action ever has two outcomes and the same action decided again later (a
+   redelivered event) is not redone.
 
 An intent left without an outcome (the process died between 4 and 5, or the
 act raised) is settled by whoever handles the key next (:meth:`Actions.settle`):
@@ -43,12 +44,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from consumers import audit_entries
-from events import wiring
+from events import action_log, wiring
 from events.contract import ActionOutcome, ActionRecorded, EventBase, Source, tag_of
 from events.keys import KeySpace
 from events.publisher import Publisher
@@ -57,9 +57,6 @@ from events.settings import Settings
 
 PLANNED_TTL_S = 7 * 86400
 """How long a dry run remembers that it already recorded an action as planned."""
-SETTLED_TTL_S = 7 * 86400
-"""How long the outcome of an action is remembered, so the same action decided again
-(a redelivered event) is recognised and not recorded twice."""
 IN_FLIGHT_POLL_S = 0.1
 """How often a handling waiting for the same action in flight elsewhere looks again."""
 SETTLED = "settled from the stores after the handling that began it stopped"
@@ -151,6 +148,9 @@ class Actions:
     settle_after_s: float = 30.0
     gates: list[Gate] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._outcomes = action_log.Outcomes(self.redis, self.publisher, self.keys)
+
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings, *, source: Source = "reconciler",
                      dry_run: bool | None = None) -> Actions:
@@ -237,7 +237,7 @@ class Actions:
     async def open_intents(self, key: str) -> list[ActionRecorded]:
         """The intents of ``key`` without an outcome yet, oldest first."""
         raw = await self.redis.hgetall(self.keys.open_actions(key))
-        intents = [_decode(v) for v in raw.values()]
+        intents = [action_log.decode_intent(v) for v in raw.values()]
         return sorted(intents, key=lambda i: i.occurred_at)
 
     # -- the entries ----------------------------------------------------------
@@ -280,7 +280,7 @@ class Actions:
                     raw = await pipe.hget(open_key, action.id)
                     if raw is not None:
                         await pipe.reset()
-                        intent = _decode(raw)
+                        intent = action_log.decode_intent(raw)
                         age = time.time() - intent.occurred_at.timestamp()
                         if age >= self.settle_after_s:
                             return intent  # its handling is presumed dead: adopt it
@@ -288,8 +288,7 @@ class Actions:
                         continue
                     intent = self._entry(action, "intent")
                     pipe.multi()
-                    await self.publisher.add_to(pipe, intent)
-                    pipe.hset(open_key, action.id, audit_json(intent))
+                    await action_log.queue_intent(pipe, self.publisher, self.keys, intent)
                     await pipe.execute()
                     audit_entries.count(intent, cause_at=None)
                     return intent
@@ -307,30 +306,14 @@ class Actions:
             target=intent.target, outcome=result.outcome, action_id=intent.action_id,
             reason=result.reason or intent.reason, before=before,
             after=result.after if result.after is not None else intent.after)
-        hash_key = self.keys.open_actions(intent.key)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(hash_key)
-                    if not await pipe.hexists(hash_key, intent.action_id):
-                        await pipe.reset()
-                        return None
-                    pipe.multi()
-                    await self.publisher.add_to(pipe, outcome)
-                    pipe.hdel(hash_key, intent.action_id)
-                    settled_key = self.keys.settled_actions(intent.key)
-                    pipe.hset(settled_key, intent.action_id, result.outcome)
-                    pipe.expire(settled_key, SETTLED_TTL_S)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    continue
+        if not await self._outcomes.write(outcome):
+            return None  # settled by someone else first
         audit_entries.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
         return outcome
 
     async def _open_intent(self, key: str, action_id: str) -> ActionRecorded | None:
         raw = await self.redis.hget(self.keys.open_actions(key), action_id)
-        return _decode(raw) if raw is not None else None
+        return action_log.decode_intent(raw) if raw is not None else None
 
     async def _wait_stale(self, key: str) -> list[ActionRecorded]:
         """The open intents of ``key`` once none is young enough to be in flight elsewhere."""
@@ -342,13 +325,6 @@ class Actions:
                 return intents
             await asyncio.sleep(max(young) + 0.01)
 
-
-def audit_json(entry: ActionRecorded) -> bytes:
-    return msgspec.json.encode(entry)
-
-
-def _decode(raw: bytes | str) -> ActionRecorded:
-    return msgspec.json.decode(raw, type=ActionRecorded)
 
 
 

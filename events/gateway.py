@@ -11,7 +11,8 @@ prints it, and ``examples/node/`` does it in JavaScript):
   parked messages back at the head of its queue, oldest first, in one step;
   then XADD a ``session.started`` event to the sessions stream.  When
   something is parked, the restore is audited intent first, on the audit
-  stream (the ``{events}`` slot too): ``intent``, the script, then ``done``
+  stream (the ``{events}`` slot too): ``intent`` (with its open-actions
+  entry), the script, then ``done`` by :data:`events.action_log.OUTCOME_LUA`
   (one action id, from the ``session.started`` id).  With nothing parked the
   script takes the lease only, so a start with nothing to restore writes no
   audit.  Only after the script returns may the gateway drain the queue: the
@@ -50,6 +51,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from events.action_log import Outcomes, write_intent
 from events.contract import ActionOutcome, ActionRecorded, SessionStarted, SessionStopped
 from events.envelope import new_event
 from events.keys import KeySpace
@@ -101,6 +103,7 @@ class GatewaySessions:
         self._redis: Any = redis
         self._keys = keys
         self._publisher = Publisher(redis, keys, retention)
+        self._outcomes = Outcomes(redis, self._publisher, keys)
         self.gateway = gateway
         self.ttl_s = max(1, math.ceil(ttl_s))
         self.parked_retention_s = parked_retention_s
@@ -115,8 +118,11 @@ class GatewaySessions:
 
         When it returns, the session's queue holds its parked messages at the
         head, oldest first, ahead of anything pushed meanwhile: the gateway
-        may start draining.  A restore is audited intent first: ``intent``,
-        the script, then ``done`` (or ``skipped`` when nothing was left).
+        may start draining.  A restore is audited intent first: ``intent``
+        (open, as every action's: :mod:`events.action_log`), the script, then
+        ``done`` (or ``skipped`` when nothing was left).  A gateway that dies
+        in between leaves the intent open for the sessions group to settle
+        from the stores the next time it handles the session.
         """
         event = new_event(SessionStarted, source="gateway", key=name, gateway=self.gateway,
                           lease_ttl_s=self.ttl_s)
@@ -128,11 +134,12 @@ class GatewaySessions:
         restored = 0
         if parked:
             action_id = restore_action_id(self._keys.queue(name), event.id)
-            await self._publisher.publish(self._restore_audit(event, action_id, "intent", parked))
+            await write_intent(self._redis, self._publisher, self._keys,
+                               self._restore_audit(event, action_id, "intent", parked))
             restored = await self._handshake(name, restore=True)
-            outcome = self._restore_audit(event, action_id, "done" if restored else "skipped",
-                                          parked, restored)
-            await self._publisher.publish_many([event, outcome])
+            await self._publisher.publish(event)
+            await self._outcomes.write(self._restore_audit(
+                event, action_id, "done" if restored else "skipped", parked, restored))
         else:
             await self._publisher.publish(event)
         log.info("session %s started; %d parked messages back at the head of its queue", name,

@@ -108,6 +108,12 @@ class Publisher:
         if trim is not None:
             await self._trim(keys=[stream], args=trim, client=pipe)
 
+    async def trim(self, stream: str) -> None:
+        """Trim ``stream`` by the retention, as a publish does (after an XADD made elsewhere)."""
+        trim = self._trim_args()
+        if trim is not None:
+            await self._trim(keys=[stream], args=trim)
+
     def _trim_args(self) -> list[object] | None:
         if self._retention.max_age_s > 0:
             cutoff_ms = int((time.time() - self._retention.max_age_s) * 1000)

@@ -4,7 +4,8 @@
 //   start      EVAL start.lua over lease, queue, parked list, parked-meta  then XADD session.started
 //              (takes the lease and puts the parked messages back at the head of the queue,
 //              oldest first, in one step: drain only after it returns; a restore is
-//              audited on the audit stream: intent before the script, done after)
+//              audited on the audit stream: intent (MULTI: XADD + HSET open-actions)
+//              before the script, done after by EVAL outcome.lua)
 //   heartbeat  SET {prefix}lease:{queue} <json> XX EX ttl  (nil reply: the lease was gone,
 //                                                         so it is a start again)
 //   stop       DEL {prefix}lease:{queue}                   then XADD session.stopped
@@ -24,6 +25,9 @@ const SESSION_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 // The start handshake, the same text as events/parked_scripts.py START (a test compares them).
 const START_SCRIPT = fs.readFileSync(path.join(__dirname, 'start.lua'), 'utf8');
+// An action's outcome, only while its intent is open: events/action_log.py OUTCOME_LUA.
+const OUTCOME_SCRIPT = fs.readFileSync(path.join(__dirname, 'outcome.lua'), 'utf8');
+const SETTLED_TTL_S = 7 * 86400;
 
 // A time-ordered event id (ULID): 48 bits of milliseconds, 80 random bits.
 function ulid() {
@@ -60,6 +64,7 @@ class GatewaySessions {
     this.stream = `${prefix}{events}:sessions`;
     if (!client.reconcilerStart) {
       client.defineCommand('reconcilerStart', { numberOfKeys: 4, lua: START_SCRIPT });
+      client.defineCommand('reconcilerOutcome', { numberOfKeys: 3, lua: OUTCOME_SCRIPT });
     }
   }
 
@@ -77,14 +82,23 @@ class GatewaySessions {
 
   // XADD one event (fields: v, type, key, data) to `stream`; returns the event id.
   async xaddEvent(stream, type, name, fields) {
+    const { id, entry } = this.entry(type, name, fields);
+    await this.client.xadd(stream, ...this.trim(), '*', ...entry);
+    return id;
+  }
+
+  // An event as a stream entry's fields and values (v, type, key, data), and its id.
+  entry(type, name, fields) {
     const event = {
       type, id: ulid(), occurred_at: new Date().toISOString(), source: 'gateway', key: name,
       ...fields,
     };
-    const trim = this.maxLen > 0 ? ['MAXLEN', '~', String(this.maxLen)] : [];
-    await this.client.xadd(stream, ...trim, '*', 'v', SCHEMA_VERSION, 'type', type,
-      'key', name, 'data', JSON.stringify(event));
-    return event.id;
+    const data = JSON.stringify(event);
+    return { id: event.id, data, entry: ['v', SCHEMA_VERSION, 'type', type, 'key', name, 'data', data] };
+  }
+
+  trim() {
+    return this.maxLen > 0 ? ['MAXLEN', '~', String(this.maxLen)] : [];
   }
 
   async publish(type, name, fields) {
@@ -92,7 +106,10 @@ class GatewaySessions {
   }
 
   // A step of the handshake's restore on the audit stream (same {events} slot as the sessions
-  // stream): 'intent' before the script, then 'done' or 'skipped', sharing one action id.
+  // stream): 'intent' before the script, written with its entry in the session's open-actions
+  // hash, then 'done' or 'skipped' by the outcome script, which writes it only while that
+  // intent is open; one action id.  A gateway that dies in between leaves the intent for the
+  // reconciler to settle.
   async auditRestore(name, { actionId, causeId, outcome, parked, restored = 0 }) {
     let reason = `start handshake: restore ${parked} parked messages`;
     let after = null;
@@ -102,11 +119,20 @@ class GatewaySessions {
     } else if (outcome === 'skipped') {
       reason = 'nothing to restore (restored already, or past retention)';
     }
-    return this.xaddEvent(`${this.prefix}{events}:audit`, 'audit.action', name, {
+    const { data, entry } = this.entry('audit.action', name, {
       cause_id: causeId, cause_type: 'session.started', action: 'restore_parked',
       action_id: actionId, target: this.queueKey(name), outcome, dry_run: false, reason,
       before: { parked }, after,
     });
+    const audit = `${this.prefix}{events}:audit`;
+    const open = `${this.prefix}{events}:open-actions:${name}`;
+    if (outcome === 'intent') {
+      await this.client.multi().xadd(audit, ...this.trim(), '*', ...entry)
+        .hset(open, actionId, data).exec();
+      return;
+    }
+    await this.client.reconcilerOutcome(audit, open, `${this.prefix}{events}:settled-actions:${name}`,
+      actionId, outcome, SETTLED_TTL_S, ...entry);
   }
 
   // The START script: the lease, and (restore) the parked messages back, in one step.

@@ -16,9 +16,10 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
-from consumers.actions import Actions
+from consumers.actions import SETTLED, Actions
 from consumers.gateway_session_group import SessionsHandler, Timers, retention_member
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
@@ -35,6 +36,7 @@ from events.contract import (
     SessionStopped,
     SourceResynced,
 )
+from events.gateway import GatewaySessions
 from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
@@ -269,3 +271,37 @@ async def test_source_markers_are_not_taken_for_a_session(
         await publish_twice(redis, keys, marker)
     assert await redis.lrange(keys.queue("sessions"), 0, -1) == [b"m"]
     assert await audits(redis, keys) == []
+
+
+async def test_a_gateway_that_dies_between_its_restore_and_the_outcome_is_settled(
+    redis: Redis, settings: Settings, keys: KeySpace
+) -> None:
+    """The handshake ran (the messages are back, the lease taken), then the gateway died
+    before writing the outcome: its intent stays open until the sessions group, handling
+    the session when its lease runs out, settles it from the stores (nothing is parked
+    any more: done), once."""
+    settings = replace(settings, claim_min_idle_s=0.5)  # how old an intent must be to settle
+    messages = [f'{{"n":{n}}}'.encode() for n in range(9)]
+    await redis.rpush(keys.queue(SESSION), *messages)
+    assert await ParkedQueues(redis, keys).park(SESSION, now=time.time(), cause="c1") == 9
+    gateway = GatewaySessions(redis, keys, gateway="gw-1", ttl_s=30)
+
+    async def dies(_outcome: ActionRecorded) -> bool:
+        raise ConnectionError("the gateway's process died here")
+
+    gateway._outcomes.write = dies  # type: ignore[method-assign]  # the crash point
+    with pytest.raises(ConnectionError):
+        await gateway.start(SESSION)
+    assert await redis.lrange(keys.queue(SESSION), 0, -1) == messages
+    assert await redis.hlen(keys.open_actions(SESSION)) == 1
+    async with sessions_group(redis, settings):
+        await redis.delete(keys.lease(SESSION))  # its lease runs out
+        await Publisher(redis, keys).publish(event(SessionExpired, SESSION))
+
+        async def settled() -> bool:
+            return await redis.hlen(keys.open_actions(SESSION)) == 0
+        await eventually(settled, message="the gateway's intent settled")
+        await drained(redis, keys)
+    (restore,) = await audits(redis, keys, "restore_parked")  # one intent, one outcome
+    assert (restore.outcome, restore.target) == ("done", keys.queue(SESSION))
+    assert restore.reason.startswith(SETTLED) and restore.cause_type == "session.started"

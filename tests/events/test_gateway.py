@@ -12,6 +12,7 @@ import pytest
 
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec
+from events.action_log import OUTCOME_LUA
 from events.contract import ActionRecorded, Event, SessionStarted, SessionStopped
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
@@ -114,6 +115,7 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
     assert (audit.action, audit.outcome, audit.source, audit.cause_id, audit.target,
             audit.after) == ("restore_parked", "done", "gateway", started.id,
                              keys.queue("940740243"), {"parked": 0, "restored": 30})
+    assert await redis.hlen(keys.open_actions("940740243")) == 0, "the intent was closed"
 
 
 async def test_the_handshake_leaves_batches_past_retention_to_the_reconciler(
@@ -168,9 +170,10 @@ async def test_an_invalid_session_name_is_refused_before_touching_redis(
     assert await redis.xlen(keys.sessions_stream) == 0
 
 
-def test_the_wire_protocol_page_prints_the_start_script_the_client_runs() -> None:
+def test_the_wire_protocol_page_prints_the_scripts_the_client_runs() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
     assert f"```lua\n{START.strip(chr(10))}\n```" in page
+    assert f"```lua\n{OUTCOME_LUA.strip(chr(10))}\n```" in page
 
 
 async def test_a_start_with_nothing_parked_writes_no_audit(redis: Any, keys: KeySpace) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec
+from events.action_log import OUTCOME_LUA
 from events.contract import SessionStarted, SessionStopped
 from events.ids import id_time
 from events.keys import KeySpace
@@ -84,8 +85,9 @@ async def test_the_node_example_refuses_a_bad_session_name(
     assert await redis.exists(KeySpace(prefix=key_prefix).sessions_stream) == 0
 
 
-def test_the_node_example_runs_the_same_start_script_as_the_python_client() -> None:
+def test_the_node_example_runs_the_same_scripts_as_the_python_client() -> None:
     assert (EXAMPLE / "start.lua").read_text() == START
+    assert (EXAMPLE / "outcome.lua").read_text() == OUTCOME_LUA
 
 
 async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_then_newer(
@@ -126,3 +128,5 @@ async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_
     started = [codec.decode(f) for _, f in await redis.xrange(keys.sessions_stream)]
     assert [(a.action, a.outcome, a.source, a.cause_id, a.after) for a in audit] == [
         ("restore_parked", "done", "gateway", started[0].id, {"parked": 0, "restored": 36})]
+    assert await redis.hlen(keys.open_actions("940740243")) == 0, "the intent was closed"
+    assert await redis.hget(keys.settled_actions("940740243"), audit[0].action_id) == b"done"
