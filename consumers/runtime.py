@@ -186,14 +186,10 @@ class GroupConsumer:
                 await self.accept(stream, entries)
 
     async def _read_lanes(self, live: dict[str, str], bulk: dict[str, str]) -> Any:
-        """One read: live streams first; the bulk lane with what capacity is left.
-
-        Without a bulk lane this is one blocking XREADGROUP.  With one, the live
-        streams are read without blocking; when that came back short and the buffer
-        has room for bulk entries, the bulk lane fills the rest of the count; only
-        when both were empty does the read block (on the bulk lane too while it
-        has room, else briefly on the live streams alone).
-        """
+        """One read: the live streams without blocking, then the bulk lane with what count
+        and buffer room are left; only when both were empty does it block (on the bulk lane
+        too while it has room, else briefly on the live streams alone).  Without a bulk
+        lane: one blocking XREADGROUP."""
         opts, read = self.options, self.gaps.read
         if not bulk:
             return await read(opts.consumer, live, count=opts.read_count, block_ms=opts.block_ms)
@@ -257,31 +253,37 @@ class GroupConsumer:
                 await self._handler(key, batch)
             except asyncio.CancelledError:
                 raise  # shutdown: the batch is released by _release_own_pending
-            except PermanentError as e:
-                self._tally.add(batch, "dead_lettered")
-                log.error("permanent error for key %s: %s", key, e,
-                          extra={"group": group, "key": key, "stream": batch[-1].stream,
-                                 "message_id": batch[-1].entry_id,
-                                 "event_type": tag_of(type(batch[-1].event))})
-                await self.dead_letter_entries(
-                    [Failed(d.stream, d.entry_id, d.fields) for d in batch],
-                    reason="permanent", error=f"{type(e).__name__}: {e}")
-                self._untrack(batch)
             except Exception as e:
-                if is_refusal(e) and self._rights is not None:
-                    self._rights.refused(e)
-                log.warning("handler failed for key %s; will retry", key, exc_info=not is_refusal(e),
-                            extra={"group": group, "key": key, "stream": batch[-1].stream,
-                                   "message_id": batch[-1].entry_id,
-                                   "event_type": tag_of(type(batch[-1].event))})
-                self._tally.add(batch, "retried")
-                await self._retry_later(batch, e)
+                try:
+                    await self._failed(key, batch, e)
+                except Exception:  # Redis went away too: never lose the worker over it
+                    log.warning("could not dead-letter or retry key %s; its entries stay pending "
+                                "for a reclaimer", key, exc_info=True, extra={"group": group})
+                    self._untrack(batch)  # the keepalive lets them age, so they are reclaimed
             else:
                 self._handled(batch)
             finally:
                 del self._in_handler[key]
                 duration.observe(clock() - started)
                 queue.done(key)
+
+    async def _failed(self, key: str, batch: Sequence[Delivery], e: Exception) -> None:
+        """A handler raised: dead-letter the batch now (permanent) or retry it later."""
+        extra = {"group": self.options.group, "key": key, "stream": batch[-1].stream,
+                 "message_id": batch[-1].entry_id, "event_type": tag_of(type(batch[-1].event))}
+        if isinstance(e, PermanentError):
+            self._tally.add(batch, "dead_lettered")
+            log.error("permanent error for key %s: %s", key, e, extra=extra)
+            await self.dead_letter_entries([Failed(d.stream, d.entry_id, d.fields) for d in batch],
+                                           reason="permanent", error=f"{type(e).__name__}: {e}")
+            self._untrack(batch)
+            return
+        if is_refusal(e) and self._rights is not None:
+            self._rights.refused(e)
+        log.warning("handler failed for key %s; will retry", key, exc_info=not is_refusal(e),
+                    extra=extra)
+        self._tally.add(batch, "retried")
+        await self._retry_later(batch, e)
 
     def _handled(self, batch: Sequence[Delivery]) -> None:
         """Count, ack and untrack a batch whose handler returned: one pass, no awaits."""
@@ -368,13 +370,11 @@ class GroupConsumer:
         await dead_letter(self.redis, deadletter_stream=opts.deadletter_stream, group=opts.group,
                           failed=failed, reason=reason, error=error, max_len=opts.deadletter_max_len)
 
-    # -- acks ----------------------------------------------------------------
+    # -- acks and release ----------------------------------------------------
 
     async def _ack_loop(self) -> None:
         name = f"{self._loop_prefix}:acker"
         await self._acks.run(lambda: self._stopping, lambda: HEARTBEATS.beat(name), self._tally.flush)
-
-    # -- release -------------------------------------------------------------
 
     async def _release_own_pending(self) -> None:
         """Hand every entry still pending under our name to the group, then leave it."""

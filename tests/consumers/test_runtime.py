@@ -19,6 +19,7 @@ from consumers.options import GroupOptions
 from consumers.runtime import RELEASED_CONSUMER, GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
+from tests.chaos.harness import PrivateRedis, harness_redis
 from tests.support import eventually, output_of, request, spawn_python
 
 WORKER = Path(__file__).parent / "worker_process.py"
@@ -369,3 +370,39 @@ async def test_the_keepalive_touches_only_what_this_consumer_still_holds(
     assert rows[ours]["consumer"] == b"me" and rows[ours]["time_since_delivered"] < 200
     assert rows[ours]["times_delivered"] == 1
     assert rows[theirs]["consumer"] == b"peer" and rows[theirs]["time_since_delivered"] >= 200
+
+
+async def test_a_worker_survives_redis_going_away_while_it_handles_a_failure(
+    tmp_path: Path
+) -> None:
+    """The only worker's handler fails just as Redis goes away, so neither the retry nor a
+    dead letter can be written.  The worker used to die with that error, leaving the group
+    with no worker and its entries kept fresh; now the entries stay pending, are reclaimed
+    once Redis is back, and every key is handled."""
+    private = PrivateRedis(tmp_path / "redis")
+    private.start()
+    redis = harness_redis(private.url)
+    keys = KeySpace(prefix="t:")
+    handled: set[str] = set()
+    went_away = asyncio.Event()
+
+    async def handler(key: str, batch: Sequence[Delivery]) -> None:
+        if not went_away.is_set():
+            await asyncio.to_thread(private.stop)
+            went_away.set()
+            raise TemporaryError("the store is gone")
+        handled.add(key)
+
+    try:
+        await publish_requests(redis, keys, 5, 5)
+        async with Running(GroupConsumer(redis, options(keys, concurrency=1), handler)):
+            await asyncio.wait_for(went_away.wait(), 60)
+            await asyncio.to_thread(private.start)  # AOF on: the stream and group are kept
+
+            async def all_handled() -> bool:
+                return handled == {f"k{n}" for n in range(5)}
+
+            await eventually(all_handled, timeout=120, message="every key handled")
+    finally:
+        await redis.aclose()
+        private.stop()
