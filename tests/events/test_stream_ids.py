@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -39,6 +39,13 @@ async def served(redis: Redis, keys: KeySpace) -> AsyncIterator[str]:
     finally:
         await server.close()
         EXHAUSTED.clear()
+
+
+@pytest.fixture(autouse=True)
+def forget_exhausted() -> Iterator[None]:
+    """The registry is process-wide: a stream left in it would fail /healthz in later tests."""
+    yield
+    EXHAUSTED.clear()
 
 
 @pytest.fixture(autouse=True)
