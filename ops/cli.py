@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import sys
@@ -20,25 +19,28 @@ from collections.abc import Iterator, Sequence
 from events.errors import ReconcilerError
 from ops import logs
 from ops.cli_help import HELP, epilog
+from ops.commands import (
+    audit,
+    bench,
+    demo,
+    dlq,
+    inspect,
+    migrate,
+    parked,
+    pause,
+    quarantine,
+    replay,
+    resync,
+    run,
+    schema,
+    session,
+    status,
+)
 from ops.redact import redact
 
-COMMAND_MODULES = (
-    "replay",
-    "status",
-    "dlq",
-    "run",
-    "schema",
-    "bench",
-    "parked",
-    "session",
-    "migrate",
-    "quarantine",
-    "demo",
-    "audit",
-    "inspect",
-    "pause",
-    "resync",
-)
+COMMANDS = (replay, status, dlq, run, schema, bench, parked, session, migrate, quarantine, demo,
+            audit, inspect, pause, resync)
+"""Every command module, in the order ``--help`` lists them; each adds its parser."""
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -82,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reconciler")
     _add_globals(parser, top=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"ops.commands.{name}").register(subparsers)
+    for module in COMMANDS:
+        module.register(subparsers)
     for path, command in command_parsers(parser):
         if path:
             _add_globals(command, top=False)
