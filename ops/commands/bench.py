@@ -18,6 +18,7 @@ BENCHES: dict[str, str] = {
     "file-capture": "file_capture",
     "db-listing": "db_listing",
     "live-lane": "live_lane",
+    "stream-memory": "stream_memory",
 }
 
 
