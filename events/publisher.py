@@ -101,11 +101,13 @@ class Publisher:
 
     async def add_to(self, pipe: Any, event: EventBase) -> None:
         """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also
-        writes other keys of the ``{events}`` slot); the caller counts it after EXEC."""
+        writes other keys of the ``{events}`` slot); the caller counts it after EXEC.  A
+        cluster pipeline refuses EVALSHA, so there the trim is left to the stream's next
+        publish or :meth:`trim` (an outcome's, for the audit stream)."""
         stream = self.stream_key(event)
         pipe.xadd(stream, codec.encode(event))
         trim = self._trim_args()
-        if trim is not None:
+        if trim is not None and not self._cluster:
             await self._trim(keys=[stream], args=trim, client=pipe)
 
     async def trim(self, stream: str) -> None:
