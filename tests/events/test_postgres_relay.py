@@ -31,19 +31,9 @@ from events.ids import derived_id
 from events.settings import Settings
 from events.sources.outbox import BadOutboxRow, classify, event_from_row, outbox_names
 from events.sources.postgres import APPLICATION_NAME, RelayOptions, run_relay
-from ops import capture_install
-from tests.support import create_conversations_table, eventually, lane_entries
+from tests.support import eventually, lane_entries
 
 FAST = RelayOptions(keepalive_s=0.5, backoff_s=0.05, backoff_max_s=0.5, query_timeout_s=5.0)
-
-
-@pytest.fixture
-async def table(pg: Any, settings: Settings) -> AsyncIterator[str]:
-    await create_conversations_table(pg, settings.table)
-    await capture_install.install(pg, settings)
-    yield settings.table
-    await capture_install.uninstall(pg, settings, force=True)
-    await pg.execute(f'DROP TABLE IF EXISTS "{settings.table}"')
 
 
 @contextlib.asynccontextmanager

@@ -21,11 +21,9 @@ from events.settings import Settings
 from events.streamids import EXHAUSTED, LAST_POSSIBLE_ID, StreamExhausted
 from events.timer_wheel import TimerWheel
 from ops.health import HealthServer, add_standard_checks
-from tests.events.test_postgres_relay import changes, insert_rows, outbox_count, relay, table
+from tests.events.test_postgres_relay import changes, insert_rows, outbox_count, relay
 from tests.ops.test_health import get
 from tests.support import eventually, request
-
-__all__ = ["table"]  # a fixture
 
 
 @pytest.fixture

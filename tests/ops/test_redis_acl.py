@@ -27,8 +27,6 @@ from tests.ops.cli_support import cli
 from tests.support import create_conversations_table, eventually
 
 PASSWORD = "acl-" + uuid.uuid4().hex
-made: list[str] = []
-"""Names of the ACL users made, newest last."""
 
 
 def documented_rules(settings: Settings, *, channels: bool = True) -> list[str]:
@@ -52,7 +50,6 @@ async def acl_user(redis: Redis, redis_url: str) -> AsyncIterator[Callable[[list
 
     async def make(rules: list[str]) -> Redis:
         name = f"test-acl-{uuid.uuid4().hex[:10]}"
-        made.append(name)
         await redis.execute_command("ACL", "SETUSER", name, *rules)
         names.append(name)
         host = redis_url.split("://", 1)[1].rsplit("@", 1)[-1]
@@ -154,8 +151,8 @@ async def test_the_operator_commands_work_under_the_documented_acl(
 ) -> None:
     """Each read and each small write an operator makes, as the documented ACL user."""
     await create_conversations_table(pg, settings.table)
-    await acl_user(documented_rules(settings))
-    name = made[-1]
+    client = await acl_user(documented_rules(settings))
+    name = client.connection_pool.connection_kwargs["username"]
     host = redis_url.split("://", 1)[1].rsplit("@", 1)[-1]
     as_acl_user = replace(settings, redis_url=f"redis://{name}:{PASSWORD}@{host}")
     for command in OPERATOR_COMMANDS:
