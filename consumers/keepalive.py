@@ -20,9 +20,10 @@ entries after ``claim_min_idle_s``, as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -54,7 +55,7 @@ class Keepalive:
     """Touches the entries ``held()`` names, per stream, until ``stopped`` is set."""
 
     def __init__(self, redis: Redis, options: GroupOptions,
-                 held: Callable[[], Iterable[tuple[str, str]]], stopped: Any) -> None:
+                 held: Callable[[], Iterable[tuple[str, str]]], stopped: asyncio.Event) -> None:
         self._redis, self._options, self._held, self._stopped = redis, options, held, stopped
         self._touch = redis.register_script(TOUCH_LUA)
         self._name = f"consumer:{options.group}:keepalive"
