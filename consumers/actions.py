@@ -12,7 +12,7 @@ dropped; a dead letter retried or dropped) goes through :meth:`Actions.run`:
 3. :meth:`Actions.skip_reason` is the one place an action is decided not to be
    carried out (its ``gates``, e.g. a paused key): intent, then ``skipped``;
 4. otherwise the ``intent`` goes to the audit stream and to the key's
-   open-actions hash in one MULTI, before any store is touched (WATCH: of two
+   open-actions hash by one script, before any store is touched (of two
    handlings deciding the same action at once, one records the intent, the
    other waits for its outcome and returns it without recording anything);
 5. the act runs and says its :class:`Result`; the outcome entry is written,
@@ -45,7 +45,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from consumers import audit_entries
 from events import action_log, wiring
@@ -149,6 +148,7 @@ class Actions:
     gates: list[Gate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._intents = action_log.Intents(self.redis, self.publisher, self.keys)
         self._outcomes = action_log.Outcomes(self.redis, self.publisher, self.keys)
 
     @classmethod
@@ -267,33 +267,19 @@ class Actions:
         redelivered event): the first records the intent; the other waits for
         its outcome and returns it, recording nothing.
         """
-        open_key = self.keys.open_actions(action.key)
-        settled_key = self.keys.settled_actions(action.key)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(open_key, settled_key)
-                    settled = await pipe.hget(settled_key, action.id)
-                    if settled is not None:
-                        await pipe.reset()
-                        return Result(cast(ActionOutcome, text(settled)), "settled by another handling")
-                    raw = await pipe.hget(open_key, action.id)
-                    if raw is not None:
-                        await pipe.reset()
-                        intent = action_log.decode_intent(raw)
-                        age = time.time() - intent.occurred_at.timestamp()
-                        if age >= self.settle_after_s:
-                            return intent  # its handling is presumed dead: adopt it
-                        await asyncio.sleep(min(self.settle_after_s - age, IN_FLIGHT_POLL_S))
-                        continue
-                    intent = self._entry(action, "intent")
-                    pipe.multi()
-                    await action_log.queue_intent(pipe, self.publisher, self.keys, intent)
-                    await pipe.execute()
-                    audit_entries.count(intent, cause_at=None)
-                    return intent
-                except WatchError:
-                    continue
+        while True:
+            intent = self._entry(action, "intent")
+            state, value = await self._intents.claim(intent)
+            if state == "new":
+                audit_entries.count(intent, cause_at=None)
+                return intent
+            if state == "settled":
+                return Result(cast(ActionOutcome, text(value)), "settled by another handling")
+            open_intent = action_log.decode_intent(value)
+            age = time.time() - open_intent.occurred_at.timestamp()
+            if age >= self.settle_after_s:
+                return open_intent  # its handling is presumed dead: adopt it
+            await asyncio.sleep(min(self.settle_after_s - age, IN_FLIGHT_POLL_S))
 
     async def _outcome(self, intent: ActionRecorded, result: Result,
                        cause: EventBase | None) -> ActionRecorded | None:

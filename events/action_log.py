@@ -1,28 +1,33 @@
 """Where an action's intent waits for its outcome: the open- and settled-actions hashes.
 
-An ``intent`` audit entry is written together with (one MULTI,
-:func:`queue_intent`) an entry in its key's open-actions hash, so whoever
-handles the key next finds an intent left without an outcome and settles it
-(:mod:`consumers.actions`).  An outcome is written only while its intent is
-still open, by one script (:data:`OUTCOME_LUA`): the audit entry, the intent
-taken out of the open hash, the outcome remembered in the settled hash for
-:data:`SETTLED_TTL_S`.  So an action never has two outcomes, whoever writes
-them: a consumer, the reconciler settling what a dead process left, or a
-gateway's start handshake in any language (``docs/gateway.md`` prints both
-steps; ``examples/node/outcome.lua`` is this script).
+An ``intent`` audit entry is written together with an entry in its key's
+open-actions hash, so whoever handles the key next finds an intent left without
+an outcome and settles it (:mod:`consumers.actions`).  A consumer claims an
+action in one script (:data:`CLAIM_LUA`, :class:`Intents`): the outcome it
+already has, the intent open for it, or a new intent written.  An outcome is
+written only while its intent is still open, by one script
+(:data:`OUTCOME_LUA`): the audit entry, the intent taken out of the open hash,
+the outcome remembered in the settled hash for :data:`SETTLED_TTL_S`.  So an
+action never has two outcomes, whoever writes them: a consumer, the reconciler
+settling what a dead process left, or a gateway's start handshake in any
+language (:func:`write_intent`; ``docs/gateway.md`` prints both steps;
+``examples/node/outcome.lua`` is the outcome script).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from events import codec
 from events.contract import ActionRecorded
 from events.keys import KeySpace
 from events.publisher import Publisher
+from events.replies import text
+from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
 SETTLED_TTL_S = 7 * 86400
 """How long the outcome of an action is remembered, so the same action decided again
@@ -43,6 +48,22 @@ return id
 """
 
 
+CLAIM_LUA: Final = """
+-- KEYS: the audit stream, the key's open-actions hash, its settled-actions hash.
+-- ARGV: action id, the intent (its open-actions value), then its entry's fields and values.
+-- Returns {'settled', outcome}, {'open', the intent already open} or {'new', entry id}.
+local settled = redis.call('HGET', KEYS[3], ARGV[1])
+if settled then return {'settled', settled} end
+local open = redis.call('HGET', KEYS[2], ARGV[1])
+if open then return {'open', open} end
+local entry = {KEYS[1], '*'}
+for i = 3, #ARGV do entry[#entry + 1] = ARGV[i] end
+local id = redis.call('XADD', unpack(entry))
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return {'new', id}
+"""
+
+
 def encode_intent(intent: ActionRecorded) -> bytes:
     """The open-actions hash value: the intent as the audit entry's ``data`` has it."""
     return codec.encode_json(intent)
@@ -52,19 +73,33 @@ def decode_intent(raw: bytes | str) -> ActionRecorded:
     return msgspec.json.decode(raw, type=ActionRecorded)
 
 
-async def queue_intent(pipe: Any, publisher: Publisher, keys: KeySpace,
-                       intent: ActionRecorded) -> None:
-    """Queue the intent's audit entry and its open-actions entry on a caller's MULTI."""
-    await publisher.add_to(pipe, intent)
-    pipe.hset(keys.open_actions(intent.key), intent.action_id, encode_intent(intent))
-
-
 async def write_intent(redis: Redis, publisher: Publisher, keys: KeySpace,
                        intent: ActionRecorded) -> None:
-    """Write an intent on its own (one MULTI)."""
+    """Write an intent unconditionally, its audit entry and open-actions entry in one MULTI
+    (a gateway's handshake: its action id is new each time)."""
     async with redis.pipeline(transaction=True) as pipe:
-        await queue_intent(pipe, publisher, keys, intent)
+        await publisher.add_to(pipe, intent)
+        pipe.hset(keys.open_actions(intent.key), intent.action_id, encode_intent(intent))
         await pipe.execute()
+
+
+Claimed = tuple[Literal["settled", "open", "new"], bytes]
+"""What :meth:`Intents.claim` found: the settled outcome, the open intent, or the new entry id."""
+
+
+class Intents:
+    """Claims actions by :data:`CLAIM_LUA`: one round trip whatever it finds."""
+
+    def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace) -> None:
+        self._script = redis.register_script(CLAIM_LUA)
+        self._publisher, self._keys = publisher, keys
+
+    async def claim(self, intent: ActionRecorded) -> Claimed:
+        """The outcome ``intent``'s action already has, the intent open for it, or ``intent``
+        written.  The audit stream is trimmed by the outcome's write that follows."""
+        state, value = await _run(self._script, self._publisher, self._keys, intent,
+                                  [intent.action_id, encode_intent(intent)])
+        return cast(Claimed, (text(state), value))
 
 
 class Outcomes:
@@ -76,13 +111,25 @@ class Outcomes:
 
     async def write(self, outcome: ActionRecorded) -> bool:
         """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first."""
-        stream = self._publisher.stream_key(outcome)
-        fields = [part for pair in codec.encode(outcome).items() for part in pair]
-        written = await self._script(
-            keys=[stream, self._keys.open_actions(outcome.key),
-                  self._keys.settled_actions(outcome.key)],
-            args=[outcome.action_id, outcome.outcome, SETTLED_TTL_S, *fields])
+        written = await _run(self._script, self._publisher, self._keys, outcome,
+                             [outcome.action_id, outcome.outcome, SETTLED_TTL_S])
         if written is None:
             return False
-        await self._publisher.trim(stream)
+        await self._publisher.trim(self._publisher.stream_key(outcome))
         return True
+
+
+async def _run(script: Any, publisher: Publisher, keys: KeySpace, entry: ActionRecorded,
+               args: list[Any]) -> Any:
+    """Run an action script on the entry's audit stream and its key's two hashes, the
+    entry's fields after ``args``; a stream out of entry ids raises :class:`StreamExhausted`."""
+    stream = publisher.stream_key(entry)
+    fields = [part for pair in codec.encode(entry).items() for part in pair]
+    try:
+        return await script(keys=[stream, keys.open_actions(entry.key),
+                                  keys.settled_actions(entry.key)], args=[*args, *fields])
+    except ResponseError as e:
+        if not is_exhausted_error(e):
+            raise
+        raise StreamExhausted(describe(await find_exhausted(script.registered_client,
+                                                            {"audit": stream}))) from e
