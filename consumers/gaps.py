@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from events import metrics
+from events.pipeline_scripts import queue_eval
 from events.replies import text
 from events.retention import GAP_LUA
 
@@ -35,18 +36,18 @@ class GapWatch:
         self.group = group
         self._gaps_key = gaps_key
         self._on_gap = on_gap
-        self._script = redis.register_script(GAP_LUA) if gaps_key else None
+        self._checked = bool(gaps_key)
 
     async def read(self, consumer: str, streams: dict[str, str], *, count: int,
                    block_ms: int | None) -> Any:
         """XREADGROUP (``block_ms=None``: without BLOCK), with one gap check per stream
         pipelined in front of it when on."""
-        if self._script is None:
+        if not self._checked:
             return await self._redis.xreadgroup(self.group, consumer, streams, count=count,
                                                 block=block_ms)
         pipe = self._redis.pipeline(transaction=False)
         for stream in streams:
-            await self._script(keys=[stream, self._gaps_key], args=[self.group], client=pipe)
+            queue_eval(pipe, GAP_LUA, [stream, self._gaps_key], [self.group])
         pipe.xreadgroup(self.group, consumer, streams, count=count, block=block_ms)
         *checks, reply = await pipe.execute()
         for stream, boundary in zip(streams, checks, strict=True):

@@ -78,7 +78,7 @@ async def write_intent(redis: Redis, publisher: Publisher, keys: KeySpace,
     """Write an intent unconditionally, its audit entry and open-actions entry in one MULTI
     (a gateway's handshake: its action id is new each time)."""
     async with redis.pipeline(transaction=True) as pipe:
-        await publisher.add_to(pipe, intent)
+        publisher.add_to(pipe, intent)
         pipe.hset(keys.open_actions(intent.key), intent.action_id, encode_intent(intent))
         await pipe.execute()
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from events import codec, metrics
 from events.contract import LANED, EventBase, Lane, stream_of, tag_of
 from events.keys import KeySpace
+from events.pipeline_scripts import queue_eval
 from events.replies import text
 from events.retention import TRIM_LUA, trim_args
 from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
@@ -45,7 +45,6 @@ class Publisher:
         self._keys = keys
         self._retention = retention or Retention()
         self._trim = redis.register_script(TRIM_LUA)
-        self._cluster = isinstance(redis, RedisCluster)
 
     def stream_key(self, event: EventBase, lane: Lane = "live") -> str:
         """The Redis stream of ``event``: its bulk lane when asked and it has one."""
@@ -75,9 +74,9 @@ class Publisher:
                 pipe.xadd(stream, codec.encode(event))
             trim = self._trim_args()
             trimmed = self._trimmed(batch) if trim is not None else []
-            if trim is not None and not self._cluster:
+            if trim is not None:
                 for stream in trimmed:  # once per stream, after its XADDs
-                    await self._trim(keys=[stream], args=trim, client=pipe)
+                    queue_eval(pipe, TRIM_LUA, [stream], trim)
             try:
                 replies = await pipe.execute()
             except ResponseError as e:
@@ -85,9 +84,6 @@ class Publisher:
                     raise
                 names = {stream_of(event): key for event, key in zip(batch, streams, strict=True)}
                 raise StreamExhausted(describe(await find_exhausted(self._redis, names))) from e
-            if trim is not None and self._cluster:  # a cluster pipeline refuses EVALSHA
-                for stream in trimmed:
-                    await self._trim(keys=[stream], args=trim)
             for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
                 metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
                 ids.append(text(entry_id))
@@ -99,16 +95,14 @@ class Publisher:
         names = dict.fromkeys(stream_of(event) for event in batch)
         return [stream for name in names for stream in self._keys.lanes(name)]
 
-    async def add_to(self, pipe: Any, event: EventBase) -> None:
+    def add_to(self, pipe: Any, event: EventBase) -> None:
         """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also
-        writes other keys of the ``{events}`` slot); the caller counts it after EXEC.  A
-        cluster pipeline refuses EVALSHA, so there the trim is left to the stream's next
-        publish or :meth:`trim` (an outcome's, for the audit stream)."""
+        writes other keys of the ``{events}`` slot); the caller counts it after EXEC."""
         stream = self.stream_key(event)
         pipe.xadd(stream, codec.encode(event))
         trim = self._trim_args()
-        if trim is not None and not self._cluster:
-            await self._trim(keys=[stream], args=trim, client=pipe)
+        if trim is not None:
+            queue_eval(pipe, TRIM_LUA, [stream], trim)
 
     async def trim(self, stream: str) -> None:
         """Trim ``stream`` by the retention, as a publish does (after an XADD made elsewhere)."""

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from consumers.actions import Action, Actions, Result, done
 from events import codec
 from events.keys import KeySpace
 from events.loops import Heartbeats
@@ -122,6 +123,35 @@ async def recover(redis: Redis, stream: str) -> None:
     """docs/security.md, for a stream no group has read the bad entry of."""
     await redis.xdel(stream, LAST_POSSIBLE_ID)
     await redis.execute_command("XSETID", stream, (await redis.xrevrange(stream, count=1))[0][0])
+
+
+async def test_an_action_on_an_exhausted_audit_stream_raises_stream_exhausted(
+    redis: Redis, keys: KeySpace
+) -> None:
+    """Both action scripts append to the audit stream: out of ids, the claim acts on nothing
+    and the outcome leaves its intent open for the next handling to settle."""
+    actions = Actions(redis=redis, publisher=Publisher(redis, keys), keys=keys)
+    clear = Action(verb="clear_bot_fields", key="5217:94", target="crm_conversations")
+    ran: list[str] = []
+
+    async def act(action_id: str) -> Result:
+        ran.append(action_id)
+        return done()
+
+    await exhaust(redis, keys.audit_stream)
+    with pytest.raises(StreamExhausted, match="audit used the last possible entry id"):
+        await actions.run(clear, act)
+    assert ran == [] and await redis.hlen(keys.open_actions(clear.key)) == 0
+    await recover(redis, keys.audit_stream)
+
+    async def act_then_exhaust(action_id: str) -> Result:
+        await exhaust(redis, keys.audit_stream)
+        return await act(action_id)
+
+    with pytest.raises(StreamExhausted, match="audit"):
+        await actions.run(clear, act_then_exhaust)
+    assert ran == [clear.id]
+    assert [i.action_id for i in await actions.open_intents(clear.key)] == [clear.id]
 
 
 async def test_the_relay_keeps_changes_in_the_outbox_and_says_so_once_until_recovered(
