@@ -19,6 +19,7 @@ BENCHES: dict[str, str] = {
     "db-listing": "db_listing",
     "live-lane": "live_lane",
     "stream-memory": "stream_memory",
+    "backlog": "backlog",
 }
 
 
