@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 from events import codec
 from events.contract import ActionRecorded
 from events.keys import KeySpace
+from events.pipeline_scripts import queue_eval
 from events.publisher import Publisher
 from events.replies import text
 from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
@@ -91,45 +92,45 @@ class Intents:
     """Claims actions by :data:`CLAIM_LUA`: one round trip whatever it finds."""
 
     def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace) -> None:
-        self._script = redis.register_script(CLAIM_LUA)
-        self._publisher, self._keys = publisher, keys
+        self._redis, self._publisher, self._keys = redis, publisher, keys
 
     async def claim(self, intent: ActionRecorded) -> Claimed:
         """The outcome ``intent``'s action already has, the intent open for it, or ``intent``
         written.  The audit stream is trimmed by the outcome's write that follows."""
-        state, value = await _run(self._script, self._publisher, self._keys, intent,
-                                  [intent.action_id, encode_intent(intent)])
+        state, value = await _run(self._redis, self._publisher, self._keys, CLAIM_LUA, intent,
+                                  [intent.action_id, encode_intent(intent)], trim=False)
         return cast(Claimed, (text(state), value))
 
 
 class Outcomes:
-    """Writes outcomes by :data:`OUTCOME_LUA`, then trims the audit stream as publishing does."""
+    """Writes outcomes by :data:`OUTCOME_LUA` and trims the audit stream as publishing does,
+    in one round trip."""
 
     def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace) -> None:
-        self._script = redis.register_script(OUTCOME_LUA)
-        self._publisher, self._keys = publisher, keys
+        self._redis, self._publisher, self._keys = redis, publisher, keys
 
     async def write(self, outcome: ActionRecorded) -> bool:
         """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first."""
-        written = await _run(self._script, self._publisher, self._keys, outcome,
-                             [outcome.action_id, outcome.outcome, SETTLED_TTL_S])
-        if written is None:
-            return False
-        await self._publisher.trim(self._publisher.stream_key(outcome))
-        return True
+        written = await _run(self._redis, self._publisher, self._keys, OUTCOME_LUA, outcome,
+                             [outcome.action_id, outcome.outcome, SETTLED_TTL_S], trim=True)
+        return written is not None
 
 
-async def _run(script: Any, publisher: Publisher, keys: KeySpace, entry: ActionRecorded,
-               args: list[Any]) -> Any:
-    """Run an action script on the entry's audit stream and its key's two hashes, the
-    entry's fields after ``args``; a stream out of entry ids raises :class:`StreamExhausted`."""
+async def _run(redis: Redis, publisher: Publisher, keys: KeySpace, script: str,
+               entry: ActionRecorded, args: list[Any], *, trim: bool) -> Any:
+    """The reply of an action script run on the entry's audit stream and its key's two hashes
+    (the entry's fields after ``args``), with the stream's trim after it when ``trim``; a
+    stream out of entry ids raises :class:`StreamExhausted`."""
     stream = publisher.stream_key(entry)
     fields = [part for pair in codec.encode(entry).items() for part in pair]
+    pipe = redis.pipeline(transaction=False)
+    queue_eval(pipe, script, [stream, keys.open_actions(entry.key),
+                              keys.settled_actions(entry.key)], [*args, *fields])
+    if trim:
+        publisher.queue_trim(pipe, stream)
     try:
-        return await script(keys=[stream, keys.open_actions(entry.key),
-                                  keys.settled_actions(entry.key)], args=[*args, *fields])
+        return (await pipe.execute())[0]
     except ResponseError as e:
         if not is_exhausted_error(e):
             raise
-        raise StreamExhausted(describe(await find_exhausted(script.registered_client,
-                                                            {"audit": stream}))) from e
+        raise StreamExhausted(describe(await find_exhausted(redis, {"audit": stream}))) from e

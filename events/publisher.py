@@ -44,7 +44,6 @@ class Publisher:
         self._redis = redis
         self._keys = keys
         self._retention = retention or Retention()
-        self._trim = redis.register_script(TRIM_LUA)
 
     def stream_key(self, event: EventBase, lane: Lane = "live") -> str:
         """The Redis stream of ``event``: its bulk lane when asked and it has one."""
@@ -72,11 +71,8 @@ class Publisher:
             streams = [self.stream_key(event, lane) for event in batch]
             for stream, event in zip(streams, batch, strict=True):
                 pipe.xadd(stream, codec.encode(event))
-            trim = self._trim_args()
-            trimmed = self._trimmed(batch) if trim is not None else []
-            if trim is not None:
-                for stream in trimmed:  # once per stream, after its XADDs
-                    queue_eval(pipe, TRIM_LUA, [stream], trim)
+            for stream in self._trimmed(batch):  # once per stream, after its XADDs
+                self.queue_trim(pipe, stream)
             try:
                 replies = await pipe.execute()
             except ResponseError as e:
@@ -100,15 +96,14 @@ class Publisher:
         writes other keys of the ``{events}`` slot); the caller counts it after EXEC."""
         stream = self.stream_key(event)
         pipe.xadd(stream, codec.encode(event))
+        self.queue_trim(pipe, stream)
+
+    def queue_trim(self, pipe: Any, stream: str) -> None:
+        """Queue the trim of ``stream`` by the retention on ``pipe``, as a publish does
+        (after an XADD made elsewhere, e.g. by a script)."""
         trim = self._trim_args()
         if trim is not None:
             queue_eval(pipe, TRIM_LUA, [stream], trim)
-
-    async def trim(self, stream: str) -> None:
-        """Trim ``stream`` by the retention, as a publish does (after an XADD made elsewhere)."""
-        trim = self._trim_args()
-        if trim is not None:
-            await self._trim(keys=[stream], args=trim)
 
     def _trim_args(self) -> list[object] | None:
         if self._retention.max_age_s > 0:
