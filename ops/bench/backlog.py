@@ -182,7 +182,7 @@ async def _ours(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dict[s
     roles = asyncio.create_task(serve_roles(settings, redis, ROLES, stop))
     try:
         snapshot_s = await _settled(redis, settings, roles) - started
-        return {**await _drain(pg, settings, plan), "snapshot_s": snapshot_s}
+        return {**await _drain(pg, redis, settings, plan), "snapshot_s": snapshot_s}
     finally:
         stop.set()
         await asyncio.wait_for(roles, 60)
@@ -212,7 +212,7 @@ async def _polling(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dic
     stop = asyncio.Event()
     poller = asyncio.create_task(_poll(poller_pg, settings, plan.period_s, stop))
     try:
-        return await _drain(pg, settings, plan)
+        return await _drain(pg, redis, settings, plan)
     finally:
         stop.set()
         await asyncio.wait_for(poller, 60)
@@ -233,8 +233,9 @@ async def _poll(pg: Any, settings: Settings, period_s: float, stop: asyncio.Even
             await asyncio.wait_for(stop.wait(), max(0.0, started + period_s - time.perf_counter()))
 
 
-async def _drain(pg: Any, settings: Settings, plan: Plan) -> dict[str, Any]:
+async def _drain(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dict[str, Any]:
     """Run the nightly job, the live closes beside it; wait until both are reconciled."""
+    cpu_before = await common.cpu_seconds(redis)
     sent = time.perf_counter()
     status = await pg.execute(NIGHTLY_JOB.format(t=settings.table), CAMPAIGN)
     committed = time.perf_counter()
@@ -242,12 +243,14 @@ async def _drain(pg: Any, settings: Settings, plan: Plan) -> dict[str, Any]:
         raise RuntimeError(f"the nightly job changed {status!r}, not {plan.stale} rows")
     live = asyncio.create_task(_live_closes(settings, plan))
     drained_at = await _reconciled(pg, settings, plan)
+    own, server = (after - before for after, before in zip(
+        await common.cpu_seconds(redis), cpu_before, strict=True))
     latencies = await asyncio.wait_for(live, WAIT_S)
     found = await scan.scan_conversations(pg, settings)
     if found:
         raise RuntimeError(f"audit found {len(found)} inconsistencies, e.g. {found[0]}")
     return {"statement_s": committed - sent, "drained_s": drained_at - committed,
-            "latency_ms": latencies}
+            "latency_ms": latencies, "process_cpu_s": own, "redis_cpu_s": server}
 
 
 async def _reconciled(pg: Any, settings: Settings, plan: Plan) -> float:
@@ -309,7 +312,9 @@ def _result(plan: Plan, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
                             "statement_s": round(m["statement_s"], 3),
                             "live_p50_ms": round(stats["p50"], 3),
                             "live_p99_ms": round(stats["p99"], 3),
-                            "live_max_ms": round(stats["max"], 3)}
+                            "live_max_ms": round(stats["max"], 3),
+                            "process_cpu_ms_per_key": round(1000 * m["process_cpu_s"] / plan.stale, 3),
+                            "redis_cpu_ms_per_key": round(1000 * m["redis_cpu_s"] / plan.stale, 3)}
         if "snapshot_s" in m:  # ours: the folder's snapshot, one consistent key per file
             figures[variant]["snapshot_s"] = round(m["snapshot_s"], 3)
             figures[variant]["snapshot_keys_per_s"] = round(
@@ -346,5 +351,8 @@ NOTES = [
     "watcher's snapshot of the folder (one file event per bot run, each key consistent: "
     "observed, judged, its bot timeout scheduled), looked at every second; "
     "snapshot_keys_per_s is what one consumers process reconciles when nothing is to be done.",
+    "process_cpu_ms_per_key: CPU of this process (every role, or the poller, and the bench's "
+    "own looking) from the commit until drained, per key of the job; redis_cpu_ms_per_key "
+    "the same for the Redis server (INFO cpu; other clients of a shared server count too).",
     "Live closes are timed from just before the UPDATE to the file gone (looked at every 5 ms).",
 ]

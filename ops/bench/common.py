@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import resource
 import time
 import uuid
 from collections.abc import Sequence
@@ -107,6 +108,14 @@ def libraries() -> dict[str, str]:
 async def redis_version(redis: Any) -> str:
     info = await redis.info("server")
     return str(info.get("redis_version", "?"))
+
+
+async def cpu_seconds(redis: Any) -> tuple[float, float]:
+    """CPU used so far by this process (all its threads), and by the Redis server."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    info = await redis.info("cpu")
+    server = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return own.ru_utime + own.ru_stime, server
 
 
 async def postgres_version(connection: Any) -> str:

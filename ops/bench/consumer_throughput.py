@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import statistics
 import sys
 import time
@@ -288,9 +287,9 @@ async def measure(args: Any) -> dict[str, Any]:
         entry_bytes = await publish(redis, stream, args.events)
         for rnd in range(args.rounds):
             for name in chosen:
-                before = await cpu_seconds(redis)
+                before = await common.cpu_seconds(redis)
                 seconds[name].append(await VARIANTS[name](redis, stream, f"{name}-{rnd}", args.events))
-                after = await cpu_seconds(redis)
+                after = await common.cpu_seconds(redis)
                 client = WORKER_CPU_S.pop(f"{name}-{rnd}", after[0] - before[0])
                 cpu[name].append((client, after[1] - before[1]))
         version = await common.redis_version(redis)
@@ -298,14 +297,6 @@ async def measure(args: Any) -> dict[str, Any]:
         await common.delete_prefix(redis, prefix)
         await redis.aclose()
     return summarize(args, seconds, cpu, entry_bytes, version)
-
-
-async def cpu_seconds(redis: Redis) -> tuple[float, float]:
-    """CPU used so far by this process, and by the Redis server."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    info = await redis.info("cpu")
-    server = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    return own.ru_utime + own.ru_stime, server
 
 
 def own_process(rates: dict[str, float]) -> dict[str, Any]:
