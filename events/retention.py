@@ -68,16 +68,16 @@ local function read_floor(stream, groups)
   return floor
 end
 -- Trim one stream to its cap or age, never past what a group still needs.
+-- Under its cap, a stream costs one XLEN: the groups are read only when there is a trim to make.
 local function safe_trim(stream, cap, cutoff)
+  if cap <= 0 and cutoff == '' then return 0 end
   local len = redis.call('XLEN', stream)
-  if len == 0 or (cap <= 0 and cutoff == '') then return 0 end
-  local groups = groups_of(stream)
-  local floor = read_floor(stream, groups)
+  if len == 0 or (cutoff == '' and len <= cap) then return 0 end
+  local floor = read_floor(stream, groups_of(stream))
   if cutoff ~= '' then
     if floor ~= nil and id_less(floor, cutoff) then cutoff = floor end
     return redis.call('XTRIM', stream, 'MINID', '~', cutoff)
   end
-  if len <= cap then return 0 end
   if floor == nil then return redis.call('XTRIM', stream, 'MAXLEN', '~', cap) end
   return redis.call('XTRIM', stream, 'MINID', '~', floor, 'LIMIT', len - cap)
 end
