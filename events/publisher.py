@@ -57,18 +57,23 @@ class Publisher:
         return (await self.publish_many([event], lane=lane))[0]
 
     async def publish_many(self, events: Sequence[EventBase], *, batch_size: int = BATCH_SIZE,
-                           lane: Lane = "live") -> list[str]:
+                           lane: Lane | Sequence[Lane] = "live") -> list[str]:
         """Publish events in order, ``batch_size`` per round trip; returns entry ids.
 
         ``lane="bulk"``: conversation and session events go to their bulk lane, which
         consumers read only with the capacity live changes leave (snapshots, listings,
-        re-listings, outbox backlogs).
+        re-listings, outbox backlogs).  A sequence gives each event its own lane; the
+        XADDs stay in the events' order either way.
         """
+        lanes = [lane] * len(events) if isinstance(lane, str) else list(lane)
+        if len(lanes) != len(events):
+            raise ValueError(f"{len(lanes)} lanes for {len(events)} events")
         ids: list[str] = []
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
             pipe = self._redis.pipeline(transaction=False)
-            streams = [self.stream_key(event, lane) for event in batch]
+            streams = [self.stream_key(event, event_lane) for event, event_lane
+                       in zip(batch, lanes[start : start + batch_size], strict=True)]
             for stream, event in zip(streams, batch, strict=True):
                 pipe.xadd(stream, codec.encode(event))
             for stream in self._trimmed(batch):  # once per stream, after its XADDs

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -92,6 +93,31 @@ DISCONNECTS: tuple[type[BaseException], ...] = (
 """Errors that mean "reconnect", as opposed to a bug or a missing outbox."""
 
 
+BULK_TRANSACTION_ROWS = 100
+"""A transaction with this many rows in one batch is a bulk change (its rows go bulk)."""
+LIVE_SHARE_MAX = 0.1
+"""In a full batch, the rows of small transactions go live only while they are at most this
+share of it; more, and the batch is a backlog of small writes (a restart): all bulk."""
+
+
+def lanes_of(transactions: list[str], *, full: bool) -> list[Lane]:
+    """The lane of each outbox row of a batch, by the transaction (``xmin``) that wrote it.
+
+    A batch that is not full is the relay keeping up: every row is live.  In a full batch
+    the rows of a transaction with ``BULK_TRANSACTION_ROWS`` or more rows in it (a bulk
+    statement) go to the bulk lane, and a single change committed while that drains goes
+    live instead of waiting behind the whole bulk backlog in the consumers -- unless small
+    transactions are most of the batch (a backlog after a restart, all bulk as before).
+    The events keep the outbox's order on the wire either way (one pipeline, in order)."""
+    if not full:
+        return ["live"] * len(transactions)
+    sizes = Counter(transactions)
+    small = [sizes[t] < BULK_TRANSACTION_ROWS for t in transactions]
+    if sum(small) > LIVE_SHARE_MAX * len(transactions):
+        return ["bulk"] * len(transactions)
+    return ["live" if is_small else "bulk" for is_small in small]
+
+
 class OutboxRelay:
     """Publishes the outbox of one conversations table."""
 
@@ -107,7 +133,8 @@ class OutboxRelay:
         self._options = options or RelayOptions()
         self.loop_name = f"relay:{settings.table}"
         outbox = self._names.qualified_outbox
-        self._select = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT} "
+        self._select = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT}, "
+                        "xmin::text AS txn "
                         f"FROM {outbox} WHERE failed IS NULL AND id > $2 ORDER BY id "
                         "FOR UPDATE SKIP LOCKED LIMIT $1")
         self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
@@ -191,8 +218,9 @@ class OutboxRelay:
                 raise OutboxMissing(f"no outbox for table {self._table!r}: run `reconciler migrate`") from e
             if not rows:
                 return 0, after
-            events, published, failed = [], [], []
-            for row in rows:
+            events, lanes, published, failed = [], [], [], []
+            row_lanes = lanes_of([row["txn"] for row in rows], full=len(rows) >= self._options.batch)
+            for row, lane in zip(rows, row_lanes, strict=True):
                 try:
                     found = events_from_row(
                         table=self._table, outbox_id=row["id"], op=row["op"], old=row["old_row"],
@@ -201,15 +229,14 @@ class OutboxRelay:
                         self._report(row["id"], BadOutboxRow(
                             "oversized", "too large to publish whole; its key was woken"))
                     events += found
+                    lanes += [lane] * len(found)
                     published.append(row["id"])
                 except BadOutboxRow as e:
                     failed.append((row["id"], e.reason))
                     self._report(row["id"], e)
             if events:
-                # a full batch is a backlog (a bulk statement, a restart): the bulk lane
-                lane: Lane = "bulk" if len(rows) >= self._options.batch else "live"
                 await self._publisher.publish_many(events, batch_size=self._options.batch,
-                                                   lane=lane)
+                                                   lane=lanes)
                 metrics.SOURCE_LAST_EVENT.labels(SOURCE).set(time.time())
             await conn.execute(self._delete, published, timeout=timeout)
             if failed:

@@ -88,7 +88,7 @@ async def _outbox_bytes(pg: Any, table: str) -> int:
 
 async def _drain(redis: Redis, settings: Settings, rows: int, batch: int) -> float:
     """Seconds from the relay's start until ``rows`` changes are on the stream."""
-    lanes = settings.keys.lanes("conversations")  # a full batch goes to the bulk lane
+    lanes = settings.keys.lanes("conversations")  # a bulk statement's rows go to the bulk lane
     await redis.delete(*lanes)
     stop = asyncio.Event()
     started = time.perf_counter()

@@ -75,7 +75,7 @@ async def test_a_bulk_change_larger_than_the_cap_is_reconciled_completely(
     pg: Any, redis: Redis, settings: Settings
 ) -> None:
     settings = settings_with(settings, stream_max_len=CAP)
-    lanes = settings.keys.lanes("conversations")  # the backlog's full batches: the bulk lane
+    lanes = settings.keys.lanes("conversations")  # one statement's rows: the bulk lane
     await stage(pg, settings)
     for stream in lanes:
         await redis.xgroup_create(stream, "conversations", id="0", mkstream=True)

@@ -95,6 +95,56 @@ async def test_backlog_written_while_stopped_is_published_in_commit_order(
     assert [m.reason for m in markers] == ["start"]
 
 
+async def lane_changes(redis: Redis, settings: Settings) -> dict[str, list[RowChange]]:
+    """The row changes on each lane of the conversations stream, in stream order."""
+    live, bulk = settings.keys.lanes("conversations")
+    out: dict[str, list[RowChange]] = {}
+    for lane, stream_key in (("live", live), ("bulk", bulk)):
+        events = [codec.decode(fields) for _, fields in await redis.xrange(stream_key)]
+        out[lane] = [e for e in events if isinstance(e, RowChange)]
+    return out
+
+
+async def test_a_single_change_inside_a_bulk_backlog_goes_live(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    """Written while the relay was down: a 1,000-row INSERT, one single UPDATE, then a
+    999-row UPDATE, so the single change sits inside a full batch (of 500) between the two
+    statements' rows.  It goes live, every row of the statements goes bulk, and the wire
+    keeps the outbox's order."""
+    ids = await insert_rows(pg, table, 1000)
+    await pg.execute(f'UPDATE "{table}" SET bot_flow_id = \'live\' WHERE id = $1', ids[0])
+    await pg.execute(f'UPDATE "{table}" SET bot_flow_id = \'bulk\' WHERE id <> $1', ids[0])
+    async with relay(settings, redis):
+        async def all_published() -> bool:
+            return len(await changes(redis, settings)) == 2000
+        await eventually(all_published, message="2,000 changes on the stream")
+    lanes = await lane_changes(redis, settings)
+    assert [(e.row.id, e.row.bot_flow_id) for e in lanes["live"] if e.row] == [(str(ids[0]), "live")]
+    assert len(lanes["bulk"]) == 1999 and all(
+        e.row is not None and e.row.bot_flow_id in (None, "bulk") for e in lanes["bulk"])
+    outbox_ids = [e.outbox_id for e in await changes(redis, settings)]  # both lanes, by entry id
+    assert outbox_ids == sorted(outbox_ids)
+
+
+async def test_a_backlog_of_single_changes_after_a_restart_goes_bulk(
+    pg: Any, redis: Redis, settings: Settings, table: str
+) -> None:
+    """600 one-row transactions written while the relay was down are a backlog, not live
+    traffic: the full first batch goes bulk; the 100 left, read as the relay catches up, live."""
+    ids = await insert_rows(pg, table, 1)
+    await pg.execute(f'DELETE FROM {outbox_names(table).qualified_outbox}')
+    for i in range(600):
+        await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[0])
+    async with relay(settings, redis):
+        async def all_published() -> bool:
+            return len(await changes(redis, settings)) == 600
+        await eventually(all_published, message="600 changes on the stream")
+    lanes = await lane_changes(redis, settings)
+    flows = {lane: [e.row.bot_flow_id for e in found if e.row] for lane, found in lanes.items()}
+    assert flows == {"bulk": [f"f{i}" for i in range(500)], "live": [f"f{i}" for i in range(500, 600)]}
+
+
 async def test_a_change_that_commits_after_larger_ids_were_published_is_published(
     pg: Any, redis: Redis, settings: Settings, table: str, database_url: str
 ) -> None:
