@@ -52,14 +52,13 @@ class GatewaySessions {
   // longer than that stay parked for the reconciler to drop (content audited).
   constructor(client, {
     prefix = 'reconciler:', queuePattern = 'queue:{session}', gateway = null, ttl = 30,
-    maxLen = 1000000, parkedRetention = null,
+    parkedRetention = null,
   } = {}) {
     this.client = client;
     this.prefix = prefix;
     this.queuePattern = queuePattern;
     this.gateway = gateway;
     this.ttl = Math.max(1, Math.ceil(ttl));
-    this.maxLen = maxLen;
     this.parkedRetention = parkedRetention;
     this.stream = `${prefix}{events}:sessions`;
     if (!client.reconcilerStart) {
@@ -83,7 +82,7 @@ class GatewaySessions {
   // XADD one event (fields: v, type, key, data) to `stream`; returns the event id.
   async xaddEvent(stream, type, name, fields) {
     const { id, entry } = this.entry(type, name, fields);
-    await this.client.xadd(stream, ...this.trim(), '*', ...entry);
+    await this.client.xadd(stream, '*', ...entry);
     return id;
   }
 
@@ -95,10 +94,6 @@ class GatewaySessions {
     };
     const data = JSON.stringify(event);
     return { id: event.id, data, entry: ['v', SCHEMA_VERSION, 'type', type, 'key', name, 'data', data] };
-  }
-
-  trim() {
-    return this.maxLen > 0 ? ['MAXLEN', '~', String(this.maxLen)] : [];
   }
 
   async publish(type, name, fields) {
@@ -127,7 +122,7 @@ class GatewaySessions {
     const audit = `${this.prefix}{events}:audit`;
     const open = `${this.prefix}{events}:open-actions:${name}`;
     if (outcome === 'intent') {
-      await this.client.multi().xadd(audit, ...this.trim(), '*', ...entry)
+      await this.client.multi().xadd(audit, '*', ...entry)
         .hset(open, actionId, data).exec();
       return;
     }
@@ -200,7 +195,6 @@ function fromEnvironment(client, env = process.env) {
     queuePattern: env.RECONCILER_QUEUE_PATTERN || 'queue:{session}',
     gateway: env.GATEWAY_ID || null,
     ttl: Number(env.RECONCILER_SESSION_TTL_S || 30),
-    maxLen: Number(env.RECONCILER_STREAM_MAX_LEN || 1000000),
     parkedRetention: env.RECONCILER_PARKED_RETENTION_S
       ? Number(env.RECONCILER_PARKED_RETENTION_S) : null,
   });
