@@ -15,9 +15,10 @@ file quarantined.  Measured from the commit until that is done for every key
 and ``audit`` (:func:`ops.scan.scan_conversations`) finds nothing:
 
 * ``ours`` -- the capture installed, and the relay, watcher, consumers and
-  timers roles running in this process (``serve_roles``), settled on the
-  folder's snapshot before the statement; the periodic table listing is off,
-  as it would be between two listings;
+  timers roles running in this process (``serve_roles``), started on the
+  seeded table and folder (a first start: the table is listed and the folder
+  snapshotted, and the bench waits until the groups have handled both), the
+  periodic listing off;
 * ``polling`` -- on the other table, no capture: a scheduler written like
   the seed's, every ``--period`` s (1): ``SELECT`` the closed rows that keep
   a bot field, then per row move its session file and ``UPDATE`` the row.
@@ -178,19 +179,22 @@ def _write_files(folder: Path, plan: Plan) -> None:
 async def _ours(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dict[str, Any]:
     await capture_install.install(pg, settings)
     stop = asyncio.Event()
-    started = time.perf_counter()
+    cpu_before, started = await common.cpu_seconds(redis), time.perf_counter()
     roles = asyncio.create_task(serve_roles(settings, redis, ROLES, stop))
     try:
-        snapshot_s = await _settled(redis, settings, roles) - started
-        return {**await _drain(pg, redis, settings, plan), "snapshot_s": snapshot_s}
+        start_s = await _settled(redis, settings, roles) - started
+        own, server = _spent(cpu_before, await common.cpu_seconds(redis))
+        start = {"start_s": start_s, "start_events": await _entries_read(redis, settings),
+                 "start_process_cpu_s": own, "start_redis_cpu_s": server}
+        return {**await _drain(pg, redis, settings, plan), **start}
     finally:
         stop.set()
         await asyncio.wait_for(roles, 60)
 
 
 async def _settled(redis: Redis, settings: Settings, roles: asyncio.Task[None]) -> float:
-    """When the groups had first read and acked everything (the folder's snapshot included),
-    seen so three times in a row a second apart."""
+    """When the groups had first read and acked everything (the first start's listing of
+    the table and snapshot of the folder), seen so three times in a row a second apart."""
     collector = GroupCollector(redis, settings.keys, (CONVERSATIONS, CONVERSATIONS + BULK_SUFFIX))
     deadline, quiet, since = time.monotonic() + WAIT_S, 0, time.perf_counter()
     while quiet < 3:
@@ -205,6 +209,14 @@ async def _settled(redis: Redis, settings: Settings, roles: asyncio.Task[None]) 
         quiet, since = (0, since) if busy else (quiet + 1, since if quiet else at)
         await asyncio.sleep(1.0)
     return since
+
+
+async def _entries_read(redis: Redis, settings: Settings) -> int:
+    """Entries the conversations group has read from both lanes."""
+    read = 0
+    for stream in settings.keys.lanes(CONVERSATIONS):
+        read += sum(int(g["entries-read"] or 0) for g in await redis.xinfo_groups(stream))
+    return read
 
 
 async def _polling(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dict[str, Any]:
@@ -243,14 +255,18 @@ async def _drain(pg: Any, redis: Redis, settings: Settings, plan: Plan) -> dict[
         raise RuntimeError(f"the nightly job changed {status!r}, not {plan.stale} rows")
     live = asyncio.create_task(_live_closes(settings, plan))
     drained_at = await _reconciled(pg, settings, plan)
-    own, server = (after - before for after, before in zip(
-        await common.cpu_seconds(redis), cpu_before, strict=True))
+    own, server = _spent(cpu_before, await common.cpu_seconds(redis))
     latencies = await asyncio.wait_for(live, WAIT_S)
     found = await scan.scan_conversations(pg, settings)
     if found:
         raise RuntimeError(f"audit found {len(found)} inconsistencies, e.g. {found[0]}")
     return {"statement_s": committed - sent, "drained_s": drained_at - committed,
             "latency_ms": latencies, "process_cpu_s": own, "redis_cpu_s": server}
+
+
+def _spent(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
+    """CPU seconds of this process and of the Redis server between two readings."""
+    return after[0] - before[0], after[1] - before[1]
 
 
 async def _reconciled(pg: Any, settings: Settings, plan: Plan) -> float:
@@ -315,10 +331,13 @@ def _result(plan: Plan, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
                             "live_max_ms": round(stats["max"], 3),
                             "process_cpu_ms_per_key": round(1000 * m["process_cpu_s"] / plan.stale, 3),
                             "redis_cpu_ms_per_key": round(1000 * m["redis_cpu_s"] / plan.stale, 3)}
-        if "snapshot_s" in m:  # ours: the folder's snapshot, one consistent key per file
-            figures[variant]["snapshot_s"] = round(m["snapshot_s"], 3)
-            figures[variant]["snapshot_keys_per_s"] = round(
-                (plan.stale + plan.live) / m["snapshot_s"], 1)
+        if "start_s" in m:  # ours: the first start's listing and snapshot, keys consistent
+            events = m["start_events"]
+            figures[variant].update({
+                "start_s": round(m["start_s"], 3), "start_events": events,
+                "start_events_per_s": round(events / m["start_s"], 1),
+                "start_process_cpu_ms_per_event": round(1000 * m["start_process_cpu_s"] / events, 3),
+                "start_redis_cpu_ms_per_event": round(1000 * m["start_redis_cpu_s"] / events, 3)})
     ratios = {"polling/ours (drained_s)": {
         "ratio": common.ratio(figures["polling"]["drained_s"], figures["ours"]["drained_s"]),
         "target": 1.0, "met": figures["polling"]["drained_s"] > figures["ours"]["drained_s"]}}
@@ -347,10 +366,11 @@ NOTES = [
     "through the capture (a second event per key) and the watcher publishes each quarantined "
     "file's removal (a third); drained_s ends when the stores are right, whether or not those "
     "echoes are handled yet.",
-    "snapshot_s (ours): from the roles' start until the groups had read and acked the "
-    "watcher's snapshot of the folder (one file event per bot run, each key consistent: "
-    "observed, judged, its bot timeout scheduled), looked at every second; "
-    "snapshot_keys_per_s is what one consumers process reconciles when nothing is to be done.",
+    "start_* (ours): the first start, from the roles' start until the groups had read and "
+    "acked it: the table listing (one reconcile.requested per key with a row that can matter) "
+    "and the folder's snapshot (one event per file), every key consistent (observed, judged, "
+    "its bot timeout scheduled); start_events_per_s is what one consumers process "
+    "reconciles when nothing is to be done, with the CPU it took per event.",
     "process_cpu_ms_per_key: CPU of this process (every role, or the poller, and the bench's "
     "own looking) from the commit until drained, per key of the job; redis_cpu_ms_per_key "
     "the same for the Redis server (INFO cpu; other clients of a shared server count too).",
