@@ -83,8 +83,8 @@ FROM generate_series(0, $6 - 1) p, generate_series(0, 3) r
 """
 NIGHTLY_JOB = 'UPDATE "{t}" SET status = \'closed\' WHERE status = \'active\' AND bot_flow_id = $1'
 LIVE_CLOSE = 'UPDATE "{t}" SET status = \'closed\' WHERE phone = $1 AND status = \'active\''
-LEFT_BEHIND = ('SELECT count(*) FROM "{t}" WHERE status = \'closed\' AND '
-               '(assigned_to IS NOT NULL OR bot_flow_id IS NOT NULL OR bot_started_at IS NOT NULL)')
+LEFT_BEHIND = ('SELECT EXISTS (SELECT 1 FROM "{t}" WHERE status = \'closed\' AND (assigned_to '
+               'IS NOT NULL OR bot_flow_id IS NOT NULL OR bot_started_at IS NOT NULL))')
 POLL_QUERY = ('SELECT id, phone, phone_number_id FROM "{t}" WHERE status = \'closed\' AND '
               '(assigned_to IS NOT NULL OR bot_flow_id IS NOT NULL OR bot_started_at IS NOT NULL)')
 POLL_CLEAR = ('UPDATE "{t}" SET assigned_to = NULL, bot_flow_id = NULL, bot_started_at = NULL '
@@ -270,14 +270,18 @@ def _spent(before: tuple[float, float], after: tuple[float, float]) -> tuple[flo
 
 
 async def _reconciled(pg: Any, settings: Settings, plan: Plan) -> float:
-    """When the campaign's files are all gone and no closed row keeps a bot field."""
+    """When no closed row keeps a bot field and the campaign's files are all gone.
+
+    The rows are asked first (a query that stops at the first row left), the folder is
+    listed only once they are done: listing 100,000 files every look took a quarter of
+    the CPU this process gave the roles."""
     names = {plan.file_name(n) for n in range(plan.stale)}
     left_behind = LEFT_BEHIND.format(t=settings.table)
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         at = time.perf_counter()
-        files = await asyncio.to_thread(os.listdir, settings.sessions_dir)
-        if names.isdisjoint(files) and await pg.fetchval(left_behind) == 0:
+        if not await pg.fetchval(left_behind) and names.isdisjoint(
+                await asyncio.to_thread(os.listdir, settings.sessions_dir)):
             return at
         await asyncio.sleep(DONE_EVERY_S)
     raise TimeoutError("the backlog was not reconciled in time")
@@ -360,7 +364,8 @@ def _result(plan: Plan, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 NOTES = [
     "drained_s runs from the nightly job's commit until none of the campaign's files is in the "
-    "sessions folder and no closed row keeps a bot field (looked at every 0.25 s); then audit "
+    "sessions folder and no closed row keeps a bot field (looked at every 0.25 s: the rows "
+    "first, the folder once they are done); then audit "
     "must find nothing, or the bench fails.",
     "ours handles more events than the job has rows: the consumers' own clears come back "
     "through the capture (a second event per key) and the watcher publishes each quarantined "
