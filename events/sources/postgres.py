@@ -95,27 +95,20 @@ DISCONNECTS: tuple[type[BaseException], ...] = (
 
 BULK_TRANSACTION_ROWS = 100
 """A transaction with this many rows in one batch is a bulk change (its rows go bulk)."""
-LIVE_SHARE_MAX = 0.1
-"""In a full batch, the rows of small transactions go live only while they are at most this
-share of it; more, and the batch is a backlog of small writes (a restart): all bulk."""
 
 
-def lanes_of(transactions: list[str], *, full: bool) -> list[Lane]:
-    """The lane of each outbox row of a batch, by the transaction (``xmin``) that wrote it.
+def lanes_of(transactions: list[str]) -> list[Lane]:
+    """The lane of each outbox row of a batch, by the transaction (``xmin``) that wrote it:
+    the rows of a transaction with ``BULK_TRANSACTION_ROWS`` or more rows in the batch (a
+    bulk statement) go to the bulk lane, every other row live.
 
-    A batch that is not full is the relay keeping up: every row is live.  In a full batch
-    the rows of a transaction with ``BULK_TRANSACTION_ROWS`` or more rows in it (a bulk
-    statement) go to the bulk lane, and a single change committed while that drains goes
-    live instead of waiting behind the whole bulk backlog in the consumers -- unless small
-    transactions are most of the batch (a backlog after a restart, all bulk as before).
-    The events keep the outbox's order on the wire either way (one pipeline, in order)."""
-    if not full:
-        return ["live"] * len(transactions)
+    So a single change committed while a bulk statement drains -- a user's, or one the
+    consumers make as they work through the statement -- goes live instead of waiting behind
+    the whole statement in the consumers, and so do the users' own changes left in the
+    outbox by a relay that was down.  The events keep the outbox's order on the wire either
+    way (one pipeline, in order)."""
     sizes = Counter(transactions)
-    small = [sizes[t] < BULK_TRANSACTION_ROWS for t in transactions]
-    if sum(small) > LIVE_SHARE_MAX * len(transactions):
-        return ["bulk"] * len(transactions)
-    return ["live" if is_small else "bulk" for is_small in small]
+    return ["bulk" if sizes[t] >= BULK_TRANSACTION_ROWS else "live" for t in transactions]
 
 
 class OutboxRelay:
@@ -219,7 +212,7 @@ class OutboxRelay:
             if not rows:
                 return 0, after
             events, lanes, published, failed = [], [], [], []
-            row_lanes = lanes_of([row["txn"] for row in rows], full=len(rows) >= self._options.batch)
+            row_lanes = lanes_of([row["txn"] for row in rows])
             for row, lane in zip(rows, row_lanes, strict=True):
                 try:
                     found = events_from_row(

@@ -106,8 +106,8 @@ async def _sequential(pg: Any, redis: Redis, table: str, stream: str, last: byte
 
 async def _burst(pg: Any, redis: Redis, table: str, positions: dict[str, bytes],
                  changes: int) -> float:
-    """Seconds until a burst of ``changes`` is on the streams (a backlog the relay
-    reads in full batches goes to the bulk lane)."""
+    """Seconds until a burst of ``changes`` is on the streams (read on both lanes: single
+    writes go live, a bulk statement's rows bulk)."""
     started = time.perf_counter()
     for n in range(changes):
         await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2',

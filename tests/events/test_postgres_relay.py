@@ -127,22 +127,22 @@ async def test_a_single_change_inside_a_bulk_backlog_goes_live(
     assert outbox_ids == sorted(outbox_ids)
 
 
-async def test_a_backlog_of_single_changes_after_a_restart_goes_bulk(
+async def test_single_changes_left_while_the_relay_was_down_go_live_behind_a_statement(
     pg: Any, redis: Redis, settings: Settings, table: str
 ) -> None:
-    """600 one-row transactions written while the relay was down are a backlog, not live
-    traffic: the full first batch goes bulk; the 100 left, read as the relay catches up, live."""
-    ids = await insert_rows(pg, table, 1)
-    await pg.execute(f'DELETE FROM {outbox_names(table).qualified_outbox}')
+    """A 300-row statement, then 600 one-row transactions, all written while the relay was
+    down (what piles up behind a bulk statement while the consumers clear its rows): the
+    statement goes bulk, every single change live, in the order they were made."""
+    ids = await insert_rows(pg, table, 300)
     for i in range(600):
-        await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[0])
+        await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[i % 300])
     async with relay(settings, redis):
         async def all_published() -> bool:
-            return len(await changes(redis, settings)) == 600
-        await eventually(all_published, message="600 changes on the stream")
+            return len(await changes(redis, settings)) == 900
+        await eventually(all_published, message="900 changes on the stream")
     lanes = await lane_changes(redis, settings)
-    flows = {lane: [e.row.bot_flow_id for e in found if e.row] for lane, found in lanes.items()}
-    assert flows == {"bulk": [f"f{i}" for i in range(500)], "live": [f"f{i}" for i in range(500, 600)]}
+    assert [e.row.bot_flow_id for e in lanes["live"] if e.row] == [f"f{i}" for i in range(600)]
+    assert len(lanes["bulk"]) == 300 and all(e.previous is None for e in lanes["bulk"])
 
 
 async def test_a_change_that_commits_after_larger_ids_were_published_is_published(
