@@ -56,6 +56,12 @@ async def changes(redis: Redis, settings: Settings) -> list[RowChange]:
     return [e for e in await stream(redis, settings) if isinstance(e, RowChange)]
 
 
+async def until_published(redis: Redis, settings: Settings, count: int) -> None:
+    async def all_published() -> bool:
+        return len(await changes(redis, settings)) == count
+    await eventually(all_published, message=f"{count:,} changes on the stream")
+
+
 async def outbox_count(pg: Any, table: str) -> int:
     count: int = await pg.fetchval(f"SELECT count(*) FROM {outbox_names(table).qualified_outbox}")
     return count
@@ -79,9 +85,7 @@ async def test_backlog_written_while_stopped_is_published_in_commit_order(
     for i in range(1000):
         await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[i % 10])
     async with relay(settings, redis):
-        async def all_published() -> bool:
-            return len(await changes(redis, settings)) == 1010
-        await eventually(all_published, message="1,010 changes on the stream")
+        await until_published(redis, settings, 1010)
         await eventually(lambda: _zero(outbox_count(pg, table)), message="an empty outbox")
     published = await changes(redis, settings)
     outbox_ids = [e.outbox_id for e in published]
@@ -116,9 +120,7 @@ async def test_a_single_change_inside_a_bulk_backlog_goes_live(
     await pg.execute(f'UPDATE "{table}" SET bot_flow_id = \'live\' WHERE id = $1', ids[0])
     await pg.execute(f'UPDATE "{table}" SET bot_flow_id = \'bulk\' WHERE id <> $1', ids[0])
     async with relay(settings, redis):
-        async def all_published() -> bool:
-            return len(await changes(redis, settings)) == 2000
-        await eventually(all_published, message="2,000 changes on the stream")
+        await until_published(redis, settings, 2000)
     lanes = await lane_changes(redis, settings)
     assert [(e.row.id, e.row.bot_flow_id) for e in lanes["live"] if e.row] == [(str(ids[0]), "live")]
     assert len(lanes["bulk"]) == 1999 and all(
@@ -137,9 +139,7 @@ async def test_single_changes_left_while_the_relay_was_down_go_live_behind_a_sta
     for i in range(600):
         await pg.execute(f'UPDATE "{table}" SET bot_flow_id = $1 WHERE id = $2', f"f{i}", ids[i % 300])
     async with relay(settings, redis):
-        async def all_published() -> bool:
-            return len(await changes(redis, settings)) == 900
-        await eventually(all_published, message="900 changes on the stream")
+        await until_published(redis, settings, 900)
     lanes = await lane_changes(redis, settings)
     assert [e.row.bot_flow_id for e in lanes["live"] if e.row] == [f"f{i}" for i in range(600)]
     assert len(lanes["bulk"]) == 300 and all(e.previous is None for e in lanes["bulk"])
