@@ -274,7 +274,8 @@ class Actions:
                 audit_entries.count(intent, cause_at=None)
                 return intent
             if state == "settled":
-                return Result(cast(ActionOutcome, text(value)), "settled by another handling")
+                return Result(cast(ActionOutcome, action_log.settled_outcome(value)),
+                              "settled by another handling")
             open_intent = action_log.decode_intent(value)
             age = time.time() - open_intent.occurred_at.timestamp()
             if age >= self.settle_after_s:
@@ -292,10 +293,18 @@ class Actions:
             target=intent.target, outcome=result.outcome, action_id=intent.action_id,
             reason=result.reason or intent.reason, before=before,
             after=result.after if result.after is not None else intent.after)
-        if not await self._outcomes.write(outcome):
+        if not await self._outcomes.write(outcome, change=action_log.change_of(intent)):
             return None  # settled by someone else first
         audit_entries.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
         return outcome
+
+    async def made_by_another(self, intent: ActionRecorded) -> str | None:
+        """The id of another action of ``intent``'s key settled ``done`` with the very change
+        ``intent`` was to make: then the stores show that action's change, not this one's."""
+        wanted = f"done|{action_log.change_of(intent)}"
+        settled = await self.redis.hgetall(self.keys.settled_actions(intent.key))
+        return next((text(i) for i, v in settled.items()
+                     if text(v) == wanted and text(i) != intent.action_id), None)
 
     async def _open_intent(self, key: str, action_id: str) -> ActionRecorded | None:
         raw = await self.redis.hget(self.keys.open_actions(key), action_id)

@@ -149,7 +149,12 @@ class ConversationActs:
             return None
         now = row.as_dict()
         written = [k for k in after if after[k] != before.get(k)]
-        return done() if all(now.get(k) == after[k] for k in written) else None
+        if not all(now.get(k) == after[k] for k in written):
+            return None
+        # The row holds the values; another handling may have made the same change (each
+        # UPDATE is conditional on the state before, so only one of them took).
+        other = await self.actions.made_by_another(intent)
+        return skipped(f"the same change was made by action {other}") if other else done()
 
 
 def due_event(kind: type[E], key: str, cause: EventBase | None, due: float, **fields: Any) -> E:

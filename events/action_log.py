@@ -16,6 +16,7 @@ language (:func:`write_intent`; ``docs/gateway.md`` prints both steps;
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Final, Literal, cast
 
 import msgspec
@@ -65,6 +66,19 @@ return {'new', id}
 """
 
 
+def change_of(intent: ActionRecorded) -> str:
+    """What an action changes, whoever decided it and why: its key, verb, target and the
+    states before and after.  A ``done`` outcome is remembered with it, so settling an
+    intent left open can tell that another action already made the same change."""
+    parts = [intent.key, intent.action, intent.target, intent.before, intent.after]
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).hexdigest()[:32]
+
+
+def settled_outcome(value: bytes | str) -> str:
+    """The outcome in a settled-actions value (``done|<change>`` or a bare outcome)."""
+    return text(value).partition("|")[0]
+
+
 def encode_intent(intent: ActionRecorded) -> bytes:
     """The open-actions hash value: the intent as the audit entry's ``data`` has it."""
     return codec.encode_json(intent)
@@ -109,10 +123,12 @@ class Outcomes:
     def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace) -> None:
         self._redis, self._publisher, self._keys = redis, publisher, keys
 
-    async def write(self, outcome: ActionRecorded) -> bool:
-        """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first."""
+    async def write(self, outcome: ActionRecorded, *, change: str | None = None) -> bool:
+        """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first.
+        ``change`` (:func:`change_of` its intent) is remembered with a ``done``."""
+        settled = f"done|{change}" if change is not None and outcome.outcome == "done" else outcome.outcome
         written = await _run(self._redis, self._publisher, self._keys, OUTCOME_LUA, outcome,
-                             [outcome.action_id, outcome.outcome, SETTLED_TTL_S], trim=True)
+                             [outcome.action_id, settled, SETTLED_TTL_S], trim=True)
         return written is not None
 
 

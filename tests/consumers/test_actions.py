@@ -180,3 +180,33 @@ async def test_an_act_that_says_skipped_says_why(redis: Redis, keys: KeySpace) -
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_intent_is_not_credited_with_the_change_another_action_made(
+    redis: Redis, keys: KeySpace
+) -> None:
+    """Two handlings decide the same backfill for two causes at once: one dies after its
+    intent, the other makes the change.  The row then holds the value, but settling the
+    first must not call it done: the change is remembered as the other action's."""
+    dying, living = backfill(), backfill()
+    settler = executor(redis, keys, settle_after_s=0.0)
+
+    async def crash(_action_id: str) -> Result:
+        raise ConnectionError("killed after the intent, before the UPDATE")
+
+    async def took(_action_id: str) -> Result:
+        return done()
+
+    async def row_holds_the_change(intent: ActionRecorded) -> Result | None:
+        # as ConversationActs.check does once the row holds the values written
+        other = await settler.made_by_another(intent)
+        return skipped(f"the same change was made by action {other}") if other else done()
+
+    with pytest.raises(ConnectionError):
+        await executor(redis, keys).run(dying, crash, check=row_holds_the_change)
+    assert (await executor(redis, keys).run(living, took)).outcome == "done"
+    assert await settler.settle(KEY, row_holds_the_change) == set()
+    lines = {line.action_id: line for line in one_line_per_action(await audit(redis, keys))}
+    assert lines[living.id].outcome == "done"
+    assert lines[dying.id].outcome == "skipped" and living.id in lines[dying.id].reason
+    assert await settler.made_by_another(lines[living.id]) is None  # its own change is its own
