@@ -298,13 +298,16 @@ class Actions:
         audit_entries.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
         return outcome
 
-    async def made_by_another(self, intent: ActionRecorded) -> str | None:
-        """The id of another action of ``intent``'s key settled ``done`` with the very change
-        ``intent`` was to make: then the stores show that action's change, not this one's."""
+    async def credited(self, intent: ActionRecorded) -> Result:
+        """The outcome of an intent left open whose change the stores show: ``done``, unless
+        another action of its key was settled ``done`` with that very change (two handlings
+        decided it for two causes; each write is conditional on the state before, so only
+        one of them took, and it is the other's)."""
         wanted = f"done|{action_log.change_of(intent)}"
         settled = await self.redis.hgetall(self.keys.settled_actions(intent.key))
-        return next((text(i) for i, v in settled.items()
-                     if text(v) == wanted and text(i) != intent.action_id), None)
+        other = next((text(i) for i, v in settled.items()
+                      if text(v) == wanted and text(i) != intent.action_id), None)
+        return skipped(f"the same change was made by action {other}") if other else done()
 
     async def _open_intent(self, key: str, action_id: str) -> ActionRecorded | None:
         raw = await self.redis.hget(self.keys.open_actions(key), action_id)

@@ -151,10 +151,7 @@ class ConversationActs:
         written = [k for k in after if after[k] != before.get(k)]
         if not all(now.get(k) == after[k] for k in written):
             return None
-        # The row holds the values; another handling may have made the same change (each
-        # UPDATE is conditional on the state before, so only one of them took).
-        other = await self.actions.made_by_another(intent)
-        return skipped(f"the same change was made by action {other}") if other else done()
+        return await self.actions.credited(intent)  # the row holds the values: whose change?
 
 
 def due_event(kind: type[E], key: str, cause: EventBase | None, due: float, **fields: Any) -> E:
