@@ -12,13 +12,15 @@ by the ordering column (``RECONCILER_ORDER_COLUMN``, by default ``created_at``
 where the table has one; never the id, since uuids do not sort by time).  The
 rule table does not depend on that order; it is what "latest" means when rows
 are shown.  Rows that can matter (active, or with bot fields) come first, so
-the :data:`MAX_ROWS_PER_KEY` cap never hides one.
+the :data:`MAX_ROWS_PER_KEY` cap never hides one.  The keys handled at the same
+time are read by one query (:mod:`consumers.stores.read_batches`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from consumers.errors import PermanentError, RightsMissing, TemporaryError
+from consumers.stores.read_batches import ReadBatches
 from events.settings import Settings
 from events.sql import quote_ident, quote_table
 
@@ -79,6 +82,12 @@ ORDER_COLUMN_READABLE = (
     " AND attname = $2 AND attnum > 0 AND NOT attisdropped)"
     " THEN has_column_privilege($1, $2, 'SELECT') END")
 """``NULL``: no such column; ``false``: this role may not read it; ``true``: usable."""
+COLUMN_TYPE = (
+    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = to_regclass($1)"
+    " AND attname = $2 AND attnum > 0 AND NOT attisdropped")
+"""A column's type as SQL (``format_type`` quotes what needs quoting), or ``NULL``."""
+MAX_KEYS_PER_READ = 256
+"""Keys read by one query at most (a batch is what waits while the previous read runs)."""
 
 
 def _row(record: Any) -> Row:
@@ -95,8 +104,6 @@ class ConversationsSql:
     def __init__(self, pool: Any, settings: Settings) -> None:
         self._pool = pool
         self._order_setting = settings.order_column
-        self._order: str | None = None
-        """The ``ORDER BY`` clause, settled at the first read (the column may not exist)."""
         self._table = settings.table
         c = settings.columns
         q = {name: quote_ident(getattr(c, name)) for name in
@@ -107,10 +114,22 @@ class ConversationsSql:
                 f" AND {q['bot_started_at']} IS NOT DISTINCT FROM $5")
         matters = (f"({q['status']} = 'active' OR {q['assigned_to']} IS NOT NULL"
                    f" OR {q['bot_flow_id']} IS NOT NULL OR {q['bot_started_at']} IS NOT NULL)")
+        # One query for a batch of keys: each key's rows by the (phone, channel) index,
+        # ranked as one key's read ranks them; ``keys`` is the batch, ``n`` its position.
+        # The key's text is cast to each column's own type, so the index serves any type.
         self._select = (
+            f"SELECT r.*, reconciler_keys.n FROM unnest($1::text[], $2::text[])"
+            f" WITH ORDINALITY AS reconciler_keys(phone, channel, n) CROSS JOIN LATERAL ("
             f"SELECT {q['id']}, {q['status']}, {q['assigned_to']}, {q['bot_flow_id']},"
-            f" {q['bot_started_at']} FROM {t} WHERE {q['phone']} = $1 AND {q['channel']} = $2"
-            f" ORDER BY {matters} DESC{{order}} LIMIT {MAX_ROWS_PER_KEY}")
+            f" {q['bot_started_at']}, row_number() OVER (ORDER BY {matters} DESC{{order}}) AS rank"
+            f" FROM {t} WHERE {q['phone']} = reconciler_keys.phone::{{phone_type}}"
+            f" AND {q['channel']} = reconciler_keys.channel::{{channel_type}}"
+            f" ORDER BY rank LIMIT {MAX_ROWS_PER_KEY}) AS r ORDER BY reconciler_keys.n, r.rank")
+        self._read_sql: str | None = None
+        """:attr:`_select` with the ordering column and key types, settled at the first read."""
+        self._key_columns = (c.phone, c.channel)
+        self._batches: ReadBatches[tuple[str, str], tuple[Row, ...]] = ReadBatches(
+            self._read_many, max_keys=MAX_KEYS_PER_READ)
         self._backfill = f"UPDATE {t} SET {q['bot_flow_id']} = $6 WHERE {same}"
         self._close = (f"UPDATE {t} SET {q['status']} = 'closed', {q['assigned_to']} = NULL,"
                        f" {q['bot_flow_id']} = NULL, {q['bot_started_at']} = NULL WHERE {same}")
@@ -120,13 +139,31 @@ class ConversationsSql:
             f" {q['bot_started_at']} = NULL WHERE {same}")
 
     async def read_all(self, phone: str, channel: str) -> tuple[Row, ...]:
-        """Every row of ``phone`` on ``channel``, latest first (``()`` when there is none)."""
-        order = self._order if self._order is not None else await self._settle_order()
-        records = await self._run("fetch", self._select.format(order=order), phone, channel)
-        if len(records) >= MAX_ROWS_PER_KEY:
+        """Every row of ``phone`` on ``channel``, latest first (``()`` when there is none);
+        read together with the other keys asked for at the same time (one query)."""
+        return await self._batches.get((phone, channel))
+
+    async def _read_many(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str],
+                                                                         tuple[Row, ...]]:
+        sql = self._read_sql if self._read_sql is not None else await self._settle()
+        records = await self._run("fetch", sql, [k[0] for k in keys], [k[1] for k in keys])
+        rows: list[list[Row]] = [[] for _ in keys]
+        for record in records:
+            rows[record[-1] - 1].append(_row(record))  # the last column: the key's position
+        if any(len(r) >= MAX_ROWS_PER_KEY for r in rows):
             log.warning("key has %d rows or more; only the first are judged", MAX_ROWS_PER_KEY,
                         extra={"table": self._table})
-        return tuple(_row(r) for r in records)
+        return {key: tuple(found) for key, found in zip(keys, rows, strict=True)}
+
+    async def _settle(self) -> str:
+        """The batch read with its ordering (:meth:`_settle_order`) and the key columns' types."""
+        order = await self._settle_order()
+        phone_type, channel_type = [
+            await self._run("fetchval", COLUMN_TYPE, quote_table(self._table), column) or "text"
+            for column in self._key_columns]
+        self._read_sql = self._select.format(order=order, phone_type=phone_type,
+                                             channel_type=channel_type)
+        return self._read_sql
 
     async def _settle_order(self) -> str:
         """`` , "col" DESC NULLS LAST`` for the ordering column, or ``""`` when it has none.
@@ -141,8 +178,7 @@ class ConversationsSql:
                    if usable is False else "name an existing column or unset it")
             raise PermanentError(f"RECONCILER_ORDER_COLUMN: table {self._table} has no readable "
                                  f"column {column!r}; {fix}")
-        self._order = f", {quote_ident(column)} DESC NULLS LAST" if usable else ""
-        return self._order
+        return f", {quote_ident(column)} DESC NULLS LAST" if usable else ""
 
     async def backfill_flow(self, row: Row, flow_id: str) -> bool:
         """Set ``bot_flow_id`` if the row is still as read; ``True`` if it changed."""
