@@ -4,9 +4,10 @@ Handlings of different keys run concurrently, and each begins by reading its key
 :class:`ReadBatches` answers each ``get`` with one call of its ``read_many``: a
 ``get`` made while no read is in flight reads at once, in its own task (so a
 connection that belongs to one task still serves); the keys asked for while that
-read runs wait, and the first of them to wake reads them all together when it
-ends (a group commit).  An idle process reads each key as it comes; under a
-backlog one query serves every handling that waits.
+read runs wait, and when it ends the turn passes to one of them, which reads
+them all together (a group commit; every other waiter wakes only for its
+answer).  An idle process reads each key as it comes; under a backlog one query
+serves every handling that waits.
 
 Each answer is read after its ``get`` was asked, so a handling never sees a state
 older than its own start: per-key semantics stay as they were.  An error of a read
@@ -19,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 ReadMany = Callable[[Sequence[K]], Awaitable[Mapping[K, V]]]
 """Reads the given keys; every key must be in the answer."""
+YOUR_TURN: Any = object()
+"""Resolves a waiter's answer when the read has become its to make."""
 
 
 class ReadBatches(Generic[K, V]):
@@ -35,26 +38,55 @@ class ReadBatches(Generic[K, V]):
         self._read_many = read_many
         self._max_keys = max_keys
         self._waiting: dict[K, list[asyncio.Future[V]]] = {}
-        self._reading: asyncio.Future[None] | None = None
-        """Done when the read in flight ends; ``None`` while none is."""
+        self._reading = False
+        """A read is in flight, or the turn to make one was passed to a waiter."""
 
     async def get(self, key: K) -> V:
         """The value of ``key``, read after this call began."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[V] = loop.create_future()
-        self._waiting.setdefault(key, []).append(answer)
-        while not answer.done():
-            if self._reading is not None:
-                await asyncio.wait([self._reading])  # never cancels the read it waits for
-                continue
-            self._reading = loop.create_future()
-            try:
-                taken = list(itertools.islice(self._waiting, self._max_keys))
-                await self._answer({k: self._waiting.pop(k) for k in taken})
-            finally:
-                ended, self._reading = self._reading, None
-                ended.set_result(None)
+        answer = self._ask(key)
+        if self._reading:
+            value = await self._wait(answer)
+            if value is not YOUR_TURN:
+                return value
+            answer = self._ask(key)
+        self._reading = True
+        try:
+            others = itertools.islice((k for k in self._waiting if k != key), self._max_keys - 1)
+            taken = [key, *others]
+            await self._answer({k: self._waiting.pop(k) for k in taken})
+        except BaseException:
+            answer.cancel()  # this handling was cancelled: its own answer is not awaited
+            raise
+        finally:
+            self._pass_turn()
         return answer.result()
+
+    async def _wait(self, answer: asyncio.Future[V]) -> V:
+        try:
+            return await answer  # a handling cancelled here cancels its answer too
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled() and answer.exception() is None \
+                    and answer.result() is YOUR_TURN:
+                self._pass_turn()  # the turn came as this handling was cancelled: pass it on
+            raise
+
+    def _ask(self, key: K) -> asyncio.Future[V]:
+        answer: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(answer)
+        return answer
+
+    def _pass_turn(self) -> None:
+        """Hand the next read to a handling still waiting, if any."""
+        for key, futures in list(self._waiting.items()):
+            while futures:
+                future = futures.pop(0)
+                if not future.done():
+                    if not futures:
+                        del self._waiting[key]
+                    future.set_result(YOUR_TURN)
+                    return
+            del self._waiting[key]
+        self._reading = False
 
     async def _answer(self, batch: dict[K, list[asyncio.Future[V]]]) -> None:
         try:

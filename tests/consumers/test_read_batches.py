@@ -8,7 +8,7 @@ consumers role reads it; the pool only counts the queries it is sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from consumers.errors import PermanentError
 from consumers.stores.conversations_sql import ConversationsSql
+from consumers.stores.read_batches import ReadBatches
 from events.settings import Settings
 from tests.consumers.test_rows import CHANNEL, crm_table, insert
 from tests.support import eventually
@@ -129,3 +130,30 @@ async def test_the_keys_are_compared_as_the_columns_own_types(
 
     assert [(r.id, r.bot_flow_id) for r in found] == [(row, "flow")]
     assert found[0].bot_started_at is not None and found[0].bot_started_at.tzinfo is not None
+
+
+async def test_a_waiter_cancelled_as_the_turn_reaches_it_passes_the_turn_on() -> None:
+    """The batching itself, with a read that the test releases: the handling handed the next
+    read is cancelled before it runs, and the one after it still gets its answer."""
+    release = asyncio.Event()
+    reads: list[list[str]] = []
+
+    async def read_many(keys: Sequence[str]) -> dict[str, str]:
+        reads.append(list(keys))
+        if len(reads) == 1:
+            await release.wait()
+            # Runs after this read has passed the turn to "b", before "b" wakes to take it.
+            asyncio.get_running_loop().call_soon(waiters["b"].cancel)
+        return {k: k.upper() for k in keys}
+
+    batches: ReadBatches[str, str] = ReadBatches(read_many, max_keys=10)
+    first = asyncio.create_task(batches.get("a"))
+    await asyncio.sleep(0)  # "a" is reading
+    waiters = {k: asyncio.create_task(batches.get(k)) for k in ("b", "c")}
+    await asyncio.sleep(0)  # "b" and "c" wait for it
+    release.set()
+
+    assert await asyncio.wait_for(first, timeout=30) == "A"
+    assert await asyncio.wait_for(waiters["c"], timeout=30) == "C"
+    assert waiters["b"].cancelled()
+    assert reads == [["a"], ["c"]]
