@@ -101,7 +101,8 @@ def _row(record: Any) -> Row:
 class ConversationsSql:
     """Reads and conditionally updates rows of the conversations table."""
 
-    def __init__(self, pool: Any, settings: Settings) -> None:
+    def __init__(self, pool: Any, settings: Settings, *,
+                 max_keys_per_read: int = MAX_KEYS_PER_READ) -> None:
         self._pool = pool
         self._order_setting = settings.order_column
         self._table = settings.table
@@ -129,7 +130,7 @@ class ConversationsSql:
         """:attr:`_select` with the ordering column and key types, settled at the first read."""
         self._key_columns = (c.phone, c.channel)
         self._batches: ReadBatches[tuple[str, str], tuple[Row, ...]] = ReadBatches(
-            self._read_many, max_keys=MAX_KEYS_PER_READ)
+            self._read_many, max_keys=max_keys_per_read)
         self._backfill = f"UPDATE {t} SET {q['bot_flow_id']} = $6 WHERE {same}"
         self._close = (f"UPDATE {t} SET {q['status']} = 'closed', {q['assigned_to']} = NULL,"
                        f" {q['bot_flow_id']} = NULL, {q['bot_started_at']} = NULL WHERE {same}")

@@ -20,6 +20,7 @@ BENCHES: dict[str, str] = {
     "live-lane": "live_lane",
     "stream-memory": "stream_memory",
     "backlog": "backlog",
+    "row-reads": "row_reads",
 }
 
 
