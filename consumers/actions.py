@@ -145,11 +145,13 @@ class Actions:
     dry_run: bool = False
     source: Source = "reconciler"
     settle_after_s: float = 30.0
+    settled_ttl_s: float = action_log.SETTLED_TTL_S
     gates: list[Gate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._intents = action_log.Intents(self.redis, self.publisher, self.keys)
-        self._outcomes = action_log.Outcomes(self.redis, self.publisher, self.keys)
+        self._outcomes = action_log.Outcomes(self.redis, self.publisher, self.keys,
+                                             settled_ttl_s=self.settled_ttl_s)
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings, *, source: Source = "reconciler",
@@ -158,7 +160,8 @@ class Actions:
         reconciler's own actions (not an operator's) skip a paused key."""
         actions = cls(redis=redis, publisher=wiring.publisher(settings, redis), keys=settings.keys,
                       dry_run=settings.dry_run if dry_run is None else dry_run, source=source,
-                      settle_after_s=settings.claim_min_idle_s)
+                      settle_after_s=settings.claim_min_idle_s,
+                      settled_ttl_s=settings.settled_ttl_s)
         if source == "reconciler":
             from consumers.stores.pauses import PauseStore  # it records expiries through us
 

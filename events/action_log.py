@@ -7,7 +7,7 @@ action in one script (:data:`CLAIM_LUA`, :class:`Intents`): the outcome it
 already has, the intent open for it, or a new intent written.  An outcome is
 written only while its intent is still open, by one script
 (:data:`OUTCOME_LUA`): the audit entry, the intent taken out of the open hash,
-the outcome remembered in the settled hash for :data:`SETTLED_TTL_S`.  So an
+the outcome remembered in the settled hash for ``settled_ttl_s``.  So an
 action never has two outcomes, whoever writes them: a consumer, the reconciler
 settling what a dead process left, or a gateway's start handshake in any
 language (:func:`write_intent`; ``docs/gateway.md`` prints both steps;
@@ -32,8 +32,8 @@ from events.replies import text
 from events.streamids import StreamExhausted, describe, find_exhausted, is_exhausted_error
 
 SETTLED_TTL_S = 7 * 86400
-"""How long the outcome of an action is remembered, so the same action decided again
-(a redelivered event) is recognised and not recorded twice."""
+"""How long the outcome of an action is remembered by default (``RECONCILER_SETTLED_TTL_S``),
+so the same action decided again (a redelivered event) is recognised and not recorded twice."""
 
 OUTCOME_LUA: Final = """
 -- KEYS: the audit stream, the key's open-actions hash, its settled-actions hash.
@@ -120,15 +120,17 @@ class Outcomes:
     """Writes outcomes by :data:`OUTCOME_LUA` and trims the audit stream as publishing does,
     in one round trip."""
 
-    def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace) -> None:
+    def __init__(self, redis: Redis, publisher: Publisher, keys: KeySpace, *,
+                 settled_ttl_s: float = SETTLED_TTL_S) -> None:
         self._redis, self._publisher, self._keys = redis, publisher, keys
+        self._settled_ttl_s = max(1, int(settled_ttl_s))
 
     async def write(self, outcome: ActionRecorded, *, change: str | None = None) -> bool:
         """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first.
         ``change`` (:func:`change_of` its intent) is remembered with a ``done``."""
         settled = f"done|{change}" if change is not None and outcome.outcome == "done" else outcome.outcome
         written = await _run(self._redis, self._publisher, self._keys, OUTCOME_LUA, outcome,
-                             [outcome.action_id, settled, SETTLED_TTL_S], trim=True)
+                             [outcome.action_id, settled, self._settled_ttl_s], trim=True)
         return written is not None
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from events.action_log import Outcomes, write_intent
+from events.action_log import SETTLED_TTL_S, Outcomes, write_intent
 from events.contract import ActionOutcome, ActionRecorded, SessionStarted, SessionStopped
 from events.envelope import new_event
 from events.keys import KeySpace
@@ -91,19 +91,21 @@ class GatewaySessions:
         ttl_s: float = DEFAULT_TTL_S,
         retention: Retention | None = None,
         parked_retention_s: float | None = None,
+        settled_ttl_s: float = SETTLED_TTL_S,
     ) -> None:
         """``parked_retention_s``: the reconciler's ``RECONCILER_PARKED_RETENTION_S``.
 
         Given, the handshake leaves batches parked longer than that where they
         are, for the reconciler to drop with their content audited; ``None``
-        restores every parked message.
+        restores every parked message.  ``settled_ttl_s``: the reconciler's
+        ``RECONCILER_SETTLED_TTL_S`` (each outcome sets its key's hash to it).
         """
         if ttl_s <= 0:
             raise ValueError("the session lease TTL must be positive")
         self._redis: Any = redis
         self._keys = keys
         self._publisher = Publisher(redis, keys, retention)
-        self._outcomes = Outcomes(redis, self._publisher, keys)
+        self._outcomes = Outcomes(redis, self._publisher, keys, settled_ttl_s=settled_ttl_s)
         self.gateway = gateway
         self.ttl_s = max(1, math.ceil(ttl_s))
         self.parked_retention_s = parked_retention_s

@@ -67,6 +67,9 @@ class Settings:
     """Approximate cap on the dead-letter stream (oldest dropped first); 0 turns it off."""
     quarantine_retention_s: float = 30 * 86400.0
     parked_retention_s: float = 7 * 86400.0
+    settled_ttl_s: float = 7 * 86400.0
+    """How long a key's settled actions are remembered after its last outcome, so an action
+    decided again by a redelivered event is not redone (events.action_log)."""
 
     # sources
     max_file_bytes: int = 1_048_576

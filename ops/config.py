@@ -177,6 +177,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_DEADLETTER_MAX_LEN", "deadletter_max_len", _count),
     _Var("RECONCILER_QUARANTINE_RETENTION_S", "quarantine_retention_s", _seconds),
     _Var("RECONCILER_PARKED_RETENTION_S", "parked_retention_s", _seconds),
+    _Var("RECONCILER_SETTLED_TTL_S", "settled_ttl_s", _seconds),
     _Var("RECONCILER_MAX_FILE_BYTES", "max_file_bytes", _positive_int),
     _Var("RECONCILER_RESCAN_INTERVAL_S", "rescan_interval_s", _seconds),
     _Var("RECONCILER_DB_LISTING_INTERVAL_S", "db_listing_interval_s", _seconds),
@@ -194,6 +195,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_WEBHOOK_TIMEOUT_S", "webhook_timeout_s", _seconds),
 )
 
+MIN_SETTLED_TTL_S = 600.0
 COLUMN_PREFIX = "RECONCILER_COLUMN_"
 """``RECONCILER_COLUMN_PHONE=msisdn`` renames a column (see :class:`Columns`)."""
 
@@ -288,6 +290,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("RECONCILER_QUARANTINE_DIR: must differ from RECONCILER_SESSIONS_DIR")
     if settings.session_ttl_s < 1:
         raise ConfigError("RECONCILER_SESSION_TTL_S: must be at least 1 second")
+    if settings.settled_ttl_s < MIN_SETTLED_TTL_S:
+        raise ConfigError(f"RECONCILER_SETTLED_TTL_S: must be at least {MIN_SETTLED_TTL_S:g} "
+                          "seconds: a settled action must be remembered longer than any "
+                          "redelivery of the event that decided it takes")
     if settings.webhook_urls and not settings.webhook_secret:
         raise ConfigError("RECONCILER_WEBHOOK_SECRET: needed to sign webhooks when "
                           "RECONCILER_WEBHOOK_URLS is set (or set RECONCILER_WEBHOOK_SECRET_FILE)")

@@ -52,7 +52,7 @@ class GatewaySessions {
   // longer than that stay parked for the reconciler to drop (content audited).
   constructor(client, {
     prefix = 'reconciler:', queuePattern = 'queue:{session}', gateway = null, ttl = 30,
-    parkedRetention = null,
+    parkedRetention = null, settledTtl = SETTLED_TTL_S,
   } = {}) {
     this.client = client;
     this.prefix = prefix;
@@ -60,6 +60,8 @@ class GatewaySessions {
     this.gateway = gateway;
     this.ttl = Math.max(1, Math.ceil(ttl));
     this.parkedRetention = parkedRetention;
+    // How long a key's settled actions are remembered: the reconciler's RECONCILER_SETTLED_TTL_S.
+    this.settledTtl = Math.max(1, Math.floor(settledTtl));
     this.stream = `${prefix}{events}:sessions`;
     if (!client.reconcilerStart) {
       client.defineCommand('reconcilerStart', { numberOfKeys: 4, lua: START_SCRIPT });
@@ -127,7 +129,7 @@ class GatewaySessions {
       return;
     }
     await this.client.reconcilerOutcome(audit, open, `${this.prefix}{events}:settled-actions:${name}`,
-      actionId, outcome, SETTLED_TTL_S, ...entry);
+      actionId, outcome, this.settledTtl, ...entry);
   }
 
   // The START script: the lease, and (restore) the parked messages back, in one step.
@@ -197,6 +199,7 @@ function fromEnvironment(client, env = process.env) {
     ttl: Number(env.RECONCILER_SESSION_TTL_S || 30),
     parkedRetention: env.RECONCILER_PARKED_RETENTION_S
       ? Number(env.RECONCILER_PARKED_RETENTION_S) : null,
+    settledTtl: Number(env.RECONCILER_SETTLED_TTL_S || SETTLED_TTL_S),
   });
 }
 

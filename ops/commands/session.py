@@ -54,7 +54,8 @@ async def run(args: argparse.Namespace) -> int:
             env.redis, env.settings.keys, gateway=args.gateway,
             ttl_s=args.ttl if args.ttl is not None else env.settings.session_ttl_s,
             retention=wiring.retention(env.settings),
-            parked_retention_s=env.settings.parked_retention_s)
+            parked_retention_s=env.settings.parked_retention_s,
+            settled_ttl_s=env.settings.settled_ttl_s)
         outcome, restored = await _act(sessions, args.action, args.name)
     if args.json:
         print(json.dumps({"session": args.name, "action": args.action, "outcome": outcome,

@@ -58,6 +58,18 @@ async def test_the_intent_is_recorded_before_the_act_and_one_outcome_after(
     assert len(seen_during_act) == 1 and len(await audit(redis, keys)) == 2
 
 
+async def test_settled_actions_are_remembered_for_the_setting(redis: Redis, keys: KeySpace) -> None:
+    actions = executor(redis, keys, settled_ttl_s=3600.0)
+
+    assert (await actions.run(backfill(), lambda _: _done())).outcome == "done"
+
+    assert 3000 < await redis.ttl(keys.settled_actions(KEY)) <= 3600
+
+
+async def _done() -> Result:
+    return done()
+
+
 async def test_a_dry_run_only_plans_once_per_state(redis: Redis, keys: KeySpace) -> None:
     actions = executor(redis, keys, dry_run=True)
 

@@ -83,7 +83,7 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
     await park(redis, keys, "940740243", parked)
     newer = [f"newer-{n}" for n in range(10)]
     await redis.rpush(keys.queue("940740243"), *newer)  # pushed while the session was away
-    gateway = GatewaySessions(redis, keys, gateway="gw-1", ttl_s=30)
+    gateway = GatewaySessions(redis, keys, gateway="gw-1", ttl_s=30, settled_ttl_s=3600)
     later = [f"later-{n}" for n in range(20)]
     drained: list[bytes] = []
 
@@ -108,6 +108,7 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
                               keys.queue("940740243")) == 0
     # The sessions group's own restore, run later, is a backup: it finds nothing to do.
     assert await ParkedQueues(redis, keys).restore("940740243") == 0
+    assert 3000 < await redis.ttl(keys.settled_actions("940740243")) <= 3600
     entries = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
     assert all(isinstance(e, ActionRecorded) for e in entries)
     (audit,) = one_line_per_action(entries)  # type: ignore[arg-type]  # intent, then done

@@ -106,7 +106,8 @@ async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_
     assert (EXAMPLE / "node_modules" / "ioredis").is_dir(), f"run `npm install` in {EXAMPLE}"
     process = await asyncio.create_subprocess_exec(
         str(NODE), "gateway.js", "drain", "940740243", str(total), cwd=EXAMPLE,
-        env=node_env(redis_url, key_prefix), stdout=asyncio.subprocess.PIPE,
+        env={**node_env(redis_url, key_prefix), "RECONCILER_SETTLED_TTL_S": "3600"},
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
 
     async def lease_taken() -> bool:
@@ -130,3 +131,5 @@ async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_
         ("restore_parked", "done", "gateway", started[0].id, {"parked": 0, "restored": 36})]
     assert await redis.hlen(keys.open_actions("940740243")) == 0, "the intent was closed"
     assert await redis.hget(keys.settled_actions("940740243"), audit[0].action_id) == b"done"
+    assert 3000 < await redis.ttl(keys.settled_actions("940740243")) <= 3600, \
+        "remembered for the gateway's RECONCILER_SETTLED_TTL_S"

@@ -22,6 +22,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.orphan_queue_policy == "park"
     assert settings.dry_run is False
     assert settings.metrics_addr == "127.0.0.1:9464"
+    assert settings.settled_ttl_s == 7 * 86400
+    assert load_settings({"RECONCILER_SETTLED_TTL_S": "3600"}).settled_ttl_s == 3600
     assert settings.redis_url is None and settings.database_url is None
 
 
@@ -38,6 +40,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("RECONCILER_KEY_PREFIX", "{x}", "braces"),
         ("RECONCILER_METRICS_ADDR", "9464", "HOST:PORT"),
         ("REDIS_URL", "http://x", "redis://"),
+        ("RECONCILER_SETTLED_TTL_S", "60", "at least 600"),
     ],
 )
 def test_a_bad_value_names_the_setting(name: str, value: str, words: str) -> None:
