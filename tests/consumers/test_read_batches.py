@@ -2,7 +2,8 @@
 
 Against a real PostgreSQL and a CRM's own table (uuid ids, several rows per
 number, extra columns, a trigger of its own), through a real pool as the
-consumers role reads it; the pool only counts the queries it is sent.
+consumers role reads it; the pool only counts the queries it is sent
+(the ``row-reads`` bench's :class:`~ops.bench.row_reads.CountingPool`).
 """
 
 from __future__ import annotations
@@ -19,23 +20,9 @@ from consumers.errors import PermanentError
 from consumers.stores.conversations_sql import ConversationsSql
 from consumers.stores.read_batches import ReadBatches
 from events.settings import Settings
+from ops.bench.row_reads import CountingPool
 from tests.consumers.test_rows import CHANNEL, crm_table, insert
 from tests.support import eventually
-
-
-class CountingPool:
-    """A real asyncpg pool that counts the row reads sent through it."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
-        self.fetches = 0
-
-    async def fetch(self, *args: Any) -> Any:
-        self.fetches += 1
-        return await self.pool.fetch(*args)
-
-    async def fetchval(self, *args: Any) -> Any:
-        return await self.pool.fetchval(*args)
 
 
 @pytest.fixture
@@ -58,14 +45,14 @@ async def test_keys_read_at_once_go_out_in_one_query_each_with_its_own_rows(
     expected["5215599999"] = []  # a number with no row
     store = ConversationsSql(pool, settings)
     await store.read_all("5215500000", CHANNEL)  # settles the ordering and the key types
-    pool.fetches = 0
+    pool.queries = 0
 
     found = await asyncio.gather(*(store.read_all(phone, CHANNEL) for phone in expected))
 
     assert {p: [r.id for r in rows] for p, rows in zip(expected, found, strict=True)} == expected
     # The first read goes out alone, before the others are asked; the 30 others wait for it
     # and go out together (one query each would be 31).
-    assert pool.fetches <= 2, f"{pool.fetches} queries for {len(expected)} keys read at once"
+    assert pool.queries <= 2, f"{pool.queries} queries for {len(expected)} keys read at once"
 
 
 async def test_a_failed_read_is_raised_in_every_handling_that_waited_for_it(
