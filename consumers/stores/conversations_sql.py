@@ -116,16 +116,19 @@ class ConversationsSql:
         matters = (f"({q['status']} = 'active' OR {q['assigned_to']} IS NOT NULL"
                    f" OR {q['bot_flow_id']} IS NOT NULL OR {q['bot_started_at']} IS NOT NULL)")
         # One query for a batch of keys: each key's rows by the (phone, channel) index,
-        # ranked as one key's read ranks them; ``keys`` is the batch, ``n`` its position.
+        # ranked as one key's read ranks them; ``reconciler_keys`` is the batch, ``n`` each
+        # key's position in it (names no CRM column is likely to have).
         # The key's text is cast to each column's own type, so the index serves any type.
         self._select = (
             f"SELECT r.*, reconciler_keys.n FROM unnest($1::text[], $2::text[])"
             f" WITH ORDINALITY AS reconciler_keys(phone, channel, n) CROSS JOIN LATERAL ("
             f"SELECT {q['id']}, {q['status']}, {q['assigned_to']}, {q['bot_flow_id']},"
-            f" {q['bot_started_at']}, row_number() OVER (ORDER BY {matters} DESC{{order}}) AS rank"
+            f" {q['bot_started_at']},"
+            f" row_number() OVER (ORDER BY {matters} DESC{{order}}) AS reconciler_rank"
             f" FROM {t} WHERE {q['phone']} = reconciler_keys.phone::{{phone_type}}"
             f" AND {q['channel']} = reconciler_keys.channel::{{channel_type}}"
-            f" ORDER BY rank LIMIT {MAX_ROWS_PER_KEY}) AS r ORDER BY reconciler_keys.n, r.rank")
+            f" ORDER BY reconciler_rank LIMIT {MAX_ROWS_PER_KEY}) AS r"
+            f" ORDER BY reconciler_keys.n, r.reconciler_rank")
         self._read_sql: str | None = None
         """:attr:`_select` with the ordering column and key types, settled at the first read."""
         self._key_columns = (c.phone, c.channel)
