@@ -166,7 +166,7 @@ class Actions:
             from consumers.stores.pauses import PauseStore  # it records expiries through us
 
             pauses = PauseStore(redis, settings.keys)
-            actions.gates.append(lambda action: pauses.gate(action.key))
+            actions.gates.append(pauses.gate_for(actions))
         return actions
 
     async def run(self, action: Action, act: Act, *, check: Check | None = None) -> Result:

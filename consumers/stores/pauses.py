@@ -5,7 +5,7 @@ name (its queue); the two never collide, since a session name has no ``:``.
 While a key is paused the handlers still observe it and decide (so its
 inconsistencies are reported in the audit stream, ``inspect`` and the metrics),
 but the action executor skips every change with the reason ``paused``
-(:meth:`PauseStore.gate`).
+(:meth:`PauseStore.gate_for`).
 
 Pauses live in one Redis hash, ``{prefix}pauses`` (key -> JSON), so they
 survive restarts and every process sees the same ones.  A pause with an end
@@ -14,7 +14,9 @@ time expires by itself: the CLI schedules a timer-wheel deadline
 that time; the consumer that handles it removes the expired pause
 (:meth:`PauseStore.expire`, one script, so exactly one process records the
 expiry in the audit stream) and reconciles the key at once.  A pause whose end
-has passed is not in force even before that event is handled.
+has passed is not in force even before that event is handled: the executor's
+gate (:meth:`PauseStore.gate_for`) then expires and records it first, so the
+audit always says the pause ended before an action it held back is carried out.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from consumers.actions import Action, Actions, done
+from consumers.actions import Action, Actions, Gate, done
 from consumers.keyqueue import Delivery
 from consumers.runtime import Handler
-from events.contract import ReconcileRequested
+from events.contract import EventBase, ReconcileRequested
 from events.keys import KeySpace, checked_session, split_conversation_key
 
 Scope = Literal["conversations", "sessions"]
@@ -141,9 +143,26 @@ class PauseStore:
         return pause if pause is not None and pause.in_force(time.time() if now is None else now) \
             else None
 
-    async def gate(self, key: str) -> str | None:
-        """Why an action on ``key`` must not be carried out now (``paused``), or ``None``."""
-        return PAUSED if await self.active(key) is not None else None
+    def gate_for(self, actions: Actions) -> Gate:
+        """The gate of ``actions``: ``paused`` while the key's pause is in force; a pause that
+        has ended is expired and recorded (:meth:`record_expiry`) before the action goes on."""
+        async def gate(action: Action) -> str | None:
+            pause = await self.get(action.key)
+            if pause is None:
+                return None
+            if pause.in_force(time.time()):
+                return PAUSED
+            await self.record_expiry(action.key, action.cause, actions)
+            return None
+        return gate
+
+    async def record_expiry(self, key: str, cause: EventBase | None, actions: Actions) -> None:
+        """Remove the pause of ``key`` if it has ended and audit its end, once across processes."""
+        ended = await self.expire(key)
+        if ended is not None:
+            await actions.record_made(Action(
+                verb="pause_expired", target=key, key=key, cause=cause, reason=ended.reason,
+                before=ended.as_dict()), done())
 
     async def expire(self, key: str, now: float | None = None) -> Pause | None:
         """Remove the pause of ``key`` if it has ended; returns it only to the one caller that did."""
@@ -161,11 +180,7 @@ class PauseStore:
         for d in deliveries:
             event = d.event
             if isinstance(event, ReconcileRequested) and event.reason == PAUSE_EXPIRED:
-                ended = await self.expire(event.key)
-                if ended is not None:
-                    await actions.record_made(Action(
-                        verb="pause_expired", target=event.key, key=event.key, cause=event,
-                        reason=ended.reason, before=ended.as_dict()), done())
+                await self.record_expiry(event.key, event, actions)
 
 
 def settling_expiries(handler: Handler, store: PauseStore, actions: Actions) -> Handler:

@@ -9,20 +9,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from consumers.actions import Actions
+from consumers.actions import Action, Actions, Result, done
 from consumers.keyqueue import Delivery
 from consumers.stores.pauses import PAUSE_EXPIRED, PauseStore, expiry_member, settling_expiries
 from events import codec, metrics
-from events.contract import ReconcileRequested
+from events.contract import ActionRecorded, ReconcileRequested
 from events.keys import KeySpace
 from events.publisher import Publisher
+from events.settings import Settings
 from events.timer_wheel import TimerWheel
 from ops.group_metrics import GroupCollector
 from tests.ops.test_parked_command import audit_entries, reconciler
-from tests.support import eventually
+from tests.support import eventually, request
 
 KEY = "5511999990000:12345"
 
@@ -83,7 +85,7 @@ async def test_a_pause_ends_at_its_deadline_once_and_wakes_the_key(
     code, out = await reconciler(redis_url, keys, "pause", KEY, "--until", "3s", "--reason", "x")
     assert code == 0, out
     store = PauseStore(redis, keys)
-    assert await store.gate(KEY) == "paused"
+    assert await store.active(KEY) is not None
     timers = TimerWheel(redis, keys)
 
     async def fired() -> bool:  # as the timers role does, with the real clock
@@ -93,7 +95,7 @@ async def test_a_pause_ends_at_its_deadline_once_and_wakes_the_key(
     [(entry_id, fields)] = await redis.xrange(keys.conversations_stream)
     event = codec.decode(fields)
     assert isinstance(event, ReconcileRequested) and event.reason == PAUSE_EXPIRED
-    assert await store.gate(KEY) is None  # ended, even before its event is handled
+    assert await store.active(KEY) is None  # ended, even before its event is handled
 
     handled: list[str] = []
 
@@ -110,3 +112,32 @@ async def test_a_pause_ends_at_its_deadline_once_and_wakes_the_key(
     assert [p.key for p in await store.all()] == ["940740243"]
     ends = [a for a in await audit_entries(redis, keys) if a.action == "pause_expired"]
     assert [(a.key, a.reason, a.cause_id) for a in ends] == [(KEY, "x", event.id)]
+
+
+async def test_an_action_after_a_pause_ended_is_audited_after_the_end(
+        redis: Redis, settings: Settings) -> None:
+    """The key is handled for another cause before the pause's deadline event: the end is
+    recorded first, then the action the pause no longer holds back."""
+    store = PauseStore(redis, settings.keys)
+    await store.pause(KEY, reason="checking", by="t", until=time.time() + 1)
+    actions = Actions.for_settings(redis, settings)
+    action = Action(verb="clear_bot_fields", key=KEY, target="crm_conversations#7",
+                    cause=request(KEY), before={"assigned_to": "bot"}, after={"assigned_to": None})
+
+    assert (await actions.run(action, _done)).reason == "paused"
+
+    async def ended() -> bool:
+        return await store.active(KEY) is None
+
+    await eventually(ended, message="the pause's end")
+    assert (await actions.run(replace(action, cause=request(KEY)), _done)).outcome == "done"
+    written = [codec.decode(f) for _, f in await redis.xrange(settings.keys.audit_stream)]
+    outcomes = [(a.action, a.outcome) for a in written
+                if isinstance(a, ActionRecorded) and a.outcome != "intent"]
+    assert outcomes == [("clear_bot_fields", "skipped"), ("pause_expired", "done"),
+                        ("clear_bot_fields", "done")]
+    assert await store.all() == []
+
+
+async def _done(action_id: str) -> Result:
+    return done()
