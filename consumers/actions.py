@@ -296,7 +296,8 @@ class Actions:
             target=intent.target, outcome=result.outcome, action_id=intent.action_id,
             reason=result.reason or intent.reason, before=before,
             after=result.after if result.after is not None else intent.after)
-        if not await self._outcomes.write(outcome, change=action_log.change_of(intent)):
+        change = action_log.change_of(intent) if result.outcome == "done" else None
+        if not await self._outcomes.write(outcome, change=change):
             return None  # settled by someone else first
         audit_entries.count(outcome, cause_at=cause.occurred_at if cause is not None else None)
         return outcome
@@ -306,7 +307,7 @@ class Actions:
         another action of its key was settled ``done`` with that very change (two handlings
         decided it for two causes; each write is conditional on the state before, so only
         one of them took, and it is the other's)."""
-        wanted = f"done|{action_log.change_of(intent)}"
+        wanted = action_log.settled_value("done", action_log.change_of(intent))
         settled = await self.redis.hgetall(self.keys.settled_actions(intent.key))
         other = next((text(i) for i, v in settled.items()
                       if text(v) == wanted and text(i) != intent.action_id), None)

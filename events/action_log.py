@@ -74,8 +74,14 @@ def change_of(intent: ActionRecorded) -> str:
     return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).hexdigest()[:32]
 
 
+def settled_value(outcome: str, change: str | None) -> str:
+    """What the settled-actions hash holds for an outcome: ``done|<change>`` for a ``done``
+    whose change (:func:`change_of`) is given, the bare outcome otherwise."""
+    return f"done|{change}" if change is not None and outcome == "done" else outcome
+
+
 def settled_outcome(value: bytes | str) -> str:
-    """The outcome in a settled-actions value (``done|<change>`` or a bare outcome)."""
+    """The outcome in a settled-actions value (:func:`settled_value`)."""
     return text(value).partition("|")[0]
 
 
@@ -128,7 +134,7 @@ class Outcomes:
     async def write(self, outcome: ActionRecorded, *, change: str | None = None) -> bool:
         """Append ``outcome`` if its intent is still open; ``False`` if someone settled it first.
         ``change`` (:func:`change_of` its intent) is remembered with a ``done``."""
-        settled = f"done|{change}" if change is not None and outcome.outcome == "done" else outcome.outcome
+        settled = settled_value(outcome.outcome, change)
         written = await _run(self._redis, self._publisher, self._keys, OUTCOME_LUA, outcome,
                              [outcome.action_id, settled, self._settled_ttl_s], trim=True)
         return written is not None
