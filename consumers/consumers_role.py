@@ -109,12 +109,12 @@ async def _missing(pool: Any, redis: Any, settings: Settings) -> list[str]:
 
 
 def _options(settings: Settings, group: str) -> GroupOptions:
-    """The options of the group named after its stream: the live stream and its bulk lane."""
-    live, bulk = settings.keys.lanes(group)
+    """The options of the group named after its stream: the live stream and its bulk lane
+    of every partition."""
     return GroupOptions(
         group=group,
-        streams=(live, bulk),
-        bulk_streams=(bulk,),
+        streams=settings.keys.lanes(group),
+        bulk_streams=settings.keys.bulk_streams(group),
         deadletter_stream=settings.keys.deadletter_stream,
         deadletter_max_len=settings.deadletter_max_len,
         concurrency=settings.concurrency,

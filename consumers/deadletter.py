@@ -3,8 +3,10 @@
 A dead letter keeps the original entry's fields and adds ``dl_*`` fields
 (origin stream, entry id, group, error, delivery count, time).  It is
 written and the original acked in one MULTI, so an entry is never both lost
-and acked.  Dead letters can be listed, retried (re-published to their
-origin stream, then removed) or dropped from the CLI.
+and acked; the dead letters of a partition's streams go to the dead-letter
+stream in that partition's slot (:func:`events.keys.beside`).  Dead letters
+can be listed, retried (re-published to their origin stream, then removed) or
+dropped from the CLI.
 
 Two bounds keep a flood of junk from filling Redis: a field longer than
 :data:`EXCERPT_BYTES` is kept as an excerpt of that length, its full size
@@ -23,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events import metrics
+from events.keys import beside
 from events.replies import text
 
 ERROR_TEXT_LIMIT = 2000
@@ -68,9 +71,19 @@ async def dead_letter(
     error: str,
     max_len: int = DEFAULT_MAX_LEN,
 ) -> None:
-    """Move entries to the dead-letter stream and ack them, atomically per entry."""
-    if not failed:
-        return
+    """Move entries to the dead-letter stream and ack them, atomically per entry: an
+    entry of a partition goes to the dead-letter stream beside it (its slot)."""
+    by_slot: dict[str, list[Failed]] = {}
+    for item in failed:
+        by_slot.setdefault(beside(deadletter_stream, item.stream), []).append(item)
+    for stream, items in by_slot.items():
+        await _dead_letter_in_slot(redis, stream, group, items, reason, error, max_len)
+    metrics.DEAD_LETTERS.labels(group, reason).inc(len(failed))
+
+
+async def _dead_letter_in_slot(redis: Redis, deadletter_stream: str, group: str,
+                               failed: Sequence[Failed], reason: str, error: str,
+                               max_len: int) -> None:
     pipe = redis.pipeline(transaction=True)
     now = f"{time.time():.3f}"
     trim: dict[str, Any] = {"maxlen": max_len, "approximate": True} if max_len > 0 else {}
@@ -90,7 +103,6 @@ async def dead_letter(
         pipe.xadd(deadletter_stream, fields, **trim)
         pipe.xack(item.stream, group, item.entry_id)
     await pipe.execute()
-    metrics.DEAD_LETTERS.labels(group, reason).inc(len(failed))
 
 
 def _excerpt(original: Mapping[bytes, bytes]) -> dict[bytes | str, bytes | str]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from events import metrics
+from events.keys import beside, stream_label
 from events.pipeline_scripts import queue_eval
 from events.replies import text
 from events.retention import GAP_LUA
@@ -47,7 +48,7 @@ class GapWatch:
                                                 block=block_ms)
         pipe = self._redis.pipeline(transaction=False)
         for stream in streams:
-            queue_eval(pipe, GAP_LUA, [stream, self._gaps_key], [self.group])
+            queue_eval(pipe, GAP_LUA, [stream, beside(self._gaps_key, stream)], [self.group])
         pipe.xreadgroup(self.group, consumer, streams, count=count, block=block_ms)
         *checks, reply = await pipe.execute()
         for stream, boundary in zip(streams, checks, strict=True):
@@ -57,7 +58,7 @@ class GapWatch:
 
     def lost(self, stream: str, detail: str) -> None:
         """Count, log and re-list: entries of ``stream`` were lost to this group."""
-        name = stream.partition("{events}:")[2] or stream  # e.g. conversations:bulk
+        name = stream_label(stream)  # e.g. conversations:bulk, or conversations:bulk@3
         metrics.STREAM_GAPS.labels(name, self.group).inc()
         log.error("group %s lost entries of %s: %s; re-listing its keys", self.group, stream,
                   detail, extra={"group": self.group, "stream": stream})

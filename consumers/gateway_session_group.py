@@ -86,7 +86,7 @@ class Timers(Protocol):
 
     async def schedule(self, member: str, due_unix: float, event: ParkedRetentionDue) -> object: ...
 
-    async def cancel(self, member: str) -> object: ...
+    async def cancel(self, member: str, key: str) -> object: ...
 
 
 # -- the handler -----------------------------------------------------------------
@@ -160,7 +160,7 @@ class SessionsHandler:
                 await self._schedule(state.session, due, cause)
             case CancelRetention():
                 if self._timers is not None:
-                    await self._timers.cancel(retention_member(state.session))
+                    await self._timers.cancel(retention_member(state.session), state.session)
         return result is not None and result.outcome == "planned"
 
     async def _schedule(self, session: str, due: float, cause: EventBase) -> None:

@@ -41,7 +41,7 @@ from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.webhooks import WebhookSender
 from events import wiring
-from events.contract import ActionRecorded, EventBase, SessionExpired, WebhookDue, tag_of
+from events.contract import SESSIONS, ActionRecorded, EventBase, SessionExpired, WebhookDue, tag_of
 from events.envelope import new_event
 from events.publisher import Publisher
 from events.settings import Settings
@@ -167,7 +167,7 @@ async def run_notifier(settings: Settings, redis: Any, stop: asyncio.Event) -> N
         return
     keys = settings.keys
     publisher = wiring.publisher(settings, redis)
-    select_streams = (keys.audit_stream, keys.sessions_stream)
+    select_streams = (keys.audit_stream, *keys.live_streams(SESSIONS))
     await start_at_end(redis, select_streams, SELECT_GROUP)
     timeout = httpx.Timeout(settings.webhook_timeout_s)
     limits = httpx.Limits(max_connections=settings.concurrency)

@@ -34,6 +34,7 @@ class GroupOptions:
     """While the bulk lane is held back, the live read blocks at most this long, so
     the bulk lane resumes soon after the buffer drains."""
     deadletter_stream: str
+    """Where dead letters go; a partition's go to the one beside it (same name, its tag)."""
     consumer: str = field(default_factory=consumer_name)
     read_count: int = 500
     block_ms: int = 500
@@ -50,6 +51,7 @@ class GroupOptions:
     shutdown_deadline_s: float = 10.0
     max_entry_bytes: int = codec.MAX_ENTRY_BYTES
     gaps_key: str = ""
-    """Hash (tag ``{events}``) remembering gaps already reported; empty: no gap check."""
+    """Hash (tag ``{events}``) remembering gaps already reported, one beside each partition
+    (:func:`events.keys.beside`); empty: no gap check."""
     deadletter_max_len: int = DEFAULT_MAX_LEN
     """Approximate cap on the dead-letter stream (0: none)."""

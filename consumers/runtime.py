@@ -1,7 +1,9 @@
 """The consumer-group runtime every group uses.
 
 One :class:`GroupConsumer` reads several streams with XREADGROUP (BLOCK,
-COUNT), hands events to a bounded pool of workers through a :class:`KeyQueue`
+COUNT; one reader per hash slot, since one XREADGROUP reads one slot's streams:
+the partitions of a partitioned stream are read side by side), hands events
+to a bounded pool of workers through a :class:`KeyQueue`
 (one key never handled twice at once; events for a busy key coalesced), and
 acks in batches after the handler's effects.
 
@@ -20,6 +22,7 @@ once).  Nothing is left pending under this consumer's name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -37,11 +40,13 @@ from consumers.keepalive import Keepalive
 from consumers.keyqueue import Delivery, KeyQueue
 from consumers.options import GroupOptions
 from consumers.reclaim import Reclaimer
+from consumers.release import release_pending
 from consumers.rights_gate import RightsGate, is_refusal
 from consumers.tallies import OutcomeTally
 from events import codec, metrics
 from events.contract import tag_of
 from events.errors import MalformedEntry
+from events.keys import by_slot, label_of
 from events.loops import HEARTBEATS, backoff_delay, spawn
 from events.replies import is_nogroup, is_unblocked, text
 
@@ -52,9 +57,6 @@ Handler = Callable[[str, Sequence[Delivery]], Awaitable[None]]
 
 SHUTDOWN_GRACE_S = 2.0
 """How long cancelled workers and stopping helpers get at the end of a shutdown."""
-
-RELEASED_CONSUMER = "released"
-"""Where entries go that a stopping consumer could not finish."""
 
 _RUNNING: list[GroupOptions] = []
 
@@ -120,7 +122,8 @@ class GroupConsumer:
 
     async def _run(self, stop: asyncio.Event) -> None:
         prefix = self._loop_prefix
-        reader = spawn(f"{prefix}:reader", self._read_loop, stall_after_s=60)
+        readers = [spawn(name, functools.partial(self._read_loop, name, streams), stall_after_s=60)
+                   for name, streams in self._readers().items()]
         workers = [
             asyncio.create_task(self._work_loop(), name=f"{prefix}:worker-{n}")
             for n in range(self.options.concurrency)
@@ -130,11 +133,20 @@ class GroupConsumer:
         keepalive = spawn(f"{prefix}:keepalive", Keepalive(
             self.redis, self.options, self._waiting, self.stopped).run, stall_after_s=300)
         await stop.wait()
-        await self._shutdown(reader, workers, [acker, reclaimer, keepalive])
+        await self._shutdown(readers, workers, [acker, reclaimer, keepalive])
+
+    def _readers(self) -> dict[str, tuple[str, ...]]:
+        """The group's streams by reader: one per hash slot (``{events}``, or a partition's
+        ``{events-N}``), named ``...:reader`` when there is one, ``...:reader@N`` else."""
+        slots, name = by_slot(self.options.streams), f"{self._loop_prefix}:reader"
+        if len(slots) == 1:
+            return {name: tuple(self.options.streams)}
+        return {f"{name}{label_of(streams[0]) or '@' + str(tag)}": streams
+                for tag, streams in slots.items()}
 
     async def _shutdown(
         self,
-        reader: asyncio.Task[None],
+        readers: list[asyncio.Task[None]],
         workers: list[asyncio.Task[None]],
         helpers: list[asyncio.Task[None]],
     ) -> None:
@@ -144,7 +156,7 @@ class GroupConsumer:
         self._stopping = True
         self.stopped.set()
         deadline = time.monotonic() + self.options.shutdown_deadline_s
-        await asyncio.wait([reader], timeout=self.options.block_ms / 1000 + 1)
+        await asyncio.wait(readers, timeout=self.options.block_ms / 1000 + 1)
         try:
             await asyncio.wait_for(self._queue.join(), timeout=max(0.0, deadline - time.monotonic()))
         except TimeoutError:
@@ -155,7 +167,7 @@ class GroupConsumer:
             task.cancel()
         await asyncio.wait(stragglers, timeout=SHUTDOWN_GRACE_S)
         await asyncio.wait(helpers, timeout=SHUTDOWN_GRACE_S + self.options.claim_interval_s)
-        for task in (reader, *helpers):
+        for task in (*readers, *helpers):
             task.cancel()
         self._tally.flush()
         await self._acks.flush()
@@ -163,13 +175,12 @@ class GroupConsumer:
 
     # -- reading -------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, name: str, streams: tuple[str, ...]) -> None:
         await self.ensure_groups()  # again after every restart of this loop
         opts = self.options
-        live = {s: ">" for s in opts.streams if s not in opts.bulk_streams}
-        bulk = {s: ">" for s in opts.bulk_streams}
-        names = {s.encode(): s for s in opts.streams}
-        name = f"{self._loop_prefix}:reader"
+        live = {s: ">" for s in streams if s not in opts.bulk_streams}
+        bulk = {s: ">" for s in streams if s in opts.bulk_streams}
+        names = {s.encode(): s for s in streams}
         while not self._stopping:
             HEARTBEATS.beat(name)
             await self.gate_open(name)
@@ -378,22 +389,6 @@ class GroupConsumer:
 
     async def _release_own_pending(self) -> None:
         """Hand every entry still pending under our name to the group, then leave it."""
-        opts = self.options
-        idle_ms = int(opts.claim_min_idle_s * 1000)
-        for stream in opts.streams:
-            try:
-                while rows := await self.redis.xpending_range(
-                    stream, opts.group, "-", "+", 1000, consumername=opts.consumer
-                ):
-                    ids = [text(row["message_id"]) for row in rows]
-                    await self.redis.xclaim(
-                        stream, opts.group, RELEASED_CONSUMER, 0, ids, idle=idle_ms, justid=True
-                    )
-                    log.info("released %d unfinished entries of %s", len(ids), stream,
-                             extra={"stream": stream, "group": opts.group})
-                await self.redis.xgroup_delconsumer(stream, opts.group, opts.consumer)
-            except ResponseError as e:
-                if not is_nogroup(e):
-                    raise
+        await release_pending(self.redis, self.options)
         self._queue.clear()
         self._tracked.clear()

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from events import codec, metrics
-from events.contract import LANED, EventBase, Lane, stream_of, tag_of
+from events.contract import BULK_SUFFIX, LANED, EventBase, Lane, stream_of, tag_of
 from events.keys import KeySpace
 from events.pipeline_scripts import queue_eval
 from events.replies import text
@@ -46,11 +46,9 @@ class Publisher:
         self._retention = retention or Retention()
 
     def stream_key(self, event: EventBase, lane: Lane = "live") -> str:
-        """The Redis stream of ``event``: its bulk lane when asked and it has one."""
-        name = stream_of(event)
-        if lane == "bulk" and name in LANED:
-            return self._keys.bulk_stream(name)
-        return self._keys.stream(name)
+        """The Redis stream of ``event``: its key's partition's, on the bulk lane when
+        asked and it has one."""
+        return self._keys.stream_for(stream_of(event), event.key, lane)
 
     async def publish(self, event: EventBase, *, lane: Lane = "live") -> str:
         """Publish one event; returns its stream entry id."""
@@ -76,7 +74,7 @@ class Publisher:
                        in zip(batch, lanes[start : start + batch_size], strict=True)]
             for stream, event in zip(streams, batch, strict=True):
                 pipe.xadd(stream, codec.encode(event))
-            for stream in self._trimmed(batch):  # once per stream, after its XADDs
+            for stream in self._trimmed(streams):  # once per stream, after its XADDs
                 self.queue_trim(pipe, stream)
             try:
                 replies = await pipe.execute()
@@ -90,11 +88,15 @@ class Publisher:
                 ids.append(text(entry_id))
         return ids
 
-    def _trimmed(self, batch: Sequence[EventBase]) -> list[str]:
-        """The streams a batch's trim covers: both lanes of every stream it touched, so a
-        bulk lane read and acked shrinks back with the next live change too."""
-        names = dict.fromkeys(stream_of(event) for event in batch)
-        return [stream for name in names for stream in self._keys.lanes(name)]
+    def _trimmed(self, streams: Sequence[str]) -> list[str]:
+        """The streams a batch's trim covers: both lanes of every stream (and partition) it
+        touched, so a bulk lane read and acked shrinks back with the next live change too."""
+        return [lane for stream in dict.fromkeys(streams) for lane in self._lanes_of(stream)]
+
+    def _lanes_of(self, stream: str) -> tuple[str, ...]:
+        """``stream`` with its other lane, if it has one (same partition, same slot)."""
+        live = stream.removesuffix(BULK_SUFFIX)
+        return (live, live + BULK_SUFFIX) if live.rpartition(":")[2] in LANED else (stream,)
 
     def add_to(self, pipe: Any, event: EventBase) -> None:
         """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also

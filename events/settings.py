@@ -58,6 +58,9 @@ class Settings:
     dry_run: bool = False
     metrics_addr: str = "127.0.0.1:9464"
 
+    stream_partitions: int = 1
+    """Partitions of the conversation and session streams (events.keys); 1: today's layout."""
+
     # retention
     stream_max_len: int = 1_000_000
     """Approximate cap on each event stream, never past unread entries (events.retention); 0: off."""
@@ -106,7 +109,8 @@ class Settings:
 
     @property
     def keys(self) -> KeySpace:
-        return KeySpace(prefix=self.key_prefix, queue_pattern=self.queue_pattern)
+        return KeySpace(prefix=self.key_prefix, queue_pattern=self.queue_pattern,
+                        partitions=self.stream_partitions)
 
     def bot_timeout_for(self, flow_id: str | None) -> float:
         if flow_id is not None and flow_id in self.flow_timeouts_s:

@@ -2,10 +2,11 @@
 
 A deadline is a member of a sorted set (score: due time in milliseconds) and
 the encoded event to publish when it is due, kept in a hash beside it.  Both
-keys, the wake-up channel and the event streams carry the ``{events}`` hash
-tag, so one Lua script can take every due deadline and XADD its event in one
-atomic step: however many timer loops run, a deadline is removed by exactly
-one script call, and its event is appended exactly once.
+keys carry the hash tag of the streams the event goes to (``{events}``, or its
+key's partition's ``{events-N}``), so one Lua script can take every due
+deadline of a partition and XADD its event in one atomic step: however many
+timer loops run, a deadline is removed by exactly one script call, and its
+event is appended exactly once.
 
 Scheduling is idempotent per member: scheduling a member again replaces its
 due time and event, never adds a second deadline.  Callers name members after
@@ -33,17 +34,19 @@ from events.streamids import StreamExhausted, describe, find_exhausted, is_exhau
 FIRE_BATCH = 500
 """Deadlines fired per script call (a long backlog is fired in several calls)."""
 
+# KEYS: deadlines, payloads.  ARGV: member, due (ms), payload, the wake-up channel (not a
+# key: one channel serves every partition's slot).
 _SCHEDULE = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 local first = redis.call('ZRANGE', KEYS[1], 0, 0)
 if first[1] == ARGV[1] then
-  redis.call('PUBLISH', KEYS[3], ARGV[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[2])
 end
 return 1
 """
 
-# KEYS: deadlines, payloads, then every stream a payload may name.
+# KEYS: a partition's deadlines, payloads, then every stream of it a payload may name.
 # ARGV: now (ms), batch size, stream cap (0: none).  Streams are trimmed after
 # the XADDs by the groups' positions (events.retention), never past unread entries.
 _FIRE = TRIM_FUNCTION + """
@@ -102,47 +105,64 @@ class TimerWheel:
         self._max_len = max_len
         self._schedule = redis.register_script(_SCHEDULE)
         self._fire = redis.register_script(_FIRE)
-        self._streams = (keys.stream(CONVERSATIONS), keys.stream(SESSIONS))
+        self._partitions = range(keys.partitions)
 
     @property
     def wake_channel(self) -> str:
         return self._keys.deadlines_wake
 
+    def _streams(self, partition: int) -> dict[str, str]:
+        """The streams a partition's deadlines publish to, by name."""
+        return {name: self._keys.partition_lanes(name, partition)[0]
+                for name in (CONVERSATIONS, SESSIONS)}
+
     async def schedule(self, member: str, due_unix: float, event: EventBase) -> None:
         """Publish ``event`` at ``due_unix``; replaces an earlier schedule of ``member``."""
-        stream = self._keys.stream(stream_of(event))
-        if stream not in self._streams:
-            raise ValueError(f"the timer wheel does not publish to {stream_of(event)!r}")
+        name = stream_of(event)
+        if name not in (CONVERSATIONS, SESSIONS):
+            raise ValueError(f"the timer wheel does not publish to {name!r}")
+        partition = self._keys.partition_of(event.key)
         fields = codec.encode(event)
         payload = msgspec.json.encode({
-            "stream": stream,
-            **{name: value.decode() for name, value in fields.items()},
+            "stream": self._streams(partition)[name],
+            **{field: value.decode() for field, value in fields.items()},
         })
         await self._schedule(
-            keys=[self._keys.deadlines, self._keys.deadline_payloads, self._keys.deadlines_wake],
-            args=[member, int(due_unix * 1000), payload],
+            keys=[self._keys.deadlines(partition), self._keys.deadline_payloads(partition)],
+            args=[member, int(due_unix * 1000), payload, self._keys.deadlines_wake],
         )
 
-    async def cancel(self, member: str) -> bool:
-        """Forget a deadline; ``True`` if it was waiting."""
+    async def cancel(self, member: str, key: str) -> bool:
+        """Forget the deadline ``member`` of ``key`` (the key its event carries); ``True``
+        if it was waiting."""
+        partition = self._keys.partition_of(key)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zrem(self._keys.deadlines, member)
-        pipe.hdel(self._keys.deadline_payloads, member)
+        pipe.zrem(self._keys.deadlines(partition), member)
+        pipe.hdel(self._keys.deadline_payloads(partition), member)
         removed, _ = await pipe.execute()
         return bool(removed)
 
     async def fire_due(self, now: float | None = None, *, batch: int = FIRE_BATCH) -> Fired:
-        """Take the deadlines due at ``now`` (default: the clock) and publish their events."""
+        """Take the deadlines due at ``now`` (default: the clock), at most ``batch`` per
+        partition, and publish their events."""
         now_ms = int((time.time() if now is None else now) * 1000)
+        fired = [await self._fire_partition(p, now_ms, batch) for p in self._partitions]
+        dues = [f.next_due for f in fired if f.next_due is not None]
+        return Fired(fired=sum(f.fired for f in fired), unreadable=sum(f.unreadable for f in fired),
+                     next_due=min(dues) if dues else None,
+                     scheduled=sum(f.scheduled for f in fired))
+
+    async def _fire_partition(self, partition: int, now_ms: int, batch: int) -> Fired:
+        streams = self._streams(partition)
         try:
             reply = await self._fire(
-                keys=[self._keys.deadlines, self._keys.deadline_payloads, *self._streams],
+                keys=[self._keys.deadlines(partition), self._keys.deadline_payloads(partition),
+                      *streams.values()],
                 args=[now_ms, batch, self._max_len],
             )
         except ResponseError as e:  # the deadline that could not be appended is kept
             if not is_exhausted_error(e):
                 raise
-            streams = dict(zip((CONVERSATIONS, SESSIONS), self._streams, strict=True))
             raise StreamExhausted(describe(await find_exhausted(self._redis, streams))) from e
         fired, lost, next_ms, count = reply
         next_text = text(next_ms)
@@ -154,8 +174,10 @@ class TimerWheel:
         )
 
     async def next_due(self) -> float | None:
-        first = await self._redis.zrange(self._keys.deadlines, 0, 0, withscores=True)
-        return float(first[0][1]) / 1000 if first else None
+        firsts = [await self._redis.zrange(self._keys.deadlines(p), 0, 0, withscores=True)
+                  for p in self._partitions]
+        dues = [float(first[0][1]) / 1000 for first in firsts if first]
+        return min(dues) if dues else None
 
     async def count(self) -> int:
-        return int(await self._redis.zcard(self._keys.deadlines))
+        return sum([int(await self._redis.zcard(self._keys.deadlines(p))) for p in self._partitions])

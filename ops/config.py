@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from events.errors import ReconcilerError
-from events.keys import KeySpace
 from events.settings import Columns, Settings
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -172,6 +171,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_ORPHAN_QUEUE_POLICY", "orphan_queue_policy", _policy),
     _Var("RECONCILER_DRY_RUN", "dry_run", _bool),
     _Var("RECONCILER_METRICS_ADDR", "metrics_addr", _address),
+    _Var("RECONCILER_STREAM_PARTITIONS", "stream_partitions", _positive_int),
     _Var("RECONCILER_STREAM_MAX_LEN", "stream_max_len", _count),
     _Var("RECONCILER_STREAM_RETENTION_S", "stream_retention_s", _seconds),
     _Var("RECONCILER_DEADLETTER_MAX_LEN", "deadletter_max_len", _count),
@@ -282,9 +282,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _check(settings: Settings) -> None:
     try:
-        KeySpace(prefix=settings.key_prefix, queue_pattern=settings.queue_pattern)
+        settings.keys  # noqa: B018 (builds the key space, which checks its parts)
     except ValueError as e:
-        name = "RECONCILER_KEY_PREFIX" if "prefix" in str(e) else "RECONCILER_QUEUE_PATTERN"
+        name = ("RECONCILER_KEY_PREFIX" if "prefix" in str(e) else
+                "RECONCILER_STREAM_PARTITIONS" if "partition" in str(e) else
+                "RECONCILER_QUEUE_PATTERN")
         raise ConfigError(f"{name}: {e}") from e
     if settings.sessions_dir.resolve() == settings.quarantine_dir.resolve():
         raise ConfigError("RECONCILER_QUARANTINE_DIR: must differ from RECONCILER_SESSIONS_DIR")

@@ -86,12 +86,29 @@ class GroupCollector:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
         self._seen = seen
-        metrics.DEADLETTER_ENTRIES.set(await self.redis.xlen(self.keys.deadletter_stream))
+        metrics.DEADLETTER_ENTRIES.set(sum([await self.redis.xlen(stream)
+                                            for stream in self.keys.deadletter_streams]))
         metrics.PAUSED_KEYS.set(await self.redis.hlen(self.keys.pauses))
         return states
 
     async def _stream_groups(self, name: str) -> list[GroupState]:
-        stream = self.keys.stream(name)
+        """The groups of a logical stream; with partitions, each group's figures summed over
+        them (its oldest pending entry and most consumers taken as they are)."""
+        base = name.removesuffix(BULK_SUFFIX)
+        lane = 0 if base == name else 1
+        streams = ([self.keys.partition_lanes(base, p)[lane] for p in range(self.keys.partitions)]
+                   if base in LANED else [self.keys.stream(name)])
+        states: dict[str, GroupState] = {}
+        for stream in streams:
+            for s in await self._groups_of(stream, name):
+                was = states.get(s.group)
+                states[s.group] = s if was is None else GroupState(
+                    stream=name, group=s.group, lag=was.lag + s.lag, pending=was.pending + s.pending,
+                    oldest_pending_age_s=max(was.oldest_pending_age_s, s.oldest_pending_age_s),
+                    consumers=max(was.consumers, s.consumers))
+        return list(states.values())
+
+    async def _groups_of(self, stream: str, name: str) -> list[GroupState]:
         try:
             groups = await self.redis.xinfo_groups(stream)
         except ResponseError as e:

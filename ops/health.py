@@ -30,7 +30,6 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from consumers.runtime import running_groups
-from events.contract import AUDIT, BULK_SUFFIX, CONVERSATIONS, LANED, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, Heartbeats, spawn
 from events.readiness import READINESS, Readiness
@@ -171,7 +170,7 @@ def add_standard_checks(
         return f"missing consumer groups: {', '.join(sorted(missing))}" if missing else None
 
     async def streams_check() -> str | None:
-        found = await find_exhausted(redis, event_streams(keys))
+        found = await find_exhausted(redis, keys.event_streams())
         return describe(found) if found else None
 
     readiness.add("redis", redis_check)
@@ -179,13 +178,6 @@ def add_standard_checks(
     readiness.add("stream_ids", streams_check)
     if database_url is not None:
         readiness.add("postgres", _postgres_check(database_url))
-
-
-def event_streams(keys: KeySpace) -> dict[str, str]:
-    """Every stream this project appends to, by name."""
-    names = (CONVERSATIONS, SESSIONS, *(f"{name}{BULK_SUFFIX}" for name in LANED), AUDIT,
-             NOTIFICATIONS, "deadletter")
-    return {name: keys.stream(name) for name in names}
 
 
 def _postgres_check(database_url: str) -> Any:

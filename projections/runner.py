@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from events import metrics
-from events.keys import KeySpace
+from events.keys import KeySpace, by_slot
 from events.loops import HEARTBEATS, spawn
 from events.replies import text
 from events.settings import Settings
@@ -54,9 +54,22 @@ def stream_keys(keys: KeySpace, model: Model[Any]) -> list[str]:
 async def read_after(redis: Redis, keys: KeySpace, model: Model[Any], positions: dict[str, str], *,
                      count: int = READ_COUNT, block_ms: int | None = None) -> list[Entry]:
     """The next entries of the model's streams after ``positions`` (blocking up to ``block_ms``),
-    merged in entry-id order (see :func:`in_id_order`)."""
-    streams = {key: positions.get(key, "0-0") for key in stream_keys(keys, model)}
-    return in_id_order(flatten(await redis.xread(streams, count=count, block=block_ms)), count)
+    merged in entry-id order (see :func:`in_id_order`).
+
+    One XREAD reads one hash slot's streams; partitioned streams (one slot each) are read
+    side by side, first without blocking, and only when all were empty blocking on each:
+    after an idle spell a new entry may then wait up to ``block_ms`` for the other reads."""
+    slots = by_slot(stream_keys(keys, model))
+    reads = [{key: positions.get(key, "0-0") for key in streams} for streams in slots.values()]
+    if len(reads) == 1:
+        return in_id_order(flatten(await redis.xread(reads[0], count=count, block=block_ms)), count)
+    entries: list[Entry] = []
+    for block in (None, block_ms) if block_ms is not None else (None,):
+        replies = await asyncio.gather(*(redis.xread(r, count=count, block=block) for r in reads))
+        entries = [e for reply in replies for e in flatten(reply)]
+        if entries:
+            break
+    return in_id_order(entries, count)
 
 
 def in_id_order(entries: list[Entry], count: int) -> list[Entry]:

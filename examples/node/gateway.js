@@ -14,10 +14,14 @@
 // start script runs in one Redis Cluster slot. The sessions stream is in another slot: the
 // event is a second step, after the script. A stream entry has the fields v, type, key and
 // data (the event as JSON, see events/events.schema.json in the session-reconciler repository).
+// With partitions (the reconciler's RECONCILER_STREAM_PARTITIONS > 1) a session's events go to
+// the sessions stream of its partition, CRC-32 of its name modulo the partition count, tagged
+// {events-N} (zlib.crc32, Node.js 20.15 or newer).
 
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
+const zlib = require('node:zlib');
 const Redis = require('ioredis');
 
 const SCHEMA_VERSION = '1';
@@ -52,7 +56,7 @@ class GatewaySessions {
   // longer than that stay parked for the reconciler to drop (content audited).
   constructor(client, {
     prefix = 'reconciler:', queuePattern = 'queue:{session}', gateway = null, ttl = 30,
-    parkedRetention = null, settledTtl = SETTLED_TTL_S,
+    parkedRetention = null, settledTtl = SETTLED_TTL_S, partitions = 1,
   } = {}) {
     this.client = client;
     this.prefix = prefix;
@@ -62,7 +66,10 @@ class GatewaySessions {
     this.parkedRetention = parkedRetention;
     // How long a key's settled actions are remembered: the reconciler's RECONCILER_SETTLED_TTL_S.
     this.settledTtl = Math.max(1, Math.floor(settledTtl));
-    this.stream = `${prefix}{events}:sessions`;
+    if (!Number.isInteger(partitions) || partitions < 1) {
+      throw new Error(`the partition count must be a whole number of at least 1, not ${partitions}`);
+    }
+    this.partitions = partitions;
     if (!client.reconcilerStart) {
       client.defineCommand('reconcilerStart', { numberOfKeys: 4, lua: START_SCRIPT });
       client.defineCommand('reconcilerOutcome', { numberOfKeys: 3, lua: OUTCOME_SCRIPT });
@@ -98,8 +105,15 @@ class GatewaySessions {
     return { id: event.id, data, entry: ['v', SCHEMA_VERSION, 'type', type, 'key', name, 'data', data] };
   }
 
+  // The sessions stream of a session's partition: the reconciler's KeySpace.stream_for.
+  sessionsStream(name) {
+    if (this.partitions === 1) return `${this.prefix}{events}:sessions`;
+    const partition = zlib.crc32(Buffer.from(checkedName(name), 'utf8')) % this.partitions;
+    return `${this.prefix}{events-${partition}}:sessions`;
+  }
+
   async publish(type, name, fields) {
-    return this.xaddEvent(this.stream, type, name, { gateway: this.gateway, ...fields });
+    return this.xaddEvent(this.sessionsStream(name), type, name, { gateway: this.gateway, ...fields });
   }
 
   // A step of the handshake's restore on the audit stream (same {events} slot as the sessions
@@ -200,6 +214,7 @@ function fromEnvironment(client, env = process.env) {
     parkedRetention: env.RECONCILER_PARKED_RETENTION_S
       ? Number(env.RECONCILER_PARKED_RETENTION_S) : null,
     settledTtl: Number(env.RECONCILER_SETTLED_TTL_S || SETTLED_TTL_S),
+    partitions: Number(env.RECONCILER_STREAM_PARTITIONS || 1),
   });
 }
 

@@ -5,6 +5,11 @@ again) and removes the dead letter; ``drop`` removes it for good.  Both are
 written to the audit stream by the operator, ``drop`` with the whole entry in
 ``before`` so it can be put back; ``--dry-run`` records the planned action
 and changes nothing.
+
+With partitioned streams (``RECONCILER_STREAM_PARTITIONS``) each partition has
+its dead letters in its own stream (in its slot, since a dead letter is written
+and acked in one MULTI); ``list`` merges them oldest first and shows an id as
+``ID@N`` for partition N, which ``retry`` and ``drop`` take back.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ from consumers.deadletter import (
     retry_dead_letter,
 )
 from events.ids import new_event_id
-from events.keys import KeySpace
+from events.keys import KeySpace, label_of
 from events.replies import text
 from events.settings import Settings
 from ops.runtime_env import open_environment, settings_from_args
 from ops.tables import emit
 
-ENTRY_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+ENTRY_ID = re.compile(r"^([0-9]{1,20}-[0-9]{1,20})(@[0-9]{1,4})?$")
 LIST_COLUMNS = ("entry_id", "group", "type", "key", "reason", "deliveries", "failed_at", "error")
 
 
@@ -47,43 +52,54 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def row(letter: DeadLetter) -> dict[str, Any]:
-    return {"entry_id": letter.entry_id, "group": letter.group,
+def row(letter: DeadLetter, stream: str) -> dict[str, Any]:
+    return {"entry_id": f"{letter.entry_id}{label_of(stream)}", "group": letter.group,
             "type": letter.fields.get("type", ""), "key": letter.fields.get("key", ""),
             "reason": letter.reason, "deliveries": letter.deliveries,
             "failed_at": datetime.fromtimestamp(letter.failed_at, UTC), "error": letter.error,
             "origin": f"{letter.origin_stream} {letter.origin_id}"}
 
 
-async def find(redis: Redis, keys: KeySpace, entry_id: str) -> dict[str, str]:
-    """The fields of one dead letter (``dl_*`` included)."""
-    if not ENTRY_ID.match(entry_id):
-        raise ValueError(f"not a stream entry id: {entry_id[:40]!r} (expected e.g. 1714564800000-0)")
-    entries = await redis.xrange(keys.deadletter_stream, entry_id, entry_id)
-    if not entries:
-        raise LookupError(f"no dead letter {entry_id}")
-    return {text(k): text(v) for k, v in entries[0][1].items()}
+async def find(redis: Redis, keys: KeySpace, ref: str) -> tuple[str, str, dict[str, str]]:
+    """The dead-letter stream, entry id and fields (``dl_*`` included) of one dead letter,
+    named as ``dlq list`` shows it."""
+    match = ENTRY_ID.match(ref)
+    if not match:
+        raise ValueError(f"not a stream entry id: {ref[:40]!r} (expected e.g. 1714564800000-0)")
+    entry_id, label = match.group(1), match.group(2) or ""
+    for stream in keys.deadletter_streams:
+        if label_of(stream) == label:
+            entries = await redis.xrange(stream, entry_id, entry_id)
+            if entries:
+                return stream, entry_id, {text(k): text(v) for k, v in entries[0][1].items()}
+    raise LookupError(f"no dead letter {ref}")
+
+
+async def listing(redis: Redis, keys: KeySpace, limit: int) -> list[dict[str, Any]]:
+    """The oldest ``limit`` dead letters over every dead-letter stream, oldest first."""
+    rows = [(letter.failed_at, row(letter, stream)) for stream in keys.deadletter_streams
+            for letter in await list_dead_letters(redis, stream, count=limit)]
+    return [r for _, r in sorted(rows, key=lambda pair: pair[0])[:limit]]
 
 
 
 async def act(redis: Redis, settings: Settings, action: str, entry_id: str, dry_run: bool,
               ) -> dict[str, Any]:
     """Retry or drop one dead letter (or, in a dry run, only audit the plan)."""
-    keys = settings.keys
-    fields = await find(redis, keys, entry_id)
+    stream, own_id, fields = await find(redis, settings.keys, entry_id)
     result: dict[str, Any] = {"action": action, "entry_id": entry_id, "dry_run": dry_run,
                               "origin_stream": fields.get("dl_stream", "")}
 
     async def act(_action_id: str) -> Result:
         if action == "retry":
-            result["new_id"] = await retry_dead_letter(redis, keys.deadletter_stream, entry_id)
+            result["new_id"] = await retry_dead_letter(redis, stream, own_id)
         else:
-            await drop_dead_letter(redis, keys.deadletter_stream, entry_id)
+            await drop_dead_letter(redis, stream, own_id)
         return done({k: v for k, v in result.items() if k in ("origin_stream", "new_id")})
 
     executor = Actions.for_settings(redis, settings, source="operator", dry_run=dry_run)
     await executor.run(Action(
-        verb=f"dlq_{action}", target=f"{keys.deadletter_stream} {entry_id}",
+        verb=f"dlq_{action}", target=f"{stream} {own_id}",
         key=f"deadletter/{entry_id}", reason="operator request", origin=new_event_id(),
         before=fields if action == "drop" else None,
         after={"origin_stream": result["origin_stream"]}), act)
@@ -95,8 +111,7 @@ async def run(args: argparse.Namespace) -> int:
     keys = settings.keys
     async with open_environment(settings, need_pg=False) as env:
         if args.dlq_action == "list":
-            letters = await list_dead_letters(env.redis, keys.deadletter_stream, count=args.limit)
-            emit({"dead_letters": [row(x) for x in letters]}, as_json=args.json,
+            emit({"dead_letters": await listing(env.redis, keys, args.limit)}, as_json=args.json,
                  columns={"dead_letters": LIST_COLUMNS})
             return 0
         result = await act(env.redis, settings, args.dlq_action, args.entry_id, args.dry_run)

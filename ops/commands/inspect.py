@@ -61,10 +61,11 @@ async def run(args: argparse.Namespace) -> int:
         keys = env.settings.keys
         if conversation:
             state = await _conversation_state(env.settings, env.redis, args.key)
-            streams = [*keys.lanes(CONVERSATIONS), keys.audit_stream]
         else:
             state = await _session_state(env.settings, env.redis, args.key)
-            streams = [*keys.lanes(SESSIONS), keys.audit_stream]
+        lanes = keys.partition_lanes(CONVERSATIONS if conversation else SESSIONS,
+                                     keys.partition_of(args.key))  # the key's partition's
+        streams = [*lanes, keys.audit_stream]
         timeline = await _timeline(env.redis, streams, args.key)
         pause = await PauseStore(env.redis, keys).active(args.key)
     data = {"key": args.key, "kind": "conversation" if conversation else "session",

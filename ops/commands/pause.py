@@ -91,7 +91,7 @@ async def run_pause(args: argparse.Namespace) -> int:
             await timers.schedule(expiry_member(args.key), until,
                                   _request(args.key, PAUSE_EXPIRED, "timers", at))
         else:
-            await timers.cancel(expiry_member(args.key))
+            await timers.cancel(expiry_member(args.key), args.key)
         executor = Actions.for_settings(redis, env.settings, source="operator", dry_run=False)
         await executor.record_made(Action(
             verb="pause", target=args.key, key=args.key, origin=new_event_id(),
@@ -110,7 +110,7 @@ async def run_resume(args: argparse.Namespace) -> int:
         old = await PauseStore(redis, keys).resume(args.key)
         if old is None:
             raise LookupError(f"{args.key} is not paused (`reconciler paused` lists the pauses)")
-        await wiring.timer_wheel(env.settings, redis).cancel(expiry_member(args.key))
+        await wiring.timer_wheel(env.settings, redis).cancel(expiry_member(args.key), args.key)
         publisher = wiring.publisher(env.settings, redis)
         executor = Actions.for_settings(redis, env.settings, source="operator", dry_run=False)
         entry = await executor.record_made(Action(

@@ -40,8 +40,11 @@ SOURCES = ("postgres", "folder", "gateway", "queues", "timers")
 
 
 async def dead_letters_by_group(redis: Redis, keys: KeySpace) -> Counter[str]:
-    entries = await redis.xrevrange(keys.deadletter_stream, count=DEADLETTER_SCAN)
-    return Counter(text(fields.get(b"dl_group", b"?")) for _, fields in entries)
+    counts: Counter[str] = Counter()
+    for stream in keys.deadletter_streams:
+        entries = await redis.xrevrange(stream, count=DEADLETTER_SCAN)
+        counts.update(text(fields.get(b"dl_group", b"?")) for _, fields in entries)
+    return counts
 
 
 async def groups(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
@@ -98,10 +101,11 @@ async def projections(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
 
 async def collect(redis: Redis, keys: KeySpace) -> dict[str, Any]:
     now_ms = int(time.time() * 1000)
+    deadlines = [keys.deadlines(p) for p in range(keys.partitions)]
     return {
-        "timers_scheduled": int(await redis.zcard(keys.deadlines)),
-        "timers_due": int(await redis.zcount(keys.deadlines, "-inf", now_ms)),
-        "dead_letters": int(await redis.xlen(keys.deadletter_stream)),
+        "timers_scheduled": sum([int(await redis.zcard(key)) for key in deadlines]),
+        "timers_due": sum([int(await redis.zcount(key, "-inf", now_ms)) for key in deadlines]),
+        "dead_letters": sum([int(await redis.xlen(key)) for key in keys.deadletter_streams]),
         "groups": await groups(redis, keys),
         "sources": await sources(redis, keys),
         "projections": await projections(redis, keys),

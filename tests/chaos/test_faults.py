@@ -201,7 +201,7 @@ async def converge(pg: Any, redis: Redis, settings: Settings, gateway: FakeGatew
         # file of a run is written after its row, so every kind the scan knows must be gone.
         last = found
         queued = [await redis.llen(settings.keys.queue(n)) for n in LIVE + GONE]
-        due_soon = await redis.zcount(settings.keys.deadlines, "-inf",
+        due_soon = await redis.zcount(settings.keys.deadlines(), "-inf",
                                       (time.time() + DUE_HORIZON_S) * 1000)
         return not last and not any(queued) and not due_soon
 
@@ -218,7 +218,7 @@ async def diagnose(pg: Any, redis: Redis, settings: Settings) -> dict[str, Any]:
     outbox = outbox_names(settings.table).qualified_outbox
     found: dict[str, Any] = {"outbox_rows": await pg.fetchval(f"SELECT count(*) FROM {outbox}")}
     found["deadlines_due_soon"] = await redis.zrangebyscore(
-        keys.deadlines, "-inf", (time.time() + DUE_HORIZON_S) * 1000, start=0, num=5)
+        keys.deadlines(), "-inf", (time.time() + DUE_HORIZON_S) * 1000, start=0, num=5)
     for stream in (keys.conversations_stream, keys.sessions_stream, keys.deadletter_stream):
         found[stream] = {"length": await redis.xlen(stream)}
         with contextlib.suppress(Exception):

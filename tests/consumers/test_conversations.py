@@ -166,7 +166,7 @@ async def test_file_written_before_its_row_commits_is_kept(
                                       for p, f in files.items()])
 
         async def early_seen_without_row() -> bool:  # judged, and its settle window timed
-            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
+            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines(), 0, -1)]
             return any(m.startswith(f"rejudge:{early_key}:") for m in members)
 
         await eventually(early_seen_without_row, message="the early file seen without its row")
@@ -181,7 +181,7 @@ async def test_file_written_before_its_row_commits_is_kept(
         await eventually(orphan_moved, timeout=90, message="the orphan to be quarantined")
 
         async def early_deadline_handled() -> bool:  # its grace deadline fires too, then nothing
-            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
+            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines(), 0, -1)]
             return (not any(m.startswith(f"rejudge:{early_key}:") for m in members)
                     and await group_caught_up(redis, settings.keys.conversations_stream,
                                               "conversations"))

@@ -194,7 +194,7 @@ async def test_a_file_written_before_its_row_says_bot_is_never_moved(
                              " bot_started_at = now() WHERE id = $1", row_id, FLOW)
 
         async def settled() -> bool:
-            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines, 0, -1)]
+            members = [m.decode() for m in await redis.zrange(settings.keys.deadlines(), 0, -1)]
             bots = sum(m.startswith("bot:") for m in members)
             waiting = any(m.startswith("rejudge:") for m in members)
             return bots == len(phones) and not waiting and await drained(redis, settings)

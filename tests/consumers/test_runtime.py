@@ -16,7 +16,8 @@ from consumers.errors import PermanentError, TemporaryError
 from consumers.keepalive import Keepalive
 from consumers.keyqueue import Delivery
 from consumers.options import GroupOptions
-from consumers.runtime import RELEASED_CONSUMER, GroupConsumer
+from consumers.release import RELEASED_CONSUMER
+from consumers.runtime import GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
 from tests.chaos.harness import PrivateRedis, harness_redis

@@ -72,7 +72,7 @@ class RecordingTimers:
         assert event.deadline.timestamp() == due_unix
         self.due[member] = due_unix
 
-    async def cancel(self, member: str) -> None:
+    async def cancel(self, member: str, key: str) -> None:
         self.due.pop(member, None)
 
 

@@ -40,12 +40,12 @@ def node_env(redis_url: str, key_prefix: str) -> dict[str, str]:
             "GATEWAY_ID": "node-gw", "RECONCILER_SESSION_TTL_S": "40"}
 
 
-async def gateway(redis_url: str, key_prefix: str, *args: str) -> str:
+async def gateway(redis_url: str, key_prefix: str, *args: str, partitions: int = 1) -> str:
     assert (EXAMPLE / "node_modules" / "ioredis").is_dir(), (
         f"no npm packages in {EXAMPLE}")
     result = await asyncio.to_thread(
         subprocess.run, [str(NODE), "gateway.js", *args], cwd=EXAMPLE,
-        env=node_env(redis_url, key_prefix),
+        env={**node_env(redis_url, key_prefix), "RECONCILER_STREAM_PARTITIONS": str(partitions)},
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -71,6 +71,19 @@ async def test_the_node_example_publishes_events_the_python_codec_decodes(
     assert (first.key, first.gateway, first.lease_ttl_s, first.source) == (
         "940740243", "node-gw", 40, "gateway")
     assert abs(id_time(first.id) - first.occurred_at.timestamp()) < 1.0, "ids are ULIDs"
+
+
+async def test_the_node_example_publishes_into_the_partition_python_computes(
+    redis: Any, redis_url: str, key_prefix: str
+) -> None:
+    keys = KeySpace(prefix=key_prefix, queue_pattern=f"{key_prefix}queue:{{session}}", partitions=5)
+    names = ["940740243", "default", "5511999990000", "gw-7", "sales.2"]
+    assert len({keys.partition_of(n) for n in names}) > 2
+    for name in names:
+        await gateway(redis_url, key_prefix, "start", name, partitions=5)
+    for stream in keys.live_streams("sessions"):
+        got = {codec.decode(fields).key for _, fields in await redis.xrange(stream)}
+        assert got == {n for n in names if keys.stream_for("sessions", n) == stream}
 
 
 async def test_the_node_example_refuses_a_bad_session_name(

@@ -50,8 +50,8 @@ async def test_schedule_is_idempotent_per_member_and_cancel_forgets(
     await wheel.schedule("orphan:3:4", due + 5, grace_event("3:4"))
     assert await wheel.count() == 2
     assert abs((await wheel.next_due() or 0) - due) < 0.01
-    assert await wheel.cancel("orphan:1:2")
-    assert not await wheel.cancel("orphan:1:2")
+    assert await wheel.cancel("orphan:1:2", "1:2")
+    assert not await wheel.cancel("orphan:1:2", "1:2")
     fired = await wheel.fire_due(now=due + 10)
     assert (fired.fired, fired.scheduled) == (1, 0)
     assert [e.key for e in await stream_events(redis, keys)] == ["3:4"]

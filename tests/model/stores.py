@@ -113,7 +113,7 @@ class Running:
             for stream in self.keys.lanes(name):
                 if not await group_caught_up(self.redis, stream, name):
                     return False
-        due = await self.redis.zrangebyscore(self.keys.deadlines, "-inf", time.time() * 1000)
+        due = await self.redis.zrangebyscore(self.keys.deadlines(), "-inf", time.time() * 1000)
         return not due
 
     async def close(self) -> None:

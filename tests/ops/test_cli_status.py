@@ -36,7 +36,7 @@ async def test_status_shows_groups_dead_letters_sources_and_timers(
     await publisher.publish(SourceResynced(id=new_event_id(), occurred_at=f.T0, source="folder",
                                            key="folder", reason="watcher restarted"))
     now_ms = int(time.time() * 1000)
-    await redis.zadd(keys.deadlines, {"due": now_ms - 1000, "later": now_ms + 3_600_000})
+    await redis.zadd(keys.deadlines(), {"due": now_ms - 1000, "later": now_ms + 3_600_000})
 
     code, out, err = await cli(settings, "--json", "status")
     assert code == 0, err

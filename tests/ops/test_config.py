@@ -24,6 +24,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.metrics_addr == "127.0.0.1:9464"
     assert settings.settled_ttl_s == 7 * 86400
     assert load_settings({"RECONCILER_SETTLED_TTL_S": "3600"}).settled_ttl_s == 3600
+    assert settings.keys.partitions == 1
+    assert load_settings({"RECONCILER_STREAM_PARTITIONS": "6"}).keys.partitions == 6
     assert settings.redis_url is None and settings.database_url is None
 
 
@@ -41,6 +43,8 @@ def test_defaults_are_the_documented_ones() -> None:
         ("RECONCILER_METRICS_ADDR", "9464", "HOST:PORT"),
         ("REDIS_URL", "http://x", "redis://"),
         ("RECONCILER_SETTLED_TTL_S", "60", "at least 600"),
+        ("RECONCILER_STREAM_PARTITIONS", "0", "RECONCILER_STREAM_PARTITIONS"),
+        ("RECONCILER_STREAM_PARTITIONS", "5000", "1 to 1024"),
     ],
 )
 def test_a_bad_value_names_the_setting(name: str, value: str, words: str) -> None:

@@ -51,12 +51,12 @@ async def test_pause_list_resume(redis: Redis, redis_url: str, keys: KeySpace) -
     code, out = await reconciler(redis_url, keys, "paused")
     assert code == 0 and "checking by hand" in out and "UNTIL" in out, out
 
-    due = await redis.zscore(keys.deadlines, expiry_member(KEY))
+    due = await redis.zscore(keys.deadlines(), expiry_member(KEY))
     assert due is not None and abs(due / 1000 - (before + 7200)) < 120
 
     code, out = await reconciler(redis_url, keys, "resume", KEY)
     assert code == 0 and "reconcile: requested" in out, out
-    assert await redis.zscore(keys.deadlines, expiry_member(KEY)) is None
+    assert await redis.zscore(keys.deadlines(), expiry_member(KEY)) is None
     assert [p.key for p in await PauseStore(redis, keys).all()] == ["940740243"]
     requests = [codec.decode(f) for _, f in await redis.xrange(keys.conversations_stream)]
     assert [(r.key, r.reason) for r in requests if isinstance(r, ReconcileRequested)] == [

@@ -1,0 +1,123 @@
+"""A real three-node Redis Cluster for tests, on free 127.0.0.1 ports.
+
+Three servers with ``--cluster-enabled yes`` (the embedded binary of
+:func:`ops.embedded.redis_binary`, Redis 7 or newer, not whatever is first on
+PATH) in temporary folders; the slots are split evenly between them and they
+are joined with CLUSTER MEET.  Every server is stopped by its pid at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis as sync_redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from ops.embedded import redis_binary
+
+NODES = 3
+CLUSTER_READY_TIMEOUT_S = 60.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free too."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def node(port: int) -> sync_redis.Redis:
+    return sync_redis.Redis(host="127.0.0.1", port=port, socket_timeout=10)
+
+
+def answers(port: int, check: str) -> bool:
+    try:
+        with node(port) as client:
+            if check == "ping":
+                return bool(client.ping())
+            return bool(client.execute_command("CLUSTER INFO").get("cluster_state") == "ok")
+    except sync_redis.RedisError:
+        return False
+
+
+def form_cluster(ports: list[int]) -> None:
+    """What ``redis-cli --cluster create`` does: split the 16384 slots, then meet."""
+    step = 16384 // len(ports)
+    for i, port in enumerate(ports):
+        last = 16383 if i == len(ports) - 1 else (i + 1) * step - 1
+        with node(port) as client:
+            client.execute_command("CLUSTER ADDSLOTSRANGE", i * step, last)
+    for port in ports[1:]:
+        with node(port) as client:
+            client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    binary = redis_binary().path
+    ports = free_ports(NODES)
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            folder = tmp_path_factory.mktemp(f"cluster-{port}")
+            servers.append(subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                 "--dir", str(folder), "--save", "", "--appendonly", "no",
+                 "--logfile", str(folder / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in ports:
+            wait_for(lambda p=port: answers(p, "ping"), f"cluster node on port {port}")
+        form_cluster(ports)
+        for port in ports:
+            wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
+        yield ports
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def wait_for(check: object, what: str) -> None:
+    deadline = time.monotonic() + CLUSTER_READY_TIMEOUT_S
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+async def client(cluster: list[int]) -> AsyncIterator[RedisCluster]:
+    redis = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False)
+    await redis.initialize()
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+
+
+def keyslot(key: str) -> int:
+    return int(key_slot(key.encode()))
