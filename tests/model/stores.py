@@ -34,7 +34,7 @@ from tests.support import create_conversations_table, eventually, group_caught_u
 T = TypeVar("T")
 ROLES = ("relay", "watcher", "sessions", "consumers", "timers")
 CHANNEL = "940740243"
-GROUPS = (("conversations", "conversations_stream"), ("sessions", "sessions_stream"))
+GROUPS = ("conversations", "sessions")
 
 
 class Loop:
@@ -57,7 +57,7 @@ class Loop:
 class Running:
     """One example's stores and roles."""
 
-    def __init__(self, redis_url: str, database_url: str) -> None:
+    def __init__(self, redis_url: str, database_url: str, partitions: int = 1) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="model-"))
         (self.root / "sessions").mkdir()
         (self.root / "quarantine").mkdir()
@@ -68,7 +68,8 @@ class Running:
             key_prefix=prefix, queue_pattern=f"{prefix}queue:{{session}}",
             table=f"crm_model_{uuid.uuid4().hex[:8]}", bot_timeout_s=3600.0,
             flow_timeouts_s={"short": 1.0}, grace_s=0.5, session_ttl_s=300.0,
-            rescan_interval_s=0.0, claim_min_idle_s=5.0, concurrency=4)
+            rescan_interval_s=0.0, claim_min_idle_s=5.0, concurrency=4,
+            stream_partitions=partitions)
         self.keys = self.settings.keys
         self.stop = asyncio.Event()
         self.redis: Any = None
@@ -87,7 +88,8 @@ class Running:
 
     async def _ready(self) -> bool:
         seen = {(type(e).__name__, e.source) for e in await self._markers()}
-        groups = [await self._group(name, attr) for name, attr in GROUPS]
+        groups = [await self._group(name, stream) for name in GROUPS
+                  for stream in self.keys.live_streams(name)]
         return ({("SnapshotFinished", "folder"), ("SourceResynced", "postgres")} <= seen
                 and any(isinstance(e, SourceResynced) for e in await self._markers("sessions"))
                 and all(g is not None for g in groups))
@@ -100,21 +102,22 @@ class Running:
                 out.append(event)
         return out
 
-    async def _group(self, name: str, attr: str) -> dict[Any, Any] | None:
+    async def _group(self, name: str, stream: str) -> dict[Any, Any] | None:
         try:
-            groups = await self.redis.xinfo_groups(getattr(self.keys, attr))
+            groups = await self.redis.xinfo_groups(stream)
         except Exception:  # the stream does not exist yet
             return None
         return next((g for g in groups if g["name"] in (name, name.encode())), None)
 
     async def quiet(self) -> bool:
         """No entry waits for a group, none is being handled, no deadline is due."""
-        for name, _ in GROUPS:
+        for name in GROUPS:
             for stream in self.keys.lanes(name):
                 if not await group_caught_up(self.redis, stream, name):
                     return False
-        due = await self.redis.zrangebyscore(self.keys.deadlines(), "-inf", time.time() * 1000)
-        return not due
+        return not any([await self.redis.zrangebyscore(self.keys.deadlines(p), "-inf",
+                                                       time.time() * 1000)
+                        for p in range(self.keys.partitions)])
 
     async def close(self) -> None:
         self.stop.set()

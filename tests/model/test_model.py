@@ -43,10 +43,11 @@ STEADY_S = 0.25
 class ReconcilerMachine(RuleBasedStateMachine):
     loop: Loop
     urls: tuple[str, str]
+    partitions = 1
 
     def __init__(self) -> None:
         super().__init__()
-        self.system = Running(*self.urls)
+        self.system = Running(*self.urls, partitions=self.partitions)
         self.run(self.system.start())
         self.conversations = {p: Conversation() for p in PHONES}
         self.sessions = {s: Session() for s in SESSIONS}
@@ -220,7 +221,16 @@ def loop() -> Iterator[Loop]:
 def machine(loop: Loop, redis_url: str, database_url: str) -> type[ReconcilerMachine]:
     ReconcilerMachine.loop = loop
     ReconcilerMachine.urls = (redis_url, database_url)
+    ReconcilerMachine.partitions = 1
     return ReconcilerMachine
+
+
+@pytest.fixture(params=[1, 4], ids=["one-stream", "4-partitions"])
+def any_layout(request: pytest.FixtureRequest,
+               machine: type[ReconcilerMachine]) -> type[ReconcilerMachine]:
+    """The machine on one stream pair, and on four partitions (every role partitioned)."""
+    machine.partitions = request.param
+    return machine
 
 
 def test_random_user_actions_keep_the_stores_as_the_rule_table_says(
@@ -247,9 +257,9 @@ def replay(machine: type[ReconcilerMachine], steps: list[tuple[str, dict[str, An
 
 
 def test_a_cleared_flow_is_recovered_from_the_file_then_the_run_times_out(
-    machine: type[ReconcilerMachine],
+    any_layout: type[ReconcilerMachine],
 ) -> None:
-    replay(machine, [
+    replay(any_layout, [
         ("write_file", {"phone": PHONES[0], "flow": SHORT_FLOW}),
         ("assign_bot", {"phone": PHONES[0], "flow": "flow-a", "started": True}),
         ("clear_flow", {"phone": PHONES[0]}),
@@ -259,9 +269,9 @@ def test_a_cleared_flow_is_recovered_from_the_file_then_the_run_times_out(
 
 
 def test_a_crashed_session_is_parked_and_gets_its_messages_back_first(
-    machine: type[ReconcilerMachine],
+    any_layout: type[ReconcilerMachine],
 ) -> None:
-    replay(machine, [
+    replay(any_layout, [
         ("start_session", {"name": "s1"}),
         ("push", {"name": "s1", "count": 2}),
         ("crash_session", {"name": "s1"}),
