@@ -305,6 +305,11 @@ class KeySpace:
         """Hash of a source's bookkeeping (last event, reconnects, gaps)."""
         return f"{self.prefix}source:{source}"
 
+    @property
+    def stream_layout(self) -> str:
+        """The partition count every process of this prefix uses (events.layout)."""
+        return f"{self.prefix}stream-layout"
+
 
 def hash_tag(key: str) -> str | None:
     """The hash tag of a key (what Redis Cluster hashes): the text between its first ``{``

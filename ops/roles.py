@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from consumers.consumers_role import run_consumers
 from consumers.notifier import run_notifier
+from events.layout import claim_layout
 from events.settings import Settings
 from events.sources.due_timers import run_timers
 from events.sources.folder import run_watcher
@@ -55,6 +56,7 @@ async def run_roles(settings: Settings, names: Sequence[str], stop: asyncio.Even
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with open_environment(settings) as env:
+        await claim_layout(env.redis, env.settings.keys)
         await prepare_database(env, names)
         async with operations(env.settings, env.redis):
             await serve_roles(env.settings, env.redis, names, stop)
