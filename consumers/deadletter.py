@@ -73,6 +73,8 @@ async def dead_letter(
 ) -> None:
     """Move entries to the dead-letter stream and ack them, atomically per entry: an
     entry of a partition goes to the dead-letter stream beside it (its slot)."""
+    if not failed:
+        return
     by_slot: dict[str, list[Failed]] = {}
     for item in failed:
         by_slot.setdefault(beside(deadletter_stream, item.stream), []).append(item)
@@ -135,6 +137,11 @@ def _parse(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> DeadLetter:
         fields=fields,
         truncated=meta.get("dl_truncated", ""),
     )
+
+
+async def dead_letter_count(redis: Redis, streams: Sequence[str]) -> int:
+    """Dead letters waiting, over ``streams`` (``KeySpace.deadletter_streams``)."""
+    return sum([int(await redis.xlen(stream)) for stream in streams])
 
 
 async def list_dead_letters(redis: Redis, deadletter_stream: str, *, count: int = 100) -> list[DeadLetter]:

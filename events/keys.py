@@ -96,6 +96,11 @@ class KeySpace:
         return (self.in_partition(partition, name),
                 self.in_partition(partition, f"{name}{BULK_SUFFIX}"))
 
+    def lanes_of(self, stream: str) -> tuple[str, ...]:
+        """A stream with its other lane (same partition, same slot), or alone if it has none."""
+        live = stream.removesuffix(BULK_SUFFIX)
+        return (live, live + BULK_SUFFIX) if live.rpartition(":")[2] in LANED else (stream,)
+
     def live_streams(self, name: str) -> tuple[str, ...]:
         """The live stream of every partition of a laned stream."""
         return tuple(self.partition_lanes(name, p)[0] for p in range(self.partitions))

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from events import codec, metrics
-from events.contract import BULK_SUFFIX, LANED, EventBase, Lane, stream_of, tag_of
+from events.contract import EventBase, Lane, stream_of, tag_of
 from events.keys import KeySpace
 from events.pipeline_scripts import queue_eval
 from events.replies import text
@@ -91,12 +91,7 @@ class Publisher:
     def _trimmed(self, streams: Sequence[str]) -> list[str]:
         """The streams a batch's trim covers: both lanes of every stream (and partition) it
         touched, so a bulk lane read and acked shrinks back with the next live change too."""
-        return [lane for stream in dict.fromkeys(streams) for lane in self._lanes_of(stream)]
-
-    def _lanes_of(self, stream: str) -> tuple[str, ...]:
-        """``stream`` with its other lane, if it has one (same partition, same slot)."""
-        live = stream.removesuffix(BULK_SUFFIX)
-        return (live, live + BULK_SUFFIX) if live.rpartition(":")[2] in LANED else (stream,)
+        return [lane for stream in dict.fromkeys(streams) for lane in self._keys.lanes_of(stream)]
 
     def add_to(self, pipe: Any, event: EventBase) -> None:
         """Queue the XADD of ``event``, and its trim, on a caller's MULTI (one that also

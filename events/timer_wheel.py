@@ -179,5 +179,8 @@ class TimerWheel:
         dues = [float(first[0][1]) / 1000 for first in firsts if first]
         return min(dues) if dues else None
 
-    async def count(self) -> int:
-        return sum([int(await self._redis.zcard(self._keys.deadlines(p))) for p in self._partitions])
+    async def count(self, due_by: float | None = None) -> int:
+        """Deadlines waiting, over every partition; only those due by ``due_by`` when given."""
+        top = "+inf" if due_by is None else int(due_by * 1000)
+        return sum([int(await self._redis.zcount(self._keys.deadlines(p), "-inf", top))
+                    for p in self._partitions])

@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from consumers.deadletter import dead_letter_count
 from events import metrics
 from events.contract import AUDIT, BULK_SUFFIX, CONVERSATIONS, LANED, NOTIFICATIONS, SESSIONS
 from events.keys import KeySpace
@@ -86,8 +87,8 @@ class GroupCollector:
                 with contextlib.suppress(KeyError):
                     gauge.remove(*labels)
         self._seen = seen
-        metrics.DEADLETTER_ENTRIES.set(sum([await self.redis.xlen(stream)
-                                            for stream in self.keys.deadletter_streams]))
+        metrics.DEADLETTER_ENTRIES.set(
+            await dead_letter_count(self.redis, self.keys.deadletter_streams))
         metrics.PAUSED_KEYS.set(await self.redis.hlen(self.keys.pauses))
         return states
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from consumers.deadletter import dead_letter_count
 from events import codec
 from events.contract import CONVERSATIONS, SESSIONS, SnapshotFinished, SourceResynced
 from events.errors import MalformedEntry
 from events.keys import KeySpace
 from events.replies import text
+from events.timer_wheel import TimerWheel
 from ops.embedded_state import live_servers
 from ops.group_metrics import GroupCollector
 from ops.redact import redact
@@ -100,12 +102,11 @@ async def projections(redis: Redis, keys: KeySpace) -> list[dict[str, Any]]:
 
 
 async def collect(redis: Redis, keys: KeySpace) -> dict[str, Any]:
-    now_ms = int(time.time() * 1000)
-    deadlines = [keys.deadlines(p) for p in range(keys.partitions)]
+    wheel = TimerWheel(redis, keys)
     return {
-        "timers_scheduled": sum([int(await redis.zcard(key)) for key in deadlines]),
-        "timers_due": sum([int(await redis.zcount(key, "-inf", now_ms)) for key in deadlines]),
-        "dead_letters": sum([int(await redis.xlen(key)) for key in keys.deadletter_streams]),
+        "timers_scheduled": await wheel.count(),
+        "timers_due": await wheel.count(due_by=time.time()),
+        "dead_letters": await dead_letter_count(redis, keys.deadletter_streams),
         "groups": await groups(redis, keys),
         "sources": await sources(redis, keys),
         "projections": await projections(redis, keys),

@@ -51,6 +51,8 @@ def test_the_bookkeeping_of_a_stream_is_beside_it() -> None:
     assert label_of(stream) == f"@{partition}" and label_of(ONE.audit_stream) == ""
     assert stream_label(stream) == f"conversations:bulk@{partition}"
     assert stream_label(ONE.bulk_stream(CONVERSATIONS)) == "conversations:bulk"
+    assert SIX.lanes_of(stream) == SIX.partition_lanes(CONVERSATIONS, partition)
+    assert ONE.lanes_of(ONE.audit_stream) == (ONE.audit_stream,)
 
 
 def test_every_stream_is_listed_once_by_slot() -> None:
