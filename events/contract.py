@@ -77,7 +77,8 @@ class ConversationRow(msgspec.Struct, frozen=True, kw_only=True):
 
 class RowChange(EventBase, frozen=True, kw_only=True):
     outbox_id: int
-    """Position in the outbox; the relay publishes in this order."""
+    """Position in the outbox: a row's changes have growing positions (the relay publishes
+    single changes ahead of bulk statements' rows, so not every event of a key follows it)."""
     row: ConversationRow | None
     """The new values (``None`` once deleted)."""
     previous: ConversationRow | None = None

@@ -80,6 +80,9 @@ class ConversationView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=
     """The row image of the last row change (the rule table reads :attr:`rows`)."""
     rows: tuple[ConversationRow, ...] = ()
     """Every row of the key, by id."""
+    row_versions: dict[str, tuple[datetime, int]] = {}
+    """For each row id a change of this key carried, when and at which outbox position its
+    newest change was captured (kept for rows that left the key too)."""
     row_deleted: bool = False
     file_present: bool = False
     file_name: str | None = None
@@ -137,13 +140,29 @@ def _rows_after(view: ConversationView, change: Any) -> tuple[ConversationRow, .
     return tuple(sorted(rows, key=lambda r: r.id))
 
 
+def _newer(seen: tuple[datetime, int] | None, version: tuple[datetime, int]) -> bool:
+    """Whether the change ``seen`` of a row was captured after the change at ``version``.
+
+    The relay publishes single changes ahead of bulk statements' rows, so a row's older
+    image can arrive after its newer one.  Changes of one row are captured in order
+    (the row's lock orders them): both the capture time and the outbox id grow.  Both
+    must say "older", so neither a reinstalled outbox (ids from 1 again) nor a clock
+    set back makes a newer change look old."""
+    return seen is not None and version[0] < seen[0] and version[1] < seen[1]
+
+
 def fold(view: ConversationView | None, event: Event,
          limits: Limits | None = None) -> ConversationView | None:
     """The view after ``event`` (``view`` is ``None`` for a key never seen)."""
     current = view or ConversationView(key=event.key)
     if isinstance(event, ROW_CHANGES):
+        ids = {r.id for r in (event.previous, event.row) if r is not None}
+        version = (event.occurred_at, event.outbox_id)
+        if any(_newer(current.row_versions.get(i), version) for i in ids):
+            return view  # published after a newer change of its row (see _newer)
         current = _replace(current, row=event.row, row_deleted=event.row is None,
-                           rows=_rows_after(current, event))
+                           rows=_rows_after(current, event),
+                           row_versions={**current.row_versions, **dict.fromkeys(ids, version)})
     elif isinstance(event, SessionFileWritten):
         current = _replace(current, file_present=True, file_name=event.name,
                            file_flow_id=event.flow_id, file_written_at=event.occurred_at)
