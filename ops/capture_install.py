@@ -33,7 +33,7 @@ import asyncpg
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from events.sources.outbox import BULK_ROWS, SCHEMA, outbox_names
+from events.sources.outbox import SCHEMA, outbox_names
 from events.sql import quote_ident, quote_table
 from ops.migrate_checks import IndexState, lookup_index, require_rights
 
@@ -98,8 +98,6 @@ def render(template: str, settings: Settings) -> str:
         update_trigger=quote_ident(names.update_trigger),
         delete_trigger=quote_ident(names.delete_trigger),
         channel_literal="'" + names.channel.replace("'", "''") + "'",
-        live_index=quote_ident(names.live_index),
-        bulk_rows=BULK_ROWS,
         **columns,
     )
 

@@ -51,10 +51,6 @@ SCHEMA = "reconciler"
 """The PostgreSQL schema holding everything this project installs."""
 
 MAX_IDENTIFIER = 63
-BULK_ROWS = 100
-"""A statement that changes this many rows is a bulk change: the capture marks its outbox
-rows ``bulk`` and the relay publishes them after the single changes (and so does a
-transaction with this many rows in one batch of the relay)."""
 
 Operation = Literal["INSERT", "UPDATE", "DELETE"]
 RowChangeType = type[RowChange]
@@ -88,8 +84,6 @@ class OutboxNames:
     update_trigger: str
     delete_trigger: str
     channel: str
-    live_index: str
-    """The partial index of the outbox rows that are not bulk (version 4)."""
 
     @property
     def qualified_outbox(self) -> str:
@@ -109,7 +103,6 @@ def outbox_names(table: str) -> OutboxNames:
         update_trigger=_name("reconciler_capture_upd_", table),
         delete_trigger=_name("reconciler_capture_del_", table),
         channel=_name("reconciler_", table),
-        live_index=_name("outbox_live_", table),
     )
 
 

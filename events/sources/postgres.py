@@ -21,15 +21,16 @@ re-publishes rows under the same derived event ids.  A row that cannot
 become an event is marked ``failed`` (kept for inspection), counted and
 logged, and never read again.
 
-Single changes go first: each batch reads the rows not marked ``bulk`` (by
-the capture, version 4: a statement of ``BULK_ROWS`` rows or more) before
-the bulk ones, so a change committed while a big statement's rows drain is
-published with the next batch, not after the whole statement.  A key's
-events can therefore reach the streams out of outbox order (a live change
-ahead of the statement's older image of the same row); the consumers read
-the stores anyway, and the conversations projection keeps each row's newest
-image (``outbox_id`` orders a row's changes).  Against an outbox of version
-3 the relay reads in id order only, and says to run ``reconciler migrate``.
+Single changes go first.  Once a batch shows a bulk transaction (``BULK_ROWS``
+rows or more of one transaction), the rows up to that transaction's last row
+are the backlog, and every later batch reads the rows above it first, then
+the backlog with the room left (:class:`DrainCursor`).  So a
+change committed while a 100,000-row statement drains is published with the
+next batch, not after the statement's last row; nothing is added to the
+capture's cost.  A key's events can therefore reach the streams out of outbox
+order (a live change ahead of the statement's older image of the same row);
+the consumers read the stores anyway, and the conversations projection keeps
+each row's newest image (``outbox_id`` orders a row's changes).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
 from events.publisher import Publisher
 from events.readiness import READINESS
 from events.settings import Settings
-from events.sources.outbox import BULK_ROWS, BadOutboxRow, events_from_row, outbox_names
+from events.sources.outbox import BadOutboxRow, events_from_row, outbox_names
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +104,15 @@ DISCONNECTS: tuple[type[BaseException], ...] = (
 """Errors that mean "reconnect", as opposed to a bug or a missing outbox."""
 
 
+BULK_ROWS = 100
+"""A transaction with this many rows in one batch is a bulk change (its rows go bulk)."""
+
+
 def lanes_of(transactions: list[str]) -> list[Lane]:
-    """The lane of each single-change row of a batch, by the transaction (``xmin``) that
-    wrote it: the rows of a transaction with ``BULK_ROWS`` or more rows in the batch (many
-    small statements in one transaction, or any bulk statement of an outbox of version 3)
-    go to the bulk lane, every other row live.  Rows the capture marked bulk always go bulk.
+    """The lane of each outbox row of a batch, by the transaction (``xmin``) that wrote it:
+    the rows of a transaction with ``BULK_ROWS`` or more rows in the batch (a bulk
+    statement, or many small ones in one transaction) go to the bulk lane, every other
+    row live.
 
     So a single change committed while a bulk statement drains -- a user's, or one the
     consumers make as they work through the statement -- goes live instead of waiting behind
@@ -115,6 +120,20 @@ def lanes_of(transactions: list[str]) -> list[Lane]:
     outbox by a relay that was down."""
     sizes = Counter(transactions)
     return ["bulk" if sizes[t] >= BULK_ROWS else "live" for t in transactions]
+
+
+@dataclass
+class DrainCursor:
+    """Where one drain is in the outbox.
+
+    Ids are only where to start reading (rows are deleted as they are published, so
+    nothing is read twice): ``after`` for the backlog, or for every row while there is
+    none; ``backlog_end``, once a batch showed a bulk transaction, the id of its last
+    row; ``newer_after`` for the rows above it, which are read first."""
+
+    after: int = 0
+    backlog_end: int | None = None
+    newer_after: int = 0
 
 
 class OutboxRelay:
@@ -132,13 +151,15 @@ class OutboxRelay:
         self._options = options or RelayOptions()
         self.loop_name = f"relay:{settings.table}"
         outbox = self._names.qualified_outbox
-        self._select = {which: (
-            f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT}, "
-            f"xmin::text AS txn FROM {outbox} WHERE failed IS NULL AND {condition} AND id > $2 "
-            "ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1")
-            for which, condition in (("single", "NOT bulk"), ("bulk", "bulk"), ("any", "true"))}
-        self._marks_bulk = True
-        """The outbox has the ``bulk`` column (version 4); checked at every connect."""
+        columns = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT}, "
+                   f"xmin::text AS txn FROM {outbox} WHERE failed IS NULL AND id > $2")
+        locked = " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1"
+        self._select = columns + locked
+        self._select_up_to = columns + " AND id <= $3" + locked
+        self._last_id_of = (f"SELECT id FROM {outbox} WHERE xmin::text = ANY($1::text[]) "
+                            "ORDER BY id DESC LIMIT 1")
+        """The last row of the given transactions: read backwards from the newest row, so
+        it passes only the rows written after them."""
         self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
         self._mark_failed = f"UPDATE {outbox} SET failed = $2 WHERE id = $1"
 
@@ -177,7 +198,6 @@ class OutboxRelay:
                     beat=lambda: HEARTBEATS.beat(self.loop_name)):
                 return
             await conn.add_listener(self._names.channel, lambda *_args: doorbell.set())
-            await self._check_marks(conn)
             backlog = await self.drain(conn)
             await self._resynced(reason, backlog)
             while not stop.is_set():
@@ -195,38 +215,28 @@ class OutboxRelay:
                 with contextlib.suppress(*DISCONNECTS):
                     await conn.close(timeout=self._options.query_timeout_s)
 
-    async def _check_marks(self, conn: Any) -> None:
-        self._marks_bulk = bool(await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) "
-            "AND attname = 'bulk' AND NOT attisdropped)", self._names.qualified_outbox))
-        if not self._marks_bulk:
-            log.warning("the change capture of %s is older than version 4: single changes wait "
-                        "behind bulk statements in the relay; run `reconciler migrate`",
-                        self._table, extra={"source": SOURCE, "table": self._table})
-
     async def drain(self, conn: Any) -> int:
         """Publish every row not locked by another relay; the number of rows handled.
 
-        Each drain starts from the smallest ids and each batch reads past the last ids
-        of the one before (one position for the single changes, one for the bulk rows),
-        so a long backlog is not scanned from its start again for every batch (past the
-        index entries of rows just deleted).  A row whose transaction commits during a
-        drain with a smaller id rings the doorbell at its commit, and the next drain,
-        from the start again, publishes it.
+        Each drain starts from the smallest id and each batch reads past the last ids
+        of the one before (:class:`DrainCursor`), so a long backlog is not scanned from
+        its start again for every batch (past the index entries of rows just deleted).
+        A row whose transaction commits during a drain with a smaller id rings the
+        doorbell at its commit, and the next drain, from the start again, publishes it.
         """
-        total, after = 0, {"single": 0, "bulk": 0, "any": 0}
+        total, cursor = 0, DrainCursor()
         while True:
-            handled = await self._batch(conn, after)
+            handled = await self._batch(conn, cursor)
             total += handled
             if handled < self._options.batch:
                 return total
 
-    async def _batch(self, conn: Any, after: dict[str, int]) -> int:
-        """One transaction: the rows after the positions in ``after`` (moved on); the rows handled."""
+    async def _batch(self, conn: Any, cursor: DrainCursor) -> int:
+        """One transaction: the next rows of ``cursor`` (moved on); the rows handled."""
         timeout = self._options.query_timeout_s
         async with conn.transaction():
             try:
-                rows, row_lanes = await self._fetch(conn, after)
+                rows, row_lanes = await self._fetch(conn, cursor)
             except asyncpg.UndefinedTableError as e:
                 raise OutboxMissing(f"no outbox for table {self._table!r}: run `reconciler migrate`") from e
             if not rows:
@@ -255,22 +265,32 @@ class OutboxRelay:
                 await conn.executemany(self._mark_failed, failed, timeout=timeout)
         return len(rows)
 
-    async def _fetch(self, conn: Any, after: dict[str, int]) -> tuple[list[Any], list[Lane]]:
-        """A batch's rows, locked, and their lanes: the single changes first, then bulk rows
-        with the room left (all rows in id order where the outbox marks none)."""
+    async def _fetch(self, conn: Any, cursor: DrainCursor) -> tuple[list[Any], list[Lane]]:
+        """A batch's rows, locked, and their lanes: with a backlog, the rows above it first,
+        then the backlog with the room left; a bulk transaction among the rows read first
+        moves the backlog's end to its last row."""
         limit, timeout = self._options.batch, self._options.query_timeout_s
-        first = "single" if self._marks_bulk else "any"
-        rows = list(await conn.fetch(self._select[first], limit, after[first], timeout=timeout))
-        if rows:
-            after[first] = int(rows[-1]["id"])
+        end = cursor.backlog_end
+        start = cursor.after if end is None else max(end, cursor.newer_after)
+        rows = list(await conn.fetch(self._select, limit, start, timeout=timeout))
         lanes = lanes_of([row["txn"] for row in rows])
-        if self._marks_bulk and len(rows) < limit:
-            bulk = await conn.fetch(self._select["bulk"], limit - len(rows), after["bulk"],
-                                    timeout=timeout)
-            if bulk:
-                after["bulk"] = int(bulk[-1]["id"])
-            rows += bulk
-            lanes += ["bulk"] * len(bulk)
+        if rows and end is None:
+            cursor.after = int(rows[-1]["id"])
+        elif rows:
+            cursor.newer_after = int(rows[-1]["id"])
+        if "bulk" in lanes:
+            bulk = list({row["txn"] for row, lane in zip(rows, lanes, strict=True) if lane == "bulk"})
+            cursor.backlog_end = max(cursor.backlog_end or 0, int(
+                await conn.fetchval(self._last_id_of, bulk, timeout=timeout)))
+        if end is not None and len(rows) < limit:
+            older = await conn.fetch(self._select_up_to, limit - len(rows), cursor.after, end,
+                                     timeout=timeout)
+            if older:
+                cursor.after = int(older[-1]["id"])
+            elif cursor.backlog_end == end:  # the backlog is published
+                cursor.after, cursor.backlog_end = max(cursor.after, cursor.newer_after), None
+            rows += older
+            lanes += lanes_of([row["txn"] for row in older])
         return rows, lanes
 
     def _report(self, outbox_id: int, error: BadOutboxRow) -> None:
