@@ -134,8 +134,10 @@ class ConversationsHandler:
         """Every row of the key, its file and its clocks, as the rule table reads them."""
         rows = await self.sql.read_all(phone, channel)
         file = self.files.read(name) if name is not None else None
-        bot_seen, orphan_seen = await self.redis.mget(
-            self.keys.first_seen("bot", key), self.keys.first_seen("orphan", key))
+        pipe = self.redis.pipeline(transaction=False)  # two hash slots: no MGET on a cluster
+        for kind in ("bot", "orphan"):
+            pipe.get(self.keys.first_seen(kind, key))
+        bot_seen, orphan_seen = await pipe.execute()
         return Seen(key=key, now=time.time(), rows=rows, file=file,
                     bot_seen_at=_float(bot_seen), orphan_seen_at=_float(orphan_seen),
                     bot_timeout_s=self.settings.bot_timeout_s,

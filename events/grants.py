@@ -93,7 +93,7 @@ async def _consumers(conn: Any, settings: Settings, me: str) -> list[str]:
 async def missing_redis_rights(redis: Any, keys: KeySpace) -> list[str]:
     """The Redis ACL rule the consumers and timers roles lack, if any."""
     try:
-        await redis.publish(keys.deadlines_wake, "")
+        await redis.execute_command("PUBLISH", keys.deadlines_wake, "")  # a cluster client has no publish()
     except NoPermissionError:
         return [f"the Redis user may not use channel {keys.deadlines_wake!r}: "
                 f"ACL SETUSER <user> '&{keys.deadlines_wake}'"]

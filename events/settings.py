@@ -58,6 +58,8 @@ class Settings:
     dry_run: bool = False
     metrics_addr: str = "127.0.0.1:9464"
 
+    redis_cluster: bool = False
+    """``REDIS_URL`` names a node of a Redis Cluster: connect a cluster client."""
     stream_partitions: int = 1
     """Partitions of the conversation and session streams (events.keys); 1: today's layout."""
 

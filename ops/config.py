@@ -171,6 +171,7 @@ VARIABLES: tuple[_Var, ...] = (
     _Var("RECONCILER_ORPHAN_QUEUE_POLICY", "orphan_queue_policy", _policy),
     _Var("RECONCILER_DRY_RUN", "dry_run", _bool),
     _Var("RECONCILER_METRICS_ADDR", "metrics_addr", _address),
+    _Var("RECONCILER_REDIS_CLUSTER", "redis_cluster", _bool),
     _Var("RECONCILER_STREAM_PARTITIONS", "stream_partitions", _positive_int),
     _Var("RECONCILER_STREAM_MAX_LEN", "stream_max_len", _count),
     _Var("RECONCILER_STREAM_RETENTION_S", "stream_retention_s", _seconds),
@@ -288,6 +289,9 @@ def _check(settings: Settings) -> None:
                 "RECONCILER_STREAM_PARTITIONS" if "partition" in str(e) else
                 "RECONCILER_QUEUE_PATTERN")
         raise ConfigError(f"{name}: {e}") from e
+    if settings.redis_cluster and settings.redis_url is None:
+        raise ConfigError("RECONCILER_REDIS_CLUSTER: needs REDIS_URL, the address of a node of "
+                          "the cluster (the embedded Redis is a single server)")
     if settings.sessions_dir.resolve() == settings.quarantine_dir.resolve():
         raise ConfigError("RECONCILER_QUARANTINE_DIR: must differ from RECONCILER_SESSIONS_DIR")
     if settings.session_ttl_s < 1:

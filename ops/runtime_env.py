@@ -22,7 +22,8 @@ from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from events.errors import ReconcilerError
 from events.settings import Settings
@@ -51,7 +52,12 @@ class Environment:
         return await connect_pg(self.settings.database_url)
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, *, cluster: bool = False) -> Any:
+    """A client of ``url``: a :class:`RedisCluster` that follows the cluster's slots when
+    ``cluster`` (``RECONCILER_REDIS_CLUSTER``; ``url`` is then any node of it)."""
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=False, health_check_interval=30,
+                                     socket_keepalive=True)
     return Redis.from_url(url, decode_responses=False, health_check_interval=30,
                           socket_keepalive=True)
 
@@ -83,12 +89,25 @@ async def connect_pg(url: str) -> Any:
                                "DATABASE_URL (unset it to use the embedded one)") from e
 
 
-async def check_redis(redis: Redis, url: str) -> None:
+async def check_redis(redis: Any, url: str) -> None:
+    """Ping; a node of a Redis Cluster reached with a one-node client is an error too (its
+    other slots would answer MOVED), saying which setting to turn on."""
     try:
         await redis.ping()
-    except (RedisError, OSError) as e:
+        in_cluster = not isinstance(redis, RedisCluster) and await _cluster_enabled(redis)
+    except (RedisError, RedisClusterException, OSError) as e:
         raise StoreUnreachable(f"cannot reach Redis at {redact(url)}: {e}: start it, or fix "
                                "REDIS_URL (unset it to use the embedded one)") from e
+    if in_cluster:
+        raise StoreUnreachable(f"Redis at {redact(url)} is a node of a Redis Cluster: set "
+                               "RECONCILER_REDIS_CLUSTER=true")
+
+
+async def _cluster_enabled(redis: Any) -> bool:
+    try:
+        return bool((await redis.info("cluster")).get("cluster_enabled"))
+    except NoPermissionError:  # an ACL without INFO: the commands will say so if it is
+        return False
 
 
 def require_sessions_dir(settings: Settings) -> None:
@@ -107,7 +126,7 @@ async def open_environment(settings: Settings, *, need_pg: bool = True) -> Async
     try:
         settings = _with_embedded(settings, attached)
         assert settings.redis_url is not None
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
         try:
             await check_redis(redis, settings.redis_url)
             yield Environment(settings=settings, redis=redis, embedded=dict(attached.urls))

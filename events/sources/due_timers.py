@@ -21,6 +21,7 @@ from events import metrics, wiring
 from events.grants import missing_redis_rights, wait_until_granted
 from events.loops import HEARTBEATS, spawn
 from events.settings import Settings
+from events.subscriber import subscriber
 from events.timer_wheel import TimerWheel
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ async def run_timers(settings: Settings, redis: Any, stop: asyncio.Event) -> Non
     if not await wait_until_granted(lambda: missing_redis_rights(redis, settings.keys),
                                     role="timers", stop=stop):
         return
-    task = spawn(LOOP_NAME, lambda: timer_loop(redis, wheel, stop), stall_after_s=MAX_SLEEP_S * 3,
-                 stop=stop)
+    task = spawn(LOOP_NAME, lambda: timer_loop(redis, wheel, stop, url=settings.redis_url),
+                 stall_after_s=MAX_SLEEP_S * 3, stop=stop)
     await stop.wait()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), timeout=MAX_SLEEP_S / 10)
@@ -47,20 +48,23 @@ async def run_timers(settings: Settings, redis: Any, stop: asyncio.Event) -> Non
         await task
 
 
-async def timer_loop(redis: Any, wheel: TimerWheel, stop: asyncio.Event) -> None:
-    """Fire due deadlines, then sleep until the next one or a wake-up, until ``stop``."""
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(wheel.wake_channel)
-    try:
-        while not stop.is_set():
-            HEARTBEATS.beat(LOOP_NAME)
-            next_due = await fire_all_due(wheel)
-            sleep = MAX_SLEEP_S if next_due is None else next_due - time.time()
-            sleep = min(MAX_SLEEP_S, max(MIN_SLEEP_S, sleep))
-            await _wait_for_wake(pubsub, stop, sleep)
-    finally:
-        with contextlib.suppress(Exception):
-            await pubsub.aclose()
+async def timer_loop(redis: Any, wheel: TimerWheel, stop: asyncio.Event, *,
+                     url: str | None = None) -> None:
+    """Fire due deadlines, then sleep until the next one or a wake-up, until ``stop``
+    (on a cluster the wake-ups are heard through the node ``url`` names)."""
+    async with subscriber(redis, url) as node:
+        pubsub = node.pubsub()
+        await pubsub.subscribe(wheel.wake_channel)
+        try:
+            while not stop.is_set():
+                HEARTBEATS.beat(LOOP_NAME)
+                next_due = await fire_all_due(wheel)
+                sleep = MAX_SLEEP_S if next_due is None else next_due - time.time()
+                sleep = min(MAX_SLEEP_S, max(MIN_SLEEP_S, sleep))
+                await _wait_for_wake(pubsub, stop, sleep)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
 
 async def fire_all_due(wheel: TimerWheel) -> float | None:

@@ -50,6 +50,7 @@ from events.replies import text
 from events.settings import Settings
 from events.sources.lease_deadlines import LeaseDeadlines, read_ttls
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
+from events.subscriber import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def _warn_once(kind: str, why: str, rescan_interval_s: float) -> None:
 
 
 def channel_prefix(redis: Any) -> str:
-    db = int(redis.connection_pool.connection_kwargs.get("db", 0) or 0)
+    pool = getattr(redis, "connection_pool", None)  # a cluster client has none: db 0
+    db = int(pool.connection_kwargs.get("db", 0) or 0) if pool is not None else 0
     return f"__keyspace@{db}__:"
 
 
@@ -154,6 +156,16 @@ class SessionsSource:
         if self._runs:
             metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
         self._runs += 1
+        if is_cluster(self._redis):  # each node notifies of its own keys only
+            if "cluster" not in _warned:
+                _warned.add("cluster")
+                log.warning("on a Redis Cluster the keyspace notifications are not watched: "
+                            "expired leases are found at their deadline, pushes to queues by "
+                            "the rescan every %gs", self._settings.rescan_interval_s,
+                            extra={"source": SOURCE})
+            await self.resync(reason)
+            await self._watch(None, _ReconnectWatch(), stop)
+            return
         notifying = await enable_notifications(
             self._redis, rescan_interval_s=self._settings.rescan_interval_s)
         pubsub = self._redis.pubsub()

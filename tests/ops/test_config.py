@@ -26,6 +26,9 @@ def test_defaults_are_the_documented_ones() -> None:
     assert load_settings({"RECONCILER_SETTLED_TTL_S": "3600"}).settled_ttl_s == 3600
     assert settings.keys.partitions == 1
     assert load_settings({"RECONCILER_STREAM_PARTITIONS": "6"}).keys.partitions == 6
+    assert settings.redis_cluster is False
+    assert load_settings({"RECONCILER_REDIS_CLUSTER": "yes",
+                          "REDIS_URL": "redis://node-1:6379/0"}).redis_cluster is True
     assert settings.redis_url is None and settings.database_url is None
 
 
@@ -45,6 +48,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("RECONCILER_SETTLED_TTL_S", "60", "at least 600"),
         ("RECONCILER_STREAM_PARTITIONS", "0", "RECONCILER_STREAM_PARTITIONS"),
         ("RECONCILER_STREAM_PARTITIONS", "5000", "1 to 1024"),
+        ("RECONCILER_REDIS_CLUSTER", "true", "needs REDIS_URL"),
     ],
 )
 def test_a_bad_value_names_the_setting(name: str, value: str, words: str) -> None:
