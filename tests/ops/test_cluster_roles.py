@@ -6,7 +6,8 @@ three stream partitions, against a real PostgreSQL and a real sessions folder.
 It does what it does on one node: chats stuck waiting on the bot get their
 flow from the file, time out on the timer wheel and have their files
 quarantined, on keys of all three partitions; a gateway that crashes leaves
-its queue parked, and the same session back gets its messages first.
+its queue parked, and the same session back gets its messages first; and
+``reconciler status``, run against another node, reads every group.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ async def test_reconciler_run_on_a_cluster_reconciles_conversations_and_sessions
         assert await client.lrange(keys.queue("gw-crashed"), 0, -1) == [b"m1", b"m2"]
         assert answer(metrics_port, "/healthz") == 200
         assert run.process.poll() is None, run.log.read_text()
+        status = subprocess.run([sys.executable, "-m", "ops", "--json", "status"],
+                                env=run_env(settings, cluster[2], free_port(), tmp_path),
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["dead_letters"] == 0 and report["groups"], report
     finally:
         print(run.log.read_text()[-20_000:])  # shown when the test fails
         run.stop()
