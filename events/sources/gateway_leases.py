@@ -12,7 +12,10 @@ It follows "list, then watch":
    notify-keyspace-events``, adding ``K`` keyspace, ``x`` expired and ``l``
    list flags to whatever is set already);
 2. subscribe (one dedicated pubsub connection, the client's own db -- the
-   notifications are per database) to the lease keys and the queue keys;
+   notifications are per database) to the lease keys and the queue keys; on a
+   Redis Cluster, where each node notifies of its own keys only, one on every
+   primary (:mod:`events.subscriber`), subscribed again when the primaries
+   change;
 3. only then list: SCAN the leases (a name seen live at the last scan whose
    lease is gone expired while nobody watched) and the queues; then publish a
    ``source.resynced`` marker;
@@ -42,6 +45,7 @@ from redis.exceptions import NoPermissionError, ResponseError
 from events import metrics, wiring
 from events.contract import EventBase, Lane, SessionExpired, SourceResynced
 from events.envelope import new_event
+from events.errors import ReconcilerError
 from events.grants import confirm_subscribed
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
@@ -50,7 +54,7 @@ from events.replies import text
 from events.settings import Settings
 from events.sources.lease_deadlines import LeaseDeadlines, read_ttls
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
-from events.subscriber import is_cluster
+from events.subscriber import MergedPubSub, primaries, primary_addresses
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,10 @@ def channel_prefix(redis: Any) -> str:
     return f"__keyspace@{db}__:"
 
 
+class PrimariesChanged(ReconcilerError):
+    """A cluster node that holds keys has no subscription of the source yet (or left)."""
+
+
 class _ReconnectWatch:
     """Notices when redis-py silently reconnects (and re-subscribes) the pubsub."""
 
@@ -156,29 +164,21 @@ class SessionsSource:
         if self._runs:
             metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
         self._runs += 1
-        if is_cluster(self._redis):  # each node notifies of its own keys only
-            if "cluster" not in _warned:
-                _warned.add("cluster")
-                log.warning("on a Redis Cluster the keyspace notifications are not watched: "
-                            "expired leases are found at their deadline, pushes to queues by "
-                            "the rescan every %gs", self._settings.rescan_interval_s,
-                            extra={"source": SOURCE})
-            await self.resync(reason)
-            await self._watch(None, _ReconnectWatch(), stop)
-            return
-        notifying = await enable_notifications(
-            self._redis, rescan_interval_s=self._settings.rescan_interval_s)
-        pubsub = self._redis.pubsub()
-        watch = _ReconnectWatch()
-        try:
-            if notifying:
-                notifying = await self._subscribe(pubsub)
-            if notifying:
-                pubsub.connection.register_connect_callback(watch.on_connect)
-            await self.resync(reason)
-            await self._watch(pubsub if notifying else None, watch, stop)
-        finally:
-            await pubsub.aclose()
+        async with primaries(self._redis, self._settings.redis_url) as nodes:
+            notifying = all([await enable_notifications(
+                node, rescan_interval_s=self._settings.rescan_interval_s) for node in nodes])
+            merged, watch = MergedPubSub([node.pubsub() for node in nodes]), _ReconnectWatch()
+            try:
+                if notifying:
+                    notifying = all([await self._subscribe(p) for p in merged.pubsubs])
+                if notifying:
+                    for pubsub in merged.pubsubs:
+                        pubsub.connection.register_connect_callback(watch.on_connect)
+                    merged.start()
+                await self.resync(reason)
+                await self._watch(merged if notifying else None, watch, stop, nodes)
+            finally:
+                await merged.aclose()
 
     async def _subscribe(self, pubsub: Any) -> bool:
         """Subscribe to the notifications; ``False`` (and one warning) if the ACL refuses."""
@@ -193,8 +193,10 @@ class SessionsSource:
             return False
         return True
 
-    async def _watch(self, pubsub: Any, watch: _ReconnectWatch, stop: asyncio.Event) -> None:
+    async def _watch(self, pubsub: MergedPubSub | None, watch: _ReconnectWatch,
+                     stop: asyncio.Event, nodes: list[Any]) -> None:
         interval = self._settings.rescan_interval_s
+        subscribed = primary_addresses(self._redis)
         next_rescan = time.monotonic() + interval if interval > 0 else float("inf")
         while not stop.is_set():
             HEARTBEATS.beat(LOOP)
@@ -204,7 +206,7 @@ class SessionsSource:
             if pubsub is None:
                 await sleep_unless_stopped(stop, wait)
             else:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                message = await pubsub.get_message(timeout=wait)
                 if message is not None:
                     await self._on_message(message)
             if self._coalescer.seconds_until_due() == 0:
@@ -214,10 +216,13 @@ class SessionsSource:
                 watch.reconnected = False
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
                 await self.resync("reconnect")
+            if primary_addresses(self._redis) != subscribed:  # as the client learned (MOVED)
+                raise PrimariesChanged("the cluster's primaries changed: subscribing again")
             if time.monotonic() >= next_rescan:
                 next_rescan = time.monotonic() + interval
                 if pubsub is not None:
-                    await enable_notifications(self._redis, rescan_interval_s=interval)
+                    for node in nodes:
+                        await enable_notifications(node, rescan_interval_s=interval)
                 await self.scan()
         await self._coalescer.flush(everything=True)  # stopping: publish what is pending
 
