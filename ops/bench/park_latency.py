@@ -71,7 +71,7 @@ async def running(redis: Redis, settings: Settings, variant: str) -> AsyncIterat
         window = COALESCE_WINDOW_S if variant == "source" else 0.0
         tasks.append(asyncio.create_task(
             SessionsSource(settings, redis, coalesce_window_s=window).run(stop)))
-        await wait_for_entries(redis, keys.sessions_stream)  # the source's resync marker
+        await wait_for_entries(redis, *keys.lanes("sessions"))  # the resync marker (bulk lane)
     try:
         yield
     finally:
@@ -79,13 +79,15 @@ async def running(redis: Redis, settings: Settings, variant: str) -> AsyncIterat
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
 
 
-async def wait_for_entries(redis: Redis, stream: str) -> None:
+async def wait_for_entries(redis: Redis, *streams: str) -> None:
+    """Until one of ``streams`` holds an entry."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        if await redis.xlen(stream):
-            return
+        for stream in streams:
+            if await redis.xlen(stream):
+                return
         await asyncio.sleep(0.01)
-    raise TimeoutError(f"nothing on {stream} within {WAIT_S}s")
+    raise TimeoutError(f"nothing on {' or '.join(streams)} within {WAIT_S}s")
 
 
 async def measure_variant(redis: Redis, args: Any, variant: str) -> dict[str, list[float]]:
