@@ -280,8 +280,8 @@ class OutboxRelay:
             cursor.newer_after = int(rows[-1]["id"])
         if "bulk" in lanes:
             bulk = list({row["txn"] for row, lane in zip(rows, lanes, strict=True) if lane == "bulk"})
-            cursor.backlog_end = max(cursor.backlog_end or 0, int(
-                await conn.fetchval(self._last_id_of, bulk, timeout=timeout)))
+            last = await conn.fetchval(self._last_id_of, bulk, timeout=timeout)
+            cursor.backlog_end = max(cursor.backlog_end or 0, int(last or rows[-1]["id"]))
         if end is not None and len(rows) < limit:
             older = await conn.fetch(self._select_up_to, limit - len(rows), cursor.after, end,
                                      timeout=timeout)
