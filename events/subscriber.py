@@ -43,16 +43,8 @@ def _node_client(url: str, host: str | None = None, port: int | None = None) -> 
 @contextlib.asynccontextmanager
 async def subscriber(redis: Any, url: str | None) -> AsyncIterator[Any]:
     """``redis`` itself, or on a cluster a client of the node ``url`` names (closed after)."""
-    if not is_cluster(redis):
-        yield redis
-        return
-    if url is None:
-        raise ValueError("a cluster client needs the URL of a node to subscribe through")
-    node = _node_client(url)
-    try:
+    async with _node_clients(redis, url, [(None, None)]) as (node,):
         yield node
-    finally:
-        await node.aclose()
 
 
 def primary_addresses(redis: Any) -> frozenset[tuple[str, int]]:
@@ -65,12 +57,22 @@ def primary_addresses(redis: Any) -> frozenset[tuple[str, int]]:
 @contextlib.asynccontextmanager
 async def primaries(redis: Any, url: str | None) -> AsyncIterator[list[Any]]:
     """``[redis]``, or on a cluster one client per primary (closed after)."""
+    async with _node_clients(redis, url, sorted(primary_addresses(redis))) as nodes:
+        yield nodes
+
+
+@contextlib.asynccontextmanager
+async def _node_clients(redis: Any, url: str | None,
+                        addresses: Sequence[tuple[str | None, int | None]]
+                        ) -> AsyncIterator[list[Any]]:
+    """``[redis]`` on one node; on a cluster a plain client of ``url`` at each address
+    (``(None, None)``: the node ``url`` names), closed after."""
     if not is_cluster(redis):
         yield [redis]
         return
     if url is None:
         raise ValueError("a cluster client needs the URL of a node to subscribe through")
-    nodes = [_node_client(url, host, port) for host, port in sorted(primary_addresses(redis))]
+    nodes = [_node_client(url, host, port) for host, port in addresses]
     try:
         yield nodes
     finally:

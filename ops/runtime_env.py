@@ -27,6 +27,7 @@ from redis.exceptions import NoPermissionError, RedisClusterException, RedisErro
 
 from events.errors import ReconcilerError
 from events.settings import Settings
+from events.subscriber import is_cluster
 from ops.config import ConfigError, load_settings
 from ops.embedded_state import Attached, attach, detach
 from ops.redact import redact
@@ -94,7 +95,7 @@ async def check_redis(redis: Any, url: str) -> None:
     other slots would answer MOVED), saying which setting to turn on."""
     try:
         await redis.ping()
-        in_cluster = not isinstance(redis, RedisCluster) and await _cluster_enabled(redis)
+        in_cluster = not is_cluster(redis) and await _cluster_enabled(redis)
     except (RedisError, RedisClusterException, OSError) as e:
         raise StoreUnreachable(f"cannot reach Redis at {redact(url)}: {e}: start it, or fix "
                                "REDIS_URL (unset it to use the embedded one)") from e

@@ -130,10 +130,10 @@ def _unix(at: datetime | None) -> float | None:
     return at.timestamp() if at is not None else None
 
 
-def _rows_after(view: ConversationView, change: Any) -> tuple[ConversationRow, ...]:
-    """The key's rows once ``change`` is applied (a row that moved to another key leaves)."""
-    gone = {r.id for r in (change.previous, change.row) if r is not None}
-    rows = [r for r in view.rows if r.id not in gone]
+def _rows_after(view: ConversationView, change: Any, ids: set[str]) -> tuple[ConversationRow, ...]:
+    """The key's rows once ``change`` of the rows ``ids`` is applied (a row that moved to
+    another key leaves)."""
+    rows = [r for r in view.rows if r.id not in ids]
     new = change.row
     if new is not None and conversation_key(new.phone, new.channel) == view.key:
         rows.append(new)
@@ -161,7 +161,7 @@ def fold(view: ConversationView | None, event: Event,
         if any(_newer(current.row_versions.get(i), version) for i in ids):
             return view  # published after a newer change of its row (see _newer)
         current = _replace(current, row=event.row, row_deleted=event.row is None,
-                           rows=_rows_after(current, event),
+                           rows=_rows_after(current, event, ids),
                            row_versions={**current.row_versions, **dict.fromkeys(ids, version)})
     elif isinstance(event, SessionFileWritten):
         current = _replace(current, file_present=True, file_name=event.name,
