@@ -8,14 +8,16 @@ through plain clients of the nodes themselves:
   timer wheel's wake-ups): :func:`subscriber`;
 * keyspace notifications are each node's own, so the sessions source
   subscribes on every primary (:func:`primaries`) and reads their pubsubs as
-  one (:class:`MergedPubSub`); :func:`primary_addresses` tells it when the
-  cluster's primaries changed, to subscribe again.
+  one (:class:`MergedPubSub`); :class:`PrimariesWatch` tells it when the
+  cluster's primaries changed (a node added, a slot moved to it, a failover),
+  to subscribe again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -25,6 +27,9 @@ from redis.asyncio.connection import parse_url
 
 READ_SLICE_S = 1.0
 """How long one read of a node's pubsub waits before it reads again."""
+
+TOPOLOGY_CHECK_S = 5.0
+"""How often a subscriber asks the cluster which primaries serve its slots."""
 
 
 def is_cluster(redis: Any) -> bool:
@@ -52,6 +57,47 @@ def primary_addresses(redis: Any) -> frozenset[tuple[str, int]]:
     if not is_cluster(redis):
         return frozenset()
     return frozenset((n.host, int(n.port)) for n in redis.get_nodes() if n.server_type == "primary")
+
+
+async def reported_primaries(node: Any) -> frozenset[tuple[str, int]]:
+    """The primaries serving slots as the cluster node ``node`` (a plain client) reports them."""
+    ranges = await node.execute_command("CLUSTER SLOTS")
+    own_host = node.connection_pool.connection_kwargs.get("host", "")
+    found = set()
+    for entry in ranges:
+        host, port = entry[2][0], entry[2][1]
+        host = host.decode() if isinstance(host, bytes) else str(host)
+        found.add((host or own_host, int(port)))  # a one-node cluster reports no host
+    return frozenset(found)
+
+
+class PrimariesWatch:
+    """Tells when a cluster's primaries are no longer those a subscriber subscribed on.
+
+    The cluster client learns of a new primary only when a command of its own is
+    MOVED there, and a subscriber's own commands may never touch the moved slots;
+    so every :data:`TOPOLOGY_CHECK_S` the node ``node`` is asked, and on a change
+    the client's map is refreshed (which reconnects its connections: done only
+    then) so that subscribing again finds every primary.
+    """
+
+    def __init__(self, redis: Any, node: Any, interval_s: float = TOPOLOGY_CHECK_S) -> None:
+        self._redis, self._node, self._interval_s = redis, node, interval_s
+        self.subscribed = primary_addresses(redis)
+        self._next_check = time.monotonic() + interval_s
+
+    async def changed(self) -> bool:
+        if not is_cluster(self._redis):
+            return False
+        if primary_addresses(self._redis) != self.subscribed:  # the client learned (MOVED)
+            return True
+        if time.monotonic() < self._next_check:
+            return False
+        self._next_check = time.monotonic() + self._interval_s
+        if await reported_primaries(self._node) == self.subscribed:
+            return False
+        await self._redis.nodes_manager.initialize()
+        return True
 
 
 @contextlib.asynccontextmanager

@@ -97,11 +97,30 @@ async def check_redis(redis: Any, url: str) -> None:
         await redis.ping()
         in_cluster = not is_cluster(redis) and await _cluster_enabled(redis)
     except (RedisError, RedisClusterException, OSError) as e:
+        if is_cluster(redis) and await _slot_map_refused(url):
+            raise StoreUnreachable(f"the Redis user of {redact(url)} may not run CLUSTER SLOTS, "
+                                   "which a cluster client reads the slot map with: add "
+                                   "+cluster|slots to its ACL on every node") from e
         raise StoreUnreachable(f"cannot reach Redis at {redact(url)}: {e}: start it, or fix "
                                "REDIS_URL (unset it to use the embedded one)") from e
     if in_cluster:
         raise StoreUnreachable(f"Redis at {redact(url)} is a node of a Redis Cluster: set "
                                "RECONCILER_REDIS_CLUSTER=true")
+
+
+async def _slot_map_refused(url: str) -> bool:
+    """Whether the node ``url`` names refuses its user CLUSTER SLOTS (redis-py's cluster
+    client then says only that cluster mode is not enabled)."""
+    node = Redis.from_url(url, socket_timeout=10)
+    try:
+        await node.execute_command("CLUSTER SLOTS")
+    except NoPermissionError:
+        return True
+    except (RedisError, OSError):
+        return False
+    finally:
+        await node.aclose()
+    return False
 
 
 async def _cluster_enabled(redis: Any) -> bool:

@@ -4,14 +4,17 @@ Three servers with ``--cluster-enabled yes`` (the embedded binary of
 :func:`ops.embedded.redis_binary`, Redis 7 or newer, not whatever is first on
 PATH) in temporary folders; the slots are split evenly between them and they
 are joined with CLUSTER MEET.  Every server is stopped by its pid at the end.
+:func:`servers` starts spare ones for a test that changes the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis as sync_redis
@@ -68,35 +71,49 @@ def form_cluster(ports: list[int]) -> None:
             client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+@contextlib.contextmanager
+def servers(count: int, folders: Callable[[int], Path], *options: str
+            ) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
+    """``count`` cluster-enabled servers on free ports (not joined yet), by port; each is
+    stopped by its pid after (a test may stop one before)."""
     binary = redis_binary().path
-    ports = free_ports(NODES)
-    servers: list[subprocess.Popen[bytes]] = []
+    started: dict[int, subprocess.Popen[bytes]] = {}
     try:
-        for port in ports:
-            folder = tmp_path_factory.mktemp(f"cluster-{port}")
-            servers.append(subprocess.Popen(
+        for port in free_ports(count):
+            folder = folders(port)
+            started[port] = subprocess.Popen(
                 [binary, "--port", str(port), "--bind", "127.0.0.1",
                  "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
                  "--dir", str(folder), "--save", "", "--appendonly", "no",
-                 "--logfile", str(folder / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in ports:
+                 "--logfile", str(folder / "redis.log"), *options],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in started:
             wait_for(lambda p=port: answers(p, "ping"), f"cluster node on port {port}")
+        yield started
+    finally:
+        for server in started.values():
+            stop_server(server)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    if server.poll() is not None:
+        return
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    with servers(NODES, lambda port: tmp_path_factory.mktemp(f"cluster-{port}")) as started:
+        ports = list(started)
         form_cluster(ports)
         for port in ports:
             wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
         yield ports
-    finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
 
 
 def wait_for(check: object, what: str) -> None:

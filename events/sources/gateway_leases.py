@@ -54,7 +54,7 @@ from events.replies import text
 from events.settings import Settings
 from events.sources.lease_deadlines import LeaseDeadlines, read_ttls
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
-from events.subscriber import MergedPubSub, primaries, primary_addresses
+from events.subscriber import MergedPubSub, PrimariesWatch, primaries
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class SessionsSource:
             metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
         self._runs += 1
         async with primaries(self._redis, self._settings.redis_url) as nodes:
+            changes = PrimariesWatch(self._redis, nodes[0])  # of the primaries subscribed on
             notifying = all([await enable_notifications(
                 node, rescan_interval_s=self._settings.rescan_interval_s) for node in nodes])
             merged, watch = MergedPubSub([node.pubsub() for node in nodes]), _ReconnectWatch()
@@ -176,7 +177,7 @@ class SessionsSource:
                         pubsub.connection.register_connect_callback(watch.on_connect)
                     merged.start()
                 await self.resync(reason)
-                await self._watch(merged if notifying else None, watch, stop, nodes)
+                await self._watch(merged if notifying else None, watch, stop, nodes, changes)
             finally:
                 await merged.aclose()
 
@@ -194,9 +195,8 @@ class SessionsSource:
         return True
 
     async def _watch(self, pubsub: MergedPubSub | None, watch: _ReconnectWatch,
-                     stop: asyncio.Event, nodes: list[Any]) -> None:
+                     stop: asyncio.Event, nodes: list[Any], changes: PrimariesWatch) -> None:
         interval = self._settings.rescan_interval_s
-        subscribed = primary_addresses(self._redis)
         next_rescan = time.monotonic() + interval if interval > 0 else float("inf")
         while not stop.is_set():
             HEARTBEATS.beat(LOOP)
@@ -216,7 +216,7 @@ class SessionsSource:
                 watch.reconnected = False
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
                 await self.resync("reconnect")
-            if primary_addresses(self._redis) != subscribed:  # as the client learned (MOVED)
+            if await changes.changed():
                 raise PrimariesChanged("the cluster's primaries changed: subscribing again")
             if time.monotonic() >= next_rescan:
                 next_rescan = time.monotonic() + interval

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from ops import capture_install
 from tests.ops.test_embedded import Run
 from tests.ops.test_health import free_port
 from tests.redis_cluster import NODES, client, cluster, keyslot
+from tests.redis_cluster import node as cluster_node
 from tests.support import create_conversations_table, eventually
 
 __all__ = ["client", "cluster"]  # the fixtures
@@ -144,3 +146,28 @@ def test_a_cluster_node_without_the_setting_is_refused_by_name(
                           text=True, timeout=120)
     assert done.returncode != 0
     assert "is a node of a Redis Cluster: set RECONCILER_REDIS_CLUSTER=true" in done.stderr
+
+
+def test_a_cluster_user_without_the_slot_map_is_told_which_rule(
+    cluster: list[int], settings: Settings, tmp_path: Path,
+) -> None:
+    """security.md's ACL, on a cluster, without ``+cluster|slots``: redis-py's own message
+    (cluster mode not enabled) would send the operator the wrong way."""
+    user = f"no-slots-{uuid.uuid4().hex[:8]}"
+    rules = ["on", ">pw", "resetkeys", "resetchannels", "~*", "-@all", "+@read", "+@write",
+             "+@stream", "+@connection", "-@dangerous"]
+    for port in cluster:
+        with cluster_node(port) as client:
+            client.execute_command("ACL", "SETUSER", user, *rules)
+    try:
+        env = run_env(settings, cluster[0], free_port(), tmp_path)
+        env["REDIS_URL"] = f"redis://{user}:pw@127.0.0.1:{cluster[0]}/0"
+        done = subprocess.run([sys.executable, "-m", "ops", "status"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0
+        assert "may not run CLUSTER SLOTS" in done.stderr and "+cluster|slots" in done.stderr
+        assert ":pw@" not in done.stderr  # the URL is shown redacted
+    finally:
+        for port in cluster:
+            with cluster_node(port) as client:
+                client.execute_command("ACL", "DELUSER", user)
