@@ -60,7 +60,8 @@ def answers(port: int, check: str) -> bool:
 
 
 def form_cluster(ports: list[int]) -> None:
-    """What ``redis-cli --cluster create`` does: split the 16384 slots, then meet."""
+    """What ``redis-cli --cluster create`` does: split the 16384 slots, then meet; returns
+    once every node says the cluster is ok."""
     step = 16384 // len(ports)
     for i, port in enumerate(ports):
         last = 16383 if i == len(ports) - 1 else (i + 1) * step - 1
@@ -69,6 +70,8 @@ def form_cluster(ports: list[int]) -> None:
     for port in ports[1:]:
         with node(port) as client:
             client.execute_command("CLUSTER MEET", "127.0.0.1", ports[0])
+    for port in ports:
+        wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
 
 
 @contextlib.contextmanager
@@ -111,8 +114,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     with servers(NODES, lambda port: tmp_path_factory.mktemp(f"cluster-{port}")) as started:
         ports = list(started)
         form_cluster(ports)
-        for port in ports:
-            wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
         yield ports
 
 

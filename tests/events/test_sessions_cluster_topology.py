@@ -116,10 +116,7 @@ def four(tmp_path: Path) -> Iterator[dict[int, subprocess.Popen[bytes]]]:
         return tmp_path / str(port)
 
     with servers(4, folder, "--cluster-node-timeout", str(NODE_TIMEOUT_MS)) as started:
-        first = list(started)[:3]
-        form_cluster(first)
-        for port in first:
-            wait_for(lambda p=port: answers(p, "cluster"), f"cluster state ok on port {port}")
+        form_cluster(list(started)[:3])
         yield started
 
 
