@@ -96,8 +96,16 @@ class PrimariesWatch:
         self._next_check = time.monotonic() + self._interval_s
         if await reported_primaries(self._node) == self.subscribed:
             return False
-        await self._redis.nodes_manager.initialize()
+        await refresh_topology(self._redis)
         return True
+
+
+async def refresh_topology(redis: Any) -> None:
+    """Have a cluster client read the slot map again (its connections reconnect, so only on
+    a change, or after a failure that may be a dead primary: its map still names it until
+    then); nothing on one node."""
+    if is_cluster(redis):
+        await redis.nodes_manager.initialize()
 
 
 @contextlib.asynccontextmanager

@@ -54,7 +54,7 @@ from events.replies import text
 from events.settings import Settings
 from events.sources.lease_deadlines import LeaseDeadlines, read_ttls
 from events.sources.queues import PUSH_EVENTS, SCAN_COUNT, SOURCE, QueueCoalescer, scan_queues
-from events.subscriber import MergedPubSub, PrimariesWatch, primaries
+from events.subscriber import MergedPubSub, PrimariesWatch, primaries, refresh_topology
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class SessionsSource:
         reason = "start" if self._runs == 0 else "restart"
         if self._runs:
             metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
+            await refresh_topology(self._redis)  # the node lost may be a primary replaced
         self._runs += 1
         async with primaries(self._redis, self._settings.redis_url) as nodes:
             changes = PrimariesWatch(self._redis, nodes[0])  # of the primaries subscribed on
