@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import parse_url
 
+from events.resp_packing import pack_with_hiredis
+
 READ_SLICE_S = 1.0
 """How long one read of a node's pubsub waits before it reads again."""
 
@@ -41,8 +43,8 @@ def _node_client(url: str, host: str | None = None, port: int | None = None) -> 
     options: dict[str, Any] = dict(parse_url(url))
     if host is not None:
         options.update(host=host, port=port)
-    return Redis(**options, decode_responses=False, health_check_interval=30,
-                 socket_keepalive=True)
+    return pack_with_hiredis(Redis(**options, decode_responses=False, health_check_interval=30,
+                                   socket_keepalive=True))
 
 
 @contextlib.asynccontextmanager

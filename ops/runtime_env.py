@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoPermissionError, RedisClusterException, RedisError
 
 from events.errors import ReconcilerError
+from events.resp_packing import pack_with_hiredis
 from events.settings import Settings
 from events.subscriber import is_cluster
 from ops.config import ConfigError, load_settings
@@ -57,10 +58,10 @@ def redis_client(url: str, *, cluster: bool = False) -> Any:
     """A client of ``url``: a :class:`RedisCluster` that follows the cluster's slots when
     ``cluster`` (``RECONCILER_REDIS_CLUSTER``; ``url`` is then any node of it)."""
     if cluster:
-        return RedisCluster.from_url(url, decode_responses=False, health_check_interval=30,
-                                     socket_keepalive=True)
-    return Redis.from_url(url, decode_responses=False, health_check_interval=30,
-                          socket_keepalive=True)
+        return pack_with_hiredis(RedisCluster.from_url(
+            url, decode_responses=False, health_check_interval=30, socket_keepalive=True))
+    return pack_with_hiredis(Redis.from_url(url, decode_responses=False, health_check_interval=30,
+                                            socket_keepalive=True))
 
 
 def settings_from_args(config: str | None, **overrides: Any) -> Settings:

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from events.keys import KeySpace
 from events.settings import Settings
 from ops.embedded import EmbeddedServer, start_postgres, start_redis
+from ops.runtime_env import redis_client
 
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -153,7 +154,7 @@ def keys(key_prefix: str) -> KeySpace:
 
 @pytest.fixture
 async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url, decode_responses=False)
+    client = redis_client(redis_url)  # the roles' own client
     try:
         yield client
     finally:

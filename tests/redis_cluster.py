@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from ops.embedded import redis_binary
+from ops.runtime_env import redis_client
 
 NODES = 3
 CLUSTER_READY_TIMEOUT_S = 60.0
@@ -127,7 +128,7 @@ def wait_for(check: object, what: str) -> None:
 
 @pytest.fixture
 async def client(cluster: list[int]) -> AsyncIterator[RedisCluster]:
-    redis = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False)
+    redis = redis_client(f"redis://127.0.0.1:{cluster[0]}/0", cluster=True)  # the roles' own
     await redis.initialize()
     try:
         yield redis

@@ -24,6 +24,7 @@ from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from events.keys import KeySpace
 from events.publisher import Publisher
+from events.resp_packing import HiredisPacking
 from ops.group_metrics import GroupCollector
 from tests.redis_cluster import client, cluster, keyslot
 from tests.support import eventually, request
@@ -41,6 +42,15 @@ async def test_the_streams_share_a_slot_and_other_keys_are_spread() -> None:
     assert keyslot(KEYS.queue("940740243")) == keyslot(KEYS.lease("940740243"))
     assert keyslot(KEYS.queue("940740243")) == keyslot(KEYS.parked_meta("940740243"))
     assert len({keyslot(KEYS.queue(f"s{n}")) for n in range(20)}) > 1
+
+
+async def test_every_node_of_the_roles_client_packs_with_hiredis(client: RedisCluster) -> None:
+    nodes = client.get_nodes()
+    assert len(nodes) >= 3
+    assert all(issubclass(node.connection_class, HiredisPacking) for node in nodes)
+    await client.set("packed:{a}", "José")
+    assert await client.get("packed:{a}") == "José".encode()
+    await client.delete("packed:{a}")
 
 
 async def test_a_consumer_group_runs_on_the_cluster(client: RedisCluster) -> None:
