@@ -16,7 +16,7 @@ COMMANDS = [
     ("EVALSHA", "0" * 40, 2, "k:one", "k:two", 1_000_000, b"\x00\xff binary"),
     ("CLIENT SETNAME", "reconciler-relay"),
     (b"CONFIG GET", b"notify-keyspace-events"),
-    ("ZADD", "test:deadlines", 1764583200123, "session:abc"),
+    ("ZADD", "test:deadlines", 1764583200123, "session:abc", 0.1, "session:b", 1e20, "c"),
     ("SET", "", ""),
 ]
 
