@@ -21,7 +21,7 @@ _DIGIT_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
 
 def _encode(value: int) -> str:
     """The 26 Crockford base32 digits of a 128-bit ``value``, two digits per lookup
-    (half the time of a digit at a time, which was a twentieth of the relay's)."""
+    (half the time of a digit at a time, which was a tenth of the relay's samples)."""
     return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in range(120, -10, -10)])
 
 
