@@ -4,33 +4,30 @@ redis-py's synchronous connections pack commands into the Redis protocol with
 hiredis when it is installed; its asyncio connections still pack them in
 Python, argument by argument (redis/redis-py#4176).  In the relay's pipelines
 of XADDs that packing was a fifth of the process's time.  :func:`pack_with_hiredis`
-gives a client's connections the synchronous client's packer: the same bytes
-on the wire (the arguments are bytes, text, integers and floats here).
+gives a client's connections the synchronous client's packer
+(``redis.connection.HiredisRespSerializer``): the same bytes on the wire
+(the arguments are bytes, text, integers and floats here).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
-import hiredis
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import DataError
+from redis.connection import HiredisRespSerializer
+
+Client = TypeVar("Client", Redis, RedisCluster)
+
+_SERIALIZER = HiredisRespSerializer()
+"""The synchronous client's packer (it needs hiredis, which the redis[hiredis] extra brings)."""
 
 
 class HiredisPacking:
     """Mixed in before a redis-py asyncio connection class."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        # A command name of several words ("CLIENT SETNAME") is sent as several arguments.
-        if isinstance(args[0], str):
-            args = tuple(args[0].encode().split()) + args[1:]
-        elif b" " in args[0]:
-            args = tuple(args[0].split()) + args[1:]
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as e:  # redis-py's own message for an argument it cannot send
-            raise DataError(str(e)) from e
+        return _SERIALIZER.pack(*args)  # type: ignore[no-any-return]
 
 
 @functools.cache
@@ -40,7 +37,7 @@ def _packing(connection_class: type) -> type:
     return type(f"Hiredis{connection_class.__name__}", (HiredisPacking, connection_class), {})
 
 
-def pack_with_hiredis(client: Redis | RedisCluster) -> Any:
+def pack_with_hiredis(client: Client) -> Client:
     """``client``, its connections (those not made yet) packing commands with hiredis."""
     if isinstance(client, RedisCluster):
         kwargs = client.nodes_manager.connection_kwargs  # every node made from now on
