@@ -55,10 +55,16 @@ async def subscriber(redis: Any, url: str | None) -> AsyncIterator[Any]:
 
 
 def primary_addresses(redis: Any) -> frozenset[tuple[str, int]]:
-    """The cluster's primaries as its client knows them (empty on one node)."""
+    """The primaries that serve slots in a cluster client's slot map (empty on one node).
+
+    Read from the slot map, not from the nodes' ``server_type``: redis-py 7.4 keeps
+    a known node's old type when a refresh finds it promoted, so a replica elected
+    in place of a dead primary stays "replica" there (as in redis/redis-py#2433).
+    """
     if not is_cluster(redis):
         return frozenset()
-    return frozenset((n.host, int(n.port)) for n in redis.get_nodes() if n.server_type == "primary")
+    owners = {id(nodes[0]): nodes[0] for nodes in redis.nodes_manager.slots_cache.values()}
+    return frozenset((n.host, int(n.port)) for n in owners.values())
 
 
 async def reported_primaries(node: Any) -> frozenset[tuple[str, int]]:
@@ -78,9 +84,11 @@ class PrimariesWatch:
 
     The cluster client learns of a new primary only when a command of its own is
     MOVED there, and a subscriber's own commands may never touch the moved slots;
-    so every :data:`TOPOLOGY_CHECK_S` the node ``node`` is asked, and on a change
-    the client's map is refreshed (which reconnects its connections: done only
-    then) so that subscribing again finds every primary.
+    so every :data:`TOPOLOGY_CHECK_S` the client's map is compared, then the node
+    ``node`` is asked, and on a change the client's map is refreshed (which
+    reconnects its connections: done only then) so that subscribing again finds
+    every primary. Checked at that interval only, since the watch asks after
+    every message it reads.
     """
 
     def __init__(self, redis: Any, node: Any, interval_s: float = TOPOLOGY_CHECK_S) -> None:
@@ -89,13 +97,11 @@ class PrimariesWatch:
         self._next_check = time.monotonic() + interval_s
 
     async def changed(self) -> bool:
-        if not is_cluster(self._redis):
-            return False
-        if primary_addresses(self._redis) != self.subscribed:  # the client learned (MOVED)
-            return True
-        if time.monotonic() < self._next_check:
+        if not is_cluster(self._redis) or time.monotonic() < self._next_check:
             return False
         self._next_check = time.monotonic() + self._interval_s
+        if primary_addresses(self._redis) != self.subscribed:  # the client learned (MOVED)
+            return True
         if await reported_primaries(self._node) == self.subscribed:
             return False
         await refresh_topology(self._redis)

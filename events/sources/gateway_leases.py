@@ -45,7 +45,6 @@ from redis.exceptions import NoPermissionError, ResponseError
 from events import metrics, wiring
 from events.contract import EventBase, Lane, SessionExpired, SourceResynced
 from events.envelope import new_event
-from events.errors import ReconcilerError
 from events.grants import confirm_subscribed
 from events.keys import KeySpace
 from events.loops import HEARTBEATS, guarded, sleep_unless_stopped
@@ -127,10 +126,6 @@ def channel_prefix(redis: Any) -> str:
     return f"__keyspace@{db}__:"
 
 
-class PrimariesChanged(ReconcilerError):
-    """A cluster node that holds keys has no subscription of the source yet (or left)."""
-
-
 class _ReconnectWatch:
     """Notices when redis-py silently reconnects (and re-subscribes) the pubsub."""
 
@@ -159,12 +154,22 @@ class SessionsSource:
         self._deadlines = LeaseDeadlines()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Subscribe, list, then watch until ``stop`` is set; raises on a lost connection."""
+        """Subscribe, list, then watch until ``stop`` is set; raises on a lost connection.
+
+        A change of a cluster's primaries is no failure: the source subscribes again at
+        once, with no backoff (which, doubling, could outlast a failover)."""
         reason = "start" if self._runs == 0 else "restart"
         if self._runs:
             metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
             await refresh_topology(self._redis)  # the node lost may be a primary replaced
         self._runs += 1
+        while not await self._subscribe_and_watch(stop, reason):
+            log.info("the cluster's primaries changed: subscribing again", extra={"source": SOURCE})
+            metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
+            reason = "primaries changed"
+
+    async def _subscribe_and_watch(self, stop: asyncio.Event, reason: str) -> bool:
+        """Steps 2-4 on the primaries the client knows; ``False`` when those changed."""
         async with primaries(self._redis, self._settings.redis_url) as nodes:
             changes = PrimariesWatch(self._redis, nodes[0])  # of the primaries subscribed on
             notifying = all([await enable_notifications(
@@ -178,7 +183,7 @@ class SessionsSource:
                         pubsub.connection.register_connect_callback(watch.on_connect)
                     merged.start()
                 await self.resync(reason)
-                await self._watch(merged if notifying else None, watch, stop, nodes, changes)
+                return await self._watch(merged if notifying else None, watch, stop, nodes, changes)
             finally:
                 await merged.aclose()
 
@@ -196,7 +201,8 @@ class SessionsSource:
         return True
 
     async def _watch(self, pubsub: MergedPubSub | None, watch: _ReconnectWatch,
-                     stop: asyncio.Event, nodes: list[Any], changes: PrimariesWatch) -> None:
+                     stop: asyncio.Event, nodes: list[Any], changes: PrimariesWatch) -> bool:
+        """Watch until ``stop`` is set (``True``) or the primaries changed (``False``)."""
         interval = self._settings.rescan_interval_s
         next_rescan = time.monotonic() + interval if interval > 0 else float("inf")
         while not stop.is_set():
@@ -218,7 +224,7 @@ class SessionsSource:
                 metrics.SOURCE_RECONNECTS.labels(SOURCE).inc()
                 await self.resync("reconnect")
             if await changes.changed():
-                raise PrimariesChanged("the cluster's primaries changed: subscribing again")
+                return False
             if time.monotonic() >= next_rescan:
                 next_rescan = time.monotonic() + interval
                 if pubsub is not None:
@@ -226,6 +232,7 @@ class SessionsSource:
                         await enable_notifications(node, rescan_interval_s=interval)
                 await self.scan()
         await self._coalescer.flush(everything=True)  # stopping: publish what is pending
+        return True
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         channel = message.get("channel", b"")

@@ -22,12 +22,13 @@ from typing import Any
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from events import codec
+from events import codec, metrics
 from events.contract import QueueObserved, SessionExpired, SourceResynced
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
 from events.settings import Settings
-from events.sources.gateway_leases import run_sessions_source
+from events.sources.gateway_leases import LOOP, run_sessions_source
+from events.subscriber import primary_addresses, refresh_topology
 from tests.redis_cluster import (
     answers,
     form_cluster,
@@ -58,6 +59,13 @@ def slot_owner(port: int, slot: int) -> str:
                 found = primary[2]
                 return found.decode() if isinstance(found, bytes) else str(found)
     return ""
+
+
+def replica_ports(port: int) -> set[int]:
+    """The replicas that the node at ``port`` lists in its CLUSTER SLOTS reply."""
+    with node(port) as client:
+        return {int(replica[1]) for _, _, _, *replicas in client.execute_command("CLUSTER SLOTS")
+                for replica in replicas}
 
 
 def owner_port(ports: list[int], slot: int) -> int:
@@ -139,6 +147,10 @@ async def sessions_role(settings: Settings, port: int) -> AsyncIterator[RedisClu
         await redis.aclose()
 
 
+def failures_of_the_source() -> float:
+    return float(metrics.LOOP_FAILURES.labels(LOOP)._value.get())
+
+
 async def events_of(redis: Any, keys: KeySpace, kind: type[Any]) -> list[Any]:
     decoded = [codec.decode(fields) for _, fields in await lane_entries(redis, keys, "sessions")]
     return [e for e in decoded if isinstance(e, kind)]
@@ -170,11 +182,14 @@ async def test_a_node_that_joins_and_takes_a_slot_is_subscribed_on(
     slot = keyslot(keys.queue(SESSION))
     assert keyslot(keys.lease(SESSION)) == slot
     async with sessions_role(settings, first[1]) as redis:
+        failures = failures_of_the_source()
         # The source's own commands never touch the slot: only asking the cluster tells it.
         await asyncio.to_thread(meet, first, new)
         await asyncio.to_thread(take_slot, first, new, slot)
         await resynced(redis, keys, 2)
         await gateway_reported_from(redis, keys, new)
+        # Subscribing again is no failure, so it never waits out a growing backoff.
+        assert failures_of_the_source() == failures
 
 
 async def test_a_replica_that_takes_over_a_dead_primary_is_subscribed_on(
@@ -192,3 +207,30 @@ async def test_a_replica_that_takes_over_a_dead_primary_is_subscribed_on(
                                 await asyncio.to_thread(node_id, replica))
         await resynced(redis, keys, 2)
         await gateway_reported_from(redis, keys, replica)
+
+
+async def test_a_refreshed_map_names_the_elected_replica_a_primary(
+    four: dict[int, subprocess.Popen[bytes]], keys: KeySpace,
+) -> None:
+    """The client's nodes keep the type they were first seen with (the replica stays
+    "replica" after the refresh); the slot map is what names the primaries."""
+    *first, replica = four
+    primary = await asyncio.to_thread(owner_port, first, keyslot(keys.queue(SESSION)))
+    await asyncio.to_thread(replicate, first, replica, primary)
+    survivor = next(p for p in first if p != primary)
+    await asyncio.to_thread(wait_for, lambda: replica in replica_ports(survivor),
+                            f"node {survivor} to list the replica")
+    redis = RedisCluster(host="127.0.0.1", port=survivor, decode_responses=False)
+    try:
+        await redis.initialize()
+        assert [n.port for n in redis.get_nodes() if n.server_type == "replica"] == [replica]
+        assert {port for _, port in primary_addresses(redis)} == set(first)
+        await asyncio.to_thread(stop_server, four[primary])
+        await asyncio.to_thread(wait_until_served_by, [p for p in four if p != primary],
+                                keyslot(keys.queue(SESSION)),
+                                await asyncio.to_thread(node_id, replica))
+        await refresh_topology(redis)
+        expected = {p for p in four if p != primary}
+        assert {port for _, port in primary_addresses(redis)} == expected
+    finally:
+        await redis.aclose()
