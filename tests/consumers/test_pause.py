@@ -14,6 +14,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.stores.pauses import PauseStore
+from events import codec
 from events.contract import ActionRecorded, QueueObserved
 from events.ids import new_event_id
 from events.publisher import Publisher
@@ -72,10 +73,51 @@ async def test_a_paused_conversation_is_reported_not_touched_until_the_pause_end
         await eventually(quarantined_after_the_pause, timeout=60,
                          message="the file quarantined once the pause ended")
         assert not path.exists()
-    done = outcomes(await audit(redis, settings), key)
-    assert ("pause", "done", "looking") in done
+    assert ("pause", "done", "looking") in outcomes(await audit(redis, settings), key)
+    done = await outcomes_in_stream_order(redis, settings, key)
     assert done.index(("quarantine_file", "skipped", "paused")) < done.index(
         ("pause_expired", "done", "looking")) < done.index(("quarantine_file", "done", "closed"))
+    assert await PauseStore(redis, settings.keys).all() == []
+
+
+async def outcomes_in_stream_order(redis: Redis, settings: Settings, key: str,
+                                   ) -> list[tuple[str, str, str]]:
+    """``key``'s outcomes in the order they were written, as ``inspect`` shows them.
+
+    Not :func:`audit`'s order (by intent): the end of a pause recorded by the gate of
+    the action it held back is written between that action's intent and its outcome.
+    """
+    entries = [codec.decode(fields) for _, fields in await redis.xrange(settings.keys.audit_stream)]
+    return outcomes([e for e in entries if isinstance(e, ActionRecorded)], key)
+
+
+async def test_a_pause_past_its_end_is_recorded_ended_before_the_action_it_held_back(
+        redis: Redis, pg: Any, settings: Settings) -> None:
+    # The timer event that ends a pause can come late (a busy timers role): the next
+    # action on the key finds the pause past its end, and its gate records the end first.
+    settings = replace(settings, grace_s=0.0)
+    await create_conversations_table(pg, settings.table)
+    phone = "5215550302"
+    key = f"{phone}:{CHANNEL}"
+    path = await closed_with_stale_file(pg, settings, phone)
+    until = time.time() + 0.5  # no timer scheduled: only the gate can end it
+    await PauseStore(redis, settings.keys).pause(key, reason="looking", by="test", until=until)
+
+    async def ended() -> bool:
+        return time.time() > until
+
+    await eventually(ended, timeout=10, message="the pause past its end")
+    async with reacting(settings, redis):
+        await Publisher(redis, settings.keys).publish(closed_event(key, phone))
+
+        async def quarantined() -> bool:
+            return ("quarantine_file", "done", "closed") in outcomes(
+                await audit(redis, settings, allow_open=True), key)
+
+        await eventually(quarantined, timeout=60, message="the file quarantined")
+    assert not path.exists()
+    assert await outcomes_in_stream_order(redis, settings, key) == [
+        ("pause_expired", "done", "looking"), ("quarantine_file", "done", "closed")]
     assert await PauseStore(redis, settings.keys).all() == []
 
 
