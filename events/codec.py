@@ -93,7 +93,9 @@ def decode(fields: EntryFields, *, max_bytes: int = MAX_ENTRY_BYTES) -> Event:
 
 def entry_bytes(fields: EntryFields) -> int:
     """The size of an entry: its field names and values, in bytes (characters for ``str``)."""
-    return sum(len(name) + len(value) for name, value in fields.items())
+    # map(len) rather than a generator: this runs once per entry read, and the
+    # generator's frame per field was a tenth of a no-op consumer's profile.
+    return sum(map(len, fields)) + sum(map(len, fields.values()))
 
 
 def _fields(fields: EntryFields) -> tuple[bytes, bytes, bytes]:

@@ -45,7 +45,10 @@ Lane = Literal["live", "bulk"]
 """Which lane a publisher writes: ``bulk`` for snapshots, listings, re-listings and backlogs."""
 
 
-class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+# gc=False (inherited by every event; ConversationRow too): an event is a tree decoded
+# from JSON or built from values, never part of a reference cycle, so the garbage
+# collector need not track the one built per entry read (consumer-throughput: about 5 %).
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     """Envelope fields shared by every event."""
 
     stream: ClassVar[str] = CONVERSATIONS
@@ -62,7 +65,7 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 # PostgreSQL: one event per outbox row, carrying the old and new values.
 
 
-class ConversationRow(msgspec.Struct, frozen=True, kw_only=True):
+class ConversationRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The columns of a conversation this project cares about."""
 
     id: str

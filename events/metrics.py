@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from events.loop_histogram import LoopHistogram
+
 EVENTS_PUBLISHED = Counter(
     "reconciler_events_published_total", "Events appended to a stream.", ["stream", "type"]
 )
@@ -18,7 +20,7 @@ EVENTS_CONSUMED = Counter(
     "Events handled by a consumer group, by outcome.",
     ["group", "type", "outcome"],
 )
-HANDLER_DURATION = Histogram(
+HANDLER_DURATION = LoopHistogram(  # observed once per handler call: see events.loop_histogram
     "reconciler_handler_duration_seconds",
     "Time spent in one handler call (one key, coalesced events).",
     ["group"],

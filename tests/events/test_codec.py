@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from datetime import UTC, datetime
 
 import pytest
@@ -92,3 +93,12 @@ def test_ids_are_time_ordered_and_derived_ids_are_stable() -> None:
     assert derived_id(early, "outbox:1") == derived_id(early, "outbox:1")
     assert derived_id(early, "outbox:1") != derived_id(early, "outbox:2")
     assert id_time(new_event_id(late)) == late.timestamp()
+
+
+@given(st.data())
+def test_decoded_events_are_not_tracked_by_the_garbage_collector(data: st.DataObject) -> None:
+    # One event is built per entry read; none can be part of a reference cycle.
+    event = data.draw(events_of(data.draw(st.sampled_from(EVENT_TYPES))))
+    decoded = codec.decode(codec.encode(event))
+    assert not gc.is_tracked(decoded)
+    assert not gc.is_tracked(getattr(decoded, "row", None))
