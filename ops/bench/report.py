@@ -72,23 +72,26 @@ def table(rows: Mapping[str, Any], first: str) -> list[str]:
 
 
 def machine_section(results: list[dict[str, Any]]) -> list[str]:
-    latest = max(results, key=lambda r: r.get("finished_at", ""))
-    m = latest.get("machine", {})
+    """Each machine the results came from, with its benches (runs are from different days)."""
+    machines: dict[tuple[str, str], list[str]] = {}
     versions: dict[str, str] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: r["bench"]):
+        m = r.get("machine", {})
+        described = (f"{m.get('cores')} cores, {m.get('cpu_model')}, {m.get('memory_gib')} GiB memory",
+                     f"{m.get('os')}, Python {m.get('python')}")
+        machines.setdefault(described, []).append(r["bench"])
         versions.update(r.get("versions", {}))
-    lines = [
-        "## Machine",
-        "",
-        f"* {m.get('cores')} cores, {m.get('cpu_model')}, {m.get('memory_gib')} GiB memory",
-        f"* {m.get('os')}, Python {m.get('python')}",
+    lines = ["## Machine", ""]
+    for (hardware, system), benches in machines.items():
+        lines.append(f"* {hardware}; {system}: " + ", ".join(benches))
+    return [
+        *lines,
         "* " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
         "",
         "Other work may share the machine; that is why every bench compares its",
         "variants side by side in one run and the ratios matter more than the rates.",
         "",
     ]
-    return lines
 
 
 def bench_section(result: dict[str, Any]) -> list[str]:
