@@ -119,3 +119,44 @@ async def test_migrate_upgrades_an_installed_version_in_place(
     assert len(after) == len(waiting) + 1 and after[-1][0] == "UPDATE"
     await capture_install.uninstall(pg, target, force=True)
     assert await row_triggers(pg, target.table) == []
+
+
+async def capture_plans(pg: Any, statement: str) -> list[str]:
+    """The plans of what ``statement`` ran, its trigger's query included (auto_explain)."""
+    plans: list[str] = []
+
+    def listen(_conn: Any, message: Any) -> None:
+        if "plan:" in message.message:
+            plans.append(message.message)
+
+    pg.add_log_listener(listen)
+    try:
+        await pg.execute("LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+                         "SET auto_explain.log_nested_statements = on; "
+                         "SET auto_explain.log_level = notice; SET jit_above_cost = 0")
+        await pg.execute(statement)
+    finally:
+        await pg.execute("RESET auto_explain.log_min_duration; RESET jit_above_cost")
+        pg.remove_log_listener(listen)
+    return [p for p in plans if "INSERT INTO" in p]
+
+
+async def test_the_capture_query_is_not_jit_compiled_after_the_upgrade(
+    pg: Any, settings: Settings
+) -> None:
+    # A bulk UPDATE's pairing join is estimated at n x n rows, so PostgreSQL compiled
+    # the capture query with LLVM on every bulk statement (version 4 turns that off).
+    if not await pg.fetchval("SELECT pg_jit_available()"):
+        pytest.skip("this PostgreSQL has no JIT")
+    target = table_settings(settings)
+    await create(pg, target, "bigint")
+    await capture_install.install(pg, target, up_to=3)
+    await pg.execute(STATEMENTS[0].format(t=f'"{target.table}"', id="g"))
+    update = f'UPDATE "{target.table}" SET bot_flow_id = \'again-\' || id'
+    (before,) = await capture_plans(pg, update)
+    assert "JIT:" in before
+    upgraded = await capture_install.install(pg, target)
+    assert upgraded.applied == ["0004_capture_without_jit.sql"]
+    (after,) = await capture_plans(pg, update)
+    assert "JIT:" not in after and "Insert on" in after
+    await capture_install.uninstall(pg, target, force=True)
