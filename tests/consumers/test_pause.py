@@ -38,22 +38,24 @@ def outcomes(entries: list[ActionRecorded], key: str) -> list[tuple[str, str, st
             if a.key == key and a.outcome != "intent"]
 
 
-async def closed_with_stale_file(pg: Any, settings: Settings, phone: str) -> Any:
+async def closed_with_stale_file(pg: Any, settings: Settings, phone: str,
+                                 ) -> tuple[Settings, str, Any]:
+    """A new table where ``phone``'s conversation is closed and its file was left behind
+    long ago; the settings (no grace), the conversation's key and the file's path."""
+    settings = replace(settings, grace_s=0.0)
+    await create_conversations_table(pg, settings.table)
     await pg.execute(f"INSERT INTO {settings.table} (phone, phone_number_id, status, assigned_to)"
                      " VALUES ($1, $2, 'closed', NULL)", phone, CHANNEL)
     path = write_file(settings, phone, "flow-a")
     left = time.time() - 3600  # left behind long ago: outside the settle window
     os.utime(path, (left, left))
-    return path
+    return settings, f"{phone}:{CHANNEL}", path
 
 
 async def test_a_paused_conversation_is_reported_not_touched_until_the_pause_ends(
         redis: Redis, pg: Any, settings: Settings) -> None:
-    settings = replace(settings, grace_s=0.0)
-    await create_conversations_table(pg, settings.table)
     phone = "5215550301"
-    key = f"{phone}:{CHANNEL}"
-    path = await closed_with_stale_file(pg, settings, phone)
+    settings, key, path = await closed_with_stale_file(pg, settings, phone)
     code, _, err = await cli(settings, "pause", key, "--until", "4s", "--reason", "looking")
     assert code == 0, err
     async with reacting(settings, redis):
@@ -95,11 +97,8 @@ async def test_a_pause_past_its_end_is_recorded_ended_before_the_action_it_held_
         redis: Redis, pg: Any, settings: Settings) -> None:
     # The timer event that ends a pause can come late (a busy timers role): the next
     # action on the key finds the pause past its end, and its gate records the end first.
-    settings = replace(settings, grace_s=0.0)
-    await create_conversations_table(pg, settings.table)
-    phone = "5215550302"
-    key = f"{phone}:{CHANNEL}"
-    path = await closed_with_stale_file(pg, settings, phone)
+    phone = "5215550303"
+    settings, key, path = await closed_with_stale_file(pg, settings, phone)
     until = time.time() + 0.5  # no timer scheduled: only the gate can end it
     await PauseStore(redis, settings.keys).pause(key, reason="looking", by="test", until=until)
 
@@ -123,11 +122,8 @@ async def test_a_pause_past_its_end_is_recorded_ended_before_the_action_it_held_
 
 async def test_a_pause_is_kept_across_a_restart_and_resume_acts_at_once(
         redis: Redis, pg: Any, settings: Settings) -> None:
-    settings = replace(settings, grace_s=0.0)
-    await create_conversations_table(pg, settings.table)
     phone = "5215550302"
-    key = f"{phone}:{CHANNEL}"
-    path = await closed_with_stale_file(pg, settings, phone)
+    settings, key, path = await closed_with_stale_file(pg, settings, phone)
     code, _, err = await cli(settings, "pause", key)
     assert code == 0, err
     for _ in range(2):  # a restart of every role in between
