@@ -49,6 +49,7 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     assert 'h_seconds_bucket{group="a",le="0.0025"} 0.0' in lines
     assert 'h_seconds_bucket{group="a",le="0.005"} 1.0' in lines
     assert 'h_seconds_count{group="a"} 1.0' in lines
+    assert "_created" not in generate_latest(registry).decode()  # as operations.md says
 
 
 def test_labels_must_match_the_names() -> None:
