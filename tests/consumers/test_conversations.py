@@ -66,10 +66,13 @@ def write_file(settings: Settings, phone: str, flow: str | None) -> Path:
 async def audit(redis: Redis, settings: Settings, *, allow_open: bool = False,
                 ) -> list[ActionRecorded]:
     """One line per action; every action has its intent and one outcome (unless ``allow_open``)."""
+    return one_line_per_action(await recorded(redis, settings), allow_open=allow_open)
+
+
+async def recorded(redis: Redis, settings: Settings) -> list[ActionRecorded]:
+    """The audit stream's action entries (intents and outcomes), in the order written."""
     entries = await redis.xrange(settings.keys.audit_stream)
-    return one_line_per_action(
-        [e for _, fields in entries if isinstance(e := codec.decode(fields), ActionRecorded)],
-        allow_open=allow_open)
+    return [e for _, fields in entries if isinstance(e := codec.decode(fields), ActionRecorded)]
 
 
 async def actions_of(redis: Redis, settings: Settings, key: str) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.stores.pauses import PauseStore
-from events import codec
 from events.contract import ActionRecorded, QueueObserved
 from events.ids import new_event_id
 from events.publisher import Publisher
@@ -24,6 +23,7 @@ from tests.consumers.test_conversations import (
     audit,
     closed_event,
     reacting,
+    recorded,
     write_file,
 )
 from tests.ops.cli_support import cli
@@ -89,8 +89,7 @@ async def outcomes_in_stream_order(redis: Redis, settings: Settings, key: str,
     Not :func:`audit`'s order (by intent): the end of a pause recorded by the gate of
     the action it held back is written between that action's intent and its outcome.
     """
-    entries = [codec.decode(fields) for _, fields in await redis.xrange(settings.keys.audit_stream)]
-    return outcomes([e for e in entries if isinstance(e, ActionRecorded)], key)
+    return outcomes(await recorded(redis, settings), key)
 
 
 async def test_a_pause_past_its_end_is_recorded_ended_before_the_action_it_held_back(
