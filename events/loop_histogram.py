@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily
@@ -65,9 +66,8 @@ class LoopHistogram:
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
         for values, child in dict(self._children).items():  # copies are atomic under the GIL
-            counts, total, cumulative, buckets = list(child.counts), child.sum, 0, []
-            for bound, count in zip(self._bounds, counts, strict=True):
-                cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-            family.add_metric(list(values), buckets, total)
+            cumulative = accumulate(list(child.counts))  # Prometheus buckets count all below
+            buckets = [(floatToGoString(bound), count)  # type: ignore[no-untyped-call]
+                       for bound, count in zip(self._bounds, cumulative, strict=True)]
+            family.add_metric(list(values), buckets, child.sum)
         yield family
