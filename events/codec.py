@@ -5,7 +5,8 @@ A stream entry has four fields::
     v     schema version (``"1"``)
     type  the event's wire tag, e.g. ``session.started``
     key   the conversation key or session name (lets tools filter without decoding)
-    data  the event as JSON, validated against the tagged union
+    data  the event as JSON, validated against the tagged union (a field at its
+          default is left out, and read back as that default)
 
 Decoding is strict and never raises anything but :class:`MalformedEntry`
 subclasses, each naming what was wrong.  The size of the whole entry (every
@@ -135,7 +136,8 @@ def json_schema() -> dict[str, object]:
         "title": "session-reconciler event",
         "description": (
             "The 'data' field of a Redis stream entry. The entry also carries "
-            "'v' (schema version), 'type' (equal to data.type) and 'key' (equal to data.key)."
+            "'v' (schema version), 'type' (equal to data.type) and 'key' (equal to data.key). "
+            "A field at its default may be left out; read it as that default."
         ),
         "x-schema-version": SCHEMA_VERSION,
         **schema,

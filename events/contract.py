@@ -48,7 +48,11 @@ Lane = Literal["live", "bulk"]
 # gc=False (inherited by every event; ConversationRow too): an event is a tree decoded
 # from JSON or built from values, never part of a reference cycle, so the garbage
 # collector need not track the one built per entry read (consumer-throughput: about 5 %).
-class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
+# omit_defaults (inherited too): a field at its default is not written -- the schema gives
+# every default, so readers fill it in -- which leaves the null bot fields and absent causes
+# out of every entry (stream-memory: 0.94x the bytes in Redis).
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False,
+                omit_defaults=True):
     """Envelope fields shared by every event."""
 
     stream: ClassVar[str] = CONVERSATIONS
@@ -65,7 +69,7 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=
 # PostgreSQL: one event per outbox row, carrying the old and new values.
 
 
-class ConversationRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class ConversationRow(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """The columns of a conversation this project cares about."""
 
     id: str

@@ -6,9 +6,15 @@ import json
 from datetime import UTC, datetime
 from importlib.resources import files
 
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from events import codec
-from events.contract import TAGS, SessionStarted
+from events.contract import EVENT_TYPES, TAGS, SessionStarted, tag_of
 from ops.commands.schema import render
+from tests.events.strategies import events_of
 
 
 def test_checked_in_schema_matches_the_code() -> None:
@@ -43,3 +49,33 @@ def test_an_event_built_from_the_schema_alone_decodes() -> None:
     event = codec.decode(fields)
     assert event == SessionStarted(id=data["id"], key="940740243", source="gateway",
                                    occurred_at=datetime(2026, 11, 22, 10, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=tag_of)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_a_field_left_out_of_data_is_one_the_schema_gives_that_default(
+        event_type: type, data: st.DataObject) -> None:
+    """Fields at their defaults (a null bot field, no cause) are not written; a reader in
+    any language fills them in from the schema, so leaving them out changes no meaning."""
+    event = data.draw(events_of(event_type))
+    _assert_defaults_left_out(json.loads(codec.encode(event)["data"]), event, _DEFS)
+
+
+_DEFS = json.loads(render())["$defs"]
+
+
+def _assert_defaults_left_out(doc: dict[str, object], struct: msgspec.Struct,
+                              defs: dict[str, dict[str, object]]) -> None:
+    definition = defs[type(struct).__name__]
+    required, properties = definition.get("required", []), definition["properties"]
+    assert isinstance(required, list) and isinstance(properties, dict)
+    for field in msgspec.structs.fields(struct):
+        value = getattr(struct, field.name)
+        at_default = field.default is not msgspec.NODEFAULT and value == field.default
+        assert (field.name not in doc) == at_default, field.name
+        if at_default:
+            assert field.name not in required
+            assert properties[field.name]["default"] == msgspec.to_builtins(value)
+        elif isinstance(value, msgspec.Struct):
+            _assert_defaults_left_out(doc[field.name], value, defs)  # type: ignore[arg-type]
