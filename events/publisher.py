@@ -10,6 +10,7 @@ in the stream instead of pushing unread entries out.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,9 +84,8 @@ class Publisher:
                     raise
                 names = {stream_of(event): key for event, key in zip(batch, streams, strict=True)}
                 raise StreamExhausted(describe(await find_exhausted(self._redis, names))) from e
-            for event, entry_id in zip(batch, replies, strict=False):  # trim replies follow
-                metrics.EVENTS_PUBLISHED.labels(stream_of(event), tag_of(type(event))).inc()
-                ids.append(text(entry_id))
+            ids += [text(entry_id) for entry_id in replies[:len(batch)]]  # trim replies follow
+            _count_published(batch)
         return ids
 
     def _trimmed(self, streams: Sequence[str]) -> list[str]:
@@ -114,3 +114,10 @@ class Publisher:
         if self._retention.max_len > 0:
             return trim_args(max_len=self._retention.max_len, cutoff_ms=None)
         return None
+
+
+def _count_published(events: Sequence[EventBase]) -> None:
+    """Count a batch's events by stream and type: one counter update per pair, not per
+    event (a labelled update per event was about 4 % of the relay's samples)."""
+    for (stream, kind), n in Counter((stream_of(e), type(e)) for e in events).items():
+        metrics.EVENTS_PUBLISHED.labels(stream, tag_of(kind)).inc(n)
