@@ -13,8 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
+from events import codec
 from events.contract import ActionRecorded, ReconcileRequested, SessionStarted
 from events.ids import new_event_id
+from events.keys import KeySpace
 from ops.demo.stage import create_table
 
 TESTS = Path(__file__).parent
@@ -84,6 +88,12 @@ def output_of(process: subprocess.Popen[bytes]) -> str:
 async def create_conversations_table(pg: object, table: str) -> None:
     """The users' table, as a CRM has it (plus a free-text column we do not care about)."""
     await create_table(pg, table)
+
+
+async def recorded(redis: Redis, keys: KeySpace) -> list[ActionRecorded]:
+    """The audit stream's entries (intents and outcomes), in the order written."""
+    entries = await redis.xrange(keys.audit_stream)
+    return [e for _, fields in entries if isinstance(e := codec.decode(fields), ActionRecorded)]
 
 
 def one_line_per_action(entries: list[ActionRecorded], *,

@@ -9,11 +9,10 @@ import pytest
 from redis.asyncio import Redis
 
 from consumers.actions import Action, Actions, Result, done, skipped
-from events import codec
 from events.contract import ActionRecorded, ReconcileRequested
 from events.keys import KeySpace
 from events.publisher import Publisher
-from tests.support import eventually, one_line_per_action, request
+from tests.support import eventually, one_line_per_action, recorded, request
 
 KEY = "5215550101:940740243"
 
@@ -32,8 +31,7 @@ def backfill(cause_id: str = "") -> Action:
 
 
 async def audit(redis: Redis, keys: KeySpace) -> list[ActionRecorded]:
-    entries = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
-    return [e for e in entries if isinstance(e, ActionRecorded)]
+    return await recorded(redis, keys)
 
 
 async def test_the_intent_is_recorded_before_the_act_and_one_outcome_after(

@@ -24,7 +24,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from consumers.consumers_role import run_consumers
-from events import codec
 from events.contract import ActionRecorded, ConversationClosed, ConversationRow, SessionFileWritten
 from events.ids import new_event_id
 from events.publisher import Publisher
@@ -35,6 +34,7 @@ from tests.support import (
     eventually,
     group_caught_up,
     one_line_per_action,
+    recorded,
     request,
 )
 
@@ -66,13 +66,7 @@ def write_file(settings: Settings, phone: str, flow: str | None) -> Path:
 async def audit(redis: Redis, settings: Settings, *, allow_open: bool = False,
                 ) -> list[ActionRecorded]:
     """One line per action; every action has its intent and one outcome (unless ``allow_open``)."""
-    return one_line_per_action(await recorded(redis, settings), allow_open=allow_open)
-
-
-async def recorded(redis: Redis, settings: Settings) -> list[ActionRecorded]:
-    """The audit stream's action entries (intents and outcomes), in the order written."""
-    entries = await redis.xrange(settings.keys.audit_stream)
-    return [e for _, fields in entries if isinstance(e := codec.decode(fields), ActionRecorded)]
+    return one_line_per_action(await recorded(redis, settings.keys), allow_open=allow_open)
 
 
 async def actions_of(redis: Redis, settings: Settings, key: str) -> list[tuple[str, str]]:

@@ -26,14 +26,13 @@ from redis.asyncio import Redis
 from consumers.deadletter import list_dead_letters
 from consumers.notifier import run_notifier
 from consumers.webhooks import retry_delay
-from events import codec
 from events.contract import ActionOutcome, ActionRecorded, SessionExpired, tag_of
 from events.ids import new_event_id
 from events.publisher import Publisher
 from events.settings import Settings
 from tests.chaos.harness import RoleProcess, role_env
 from tests.ops.cli_support import cli
-from tests.support import eventually, request
+from tests.support import eventually, recorded, request
 
 SECRET = "s3cret-for-tests"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -432,8 +431,7 @@ async def test_an_action_of_the_executor_is_notified_under_its_action_id(
         code, _, err = await cli(s, "pause", "5511:42", "--reason", "by hand")
         assert code == 0, err
         await eventually(lambda: _true(bool(receiver.delivered())), message="the pause notified")
-    entries = [codec.decode(f) for _, f in await redis.xrange(s.keys.audit_stream)]
-    [outcome] = [e for e in entries if isinstance(e, ActionRecorded) and e.outcome == "done"]
+    [outcome] = [e for e in await recorded(redis, s.keys) if e.outcome == "done"]
     [(key, doc)] = receiver.delivered().items()
     assert key == doc["id"] == outcome.action_id != ""
     assert (doc["action"], doc["key"], doc["reason"]) == ("pause", "5511:42", "by hand")

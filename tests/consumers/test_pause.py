@@ -23,11 +23,10 @@ from tests.consumers.test_conversations import (
     audit,
     closed_event,
     reacting,
-    recorded,
     write_file,
 )
 from tests.ops.cli_support import cli
-from tests.support import create_conversations_table, eventually, request
+from tests.support import create_conversations_table, eventually, recorded, request
 
 SESSION = "940740243"
 
@@ -89,7 +88,7 @@ async def outcomes_in_stream_order(redis: Redis, settings: Settings, key: str,
     Not :func:`audit`'s order (by intent): the end of a pause recorded by the gate of
     the action it held back is written between that action's intent and its outcome.
     """
-    return outcomes(await recorded(redis, settings), key)
+    return outcomes(await recorded(redis, settings.keys), key)
 
 
 async def test_a_pause_past_its_end_is_recorded_ended_before_the_action_it_held_back(

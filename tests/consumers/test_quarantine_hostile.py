@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 
 from consumers.stores.session_folder import RECORD_SUFFIX, FileState, SessionFiles
-from events import codec
-from events.contract import ActionRecorded
 from events.settings import Settings
 from tests.conftest import settings_with
 from tests.consumers.second_fs import second_file_system
 from tests.consumers.test_conversations import cli_env
+from tests.support import recorded
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -171,8 +170,7 @@ async def test_a_tampered_record_names_the_path_really_written(
     assert real in out and "/etc/evil.json" not in out
     assert await asyncio.to_thread(lambda: (settings.sessions_dir / NAME).exists())
     assert not await asyncio.to_thread(Path("/etc/evil.json").exists)
-    audit = [codec.decode(f) for _, f in await redis.xrange(settings.keys.audit_stream)]
-    restores = [e for e in audit if isinstance(e, ActionRecorded) and e.action == "restore_file"]
+    restores = [e for e in await recorded(redis, settings.keys) if e.action == "restore_file"]
     assert restores and all("/etc/evil" not in json.dumps([e.target, e.after]) for e in restores)
     assert any(real == e.target for e in restores)
 

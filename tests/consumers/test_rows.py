@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 
 from consumers.errors import PermanentError
 from consumers.stores.conversations_sql import ConversationsSql
-from events import codec
 from events.contract import ActionRecorded
 from events.settings import Settings
 from ops import capture_install
@@ -31,7 +30,7 @@ from ops.config import ConfigError, load_settings
 from ops.roles import serve_roles
 from tests.ops.test_audit_inspect import reconciler
 from tests.pgroles import Roles
-from tests.support import eventually
+from tests.support import eventually, recorded
 
 CHANNEL = "940740243"
 FLOW = "promotoras-v2-mw7rpy"
@@ -97,8 +96,7 @@ async def running(settings: Settings, redis: Redis) -> AsyncIterator[None]:
 
 
 async def audit_actions(redis: Redis, settings: Settings) -> list[ActionRecorded]:
-    entries = await redis.xrange(settings.keys.audit_stream)
-    return [e for _, fields in entries if isinstance(e := codec.decode(fields), ActionRecorded)]
+    return await recorded(redis, settings.keys)
 
 
 async def drained(redis: Redis, settings: Settings) -> bool:

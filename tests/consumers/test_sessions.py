@@ -24,7 +24,6 @@ from consumers.gateway_session_group import SessionsHandler, Timers, retention_m
 from consumers.options import GroupOptions
 from consumers.runtime import GroupConsumer
 from consumers.stores.parked_queues import ParkedQueues
-from events import codec
 from events.contract import (
     ActionRecorded,
     EventBase,
@@ -41,7 +40,7 @@ from events.ids import new_event_id
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
-from tests.support import eventually, group_caught_up, one_line_per_action
+from tests.support import eventually, group_caught_up, one_line_per_action, recorded
 
 SESSION = "940740243"
 
@@ -101,8 +100,7 @@ async def drained(redis: Redis, keys: KeySpace) -> None:
 
 
 async def audits(redis: Redis, keys: KeySpace, action: str | None = None) -> list[ActionRecorded]:
-    entries = [codec.decode(fields) for _, fields in await redis.xrange(keys.audit_stream)]
-    found = one_line_per_action([e for e in entries if isinstance(e, ActionRecorded)])
+    found = one_line_per_action(await recorded(redis, keys))
     return [e for e in found if action is None or e.action == action]
 
 

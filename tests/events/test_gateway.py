@@ -13,11 +13,11 @@ import pytest
 from consumers.stores.parked_queues import ParkedQueues
 from events import codec
 from events.action_log import OUTCOME_LUA
-from events.contract import ActionRecorded, Event, SessionStarted, SessionStopped
+from events.contract import Event, SessionStarted, SessionStopped
 from events.gateway import GatewaySessions
 from events.keys import KeySpace
 from events.parked_scripts import START
-from tests.support import eventually, one_line_per_action
+from tests.support import eventually, one_line_per_action, recorded
 
 
 async def session_events(redis: Any, keys: KeySpace) -> list[Event]:
@@ -109,9 +109,7 @@ async def test_a_session_back_while_no_reconciler_runs_drains_parked_first_then_
     # The sessions group's own restore, run later, is a backup: it finds nothing to do.
     assert await ParkedQueues(redis, keys).restore("940740243") == 0
     assert 3000 < await redis.ttl(keys.settled_actions("940740243")) <= 3600
-    entries = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
-    assert all(isinstance(e, ActionRecorded) for e in entries)
-    (audit,) = one_line_per_action(entries)  # type: ignore[arg-type]  # intent, then done
+    (audit,) = one_line_per_action(await recorded(redis, keys))  # intent, then done
     (started,) = await session_events(redis, keys)
     assert (audit.action, audit.outcome, audit.source, audit.cause_id, audit.target,
             audit.after) == ("restore_parked", "done", "gateway", started.id,

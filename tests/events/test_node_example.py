@@ -25,7 +25,7 @@ from events.contract import SessionStarted, SessionStopped
 from events.ids import id_time
 from events.keys import KeySpace
 from events.parked_scripts import START
-from tests.support import eventually, one_line_per_action
+from tests.support import eventually, one_line_per_action, recorded
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
@@ -137,8 +137,7 @@ async def test_a_node_gateway_back_while_no_reconciler_runs_drains_parked_first_
     assert "36 parked messages back" in err.decode()
     assert await redis.exists(queue, keys.parked("940740243"), keys.parked_meta("940740243")) == 0
     assert await ParkedQueues(redis, keys).restore("940740243") == 0  # the backup finds nothing
-    audit = one_line_per_action(  # intent, then done, with one action id
-        [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)])  # type: ignore[misc]
+    audit = one_line_per_action(await recorded(redis, keys))  # intent, then done, one action id
     started = [codec.decode(f) for _, f in await redis.xrange(keys.sessions_stream)]
     assert [(a.action, a.outcome, a.source, a.cause_id, a.after) for a in audit] == [
         ("restore_parked", "done", "gateway", started[0].id, {"parked": 0, "restored": 36})]

@@ -13,7 +13,7 @@ from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
 from tests.ops.cli_support import cli
-from tests.support import one_line_per_action, request
+from tests.support import one_line_per_action, recorded, request
 
 
 async def two_dead_letters(redis: Redis, keys: KeySpace) -> list[str]:
@@ -28,8 +28,7 @@ async def two_dead_letters(redis: Redis, keys: KeySpace) -> list[str]:
 
 
 async def audit(redis: Redis, keys: KeySpace) -> list[ActionRecorded]:
-    events = [codec.decode(fields) for _, fields in await redis.xrange(keys.audit_stream)]
-    return one_line_per_action([e for e in events if isinstance(e, ActionRecorded)])
+    return one_line_per_action(await recorded(redis, keys))
 
 
 async def test_list_retry_and_drop(settings: Settings, redis: Redis, keys: KeySpace) -> None:

@@ -11,12 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from events import codec
-from events.contract import ActionRecorded
 from events.settings import Columns, Settings
 from events.sources.outbox import outbox_names
 from ops import capture_install
-from tests.support import create_conversations_table, one_line_per_action
+from tests.support import create_conversations_table, one_line_per_action, recorded
 
 CATALOGUE = """
 SELECT 'schema ' || nspname FROM pg_namespace
@@ -141,8 +139,7 @@ async def test_the_command_with_renamed_columns_is_audited(
     removed = reconciler(settings, "migrate", "--uninstall", "--force", **env)
     assert removed.returncode == 0, removed.stderr
     assert await capture_install.installed_version(pg, settings.table) is None
-    audit = [codec.decode(f) for _, f in await redis.xrange(settings.keys.audit_stream)]
-    lines = one_line_per_action([a for a in audit if isinstance(a, ActionRecorded)])
+    lines = one_line_per_action(await recorded(redis, settings.keys))
     assert [(a.action, a.outcome) for a in lines] == [
         ("capture_install.install", "done"), ("capture_install.install", "skipped"),
         ("capture_install.uninstall", "failed"), ("capture_install.uninstall", "planned"),

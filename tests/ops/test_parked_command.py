@@ -11,10 +11,9 @@ import time
 from redis.asyncio import Redis
 
 from consumers.stores.parked_queues import ParkedQueues
-from events import codec
 from events.contract import ActionRecorded
 from events.keys import KeySpace
-from tests.support import one_line_per_action
+from tests.support import one_line_per_action, recorded
 
 
 async def reconciler(redis_url: str, keys: KeySpace, *args: str) -> tuple[int, str]:
@@ -28,8 +27,7 @@ async def reconciler(redis_url: str, keys: KeySpace, *args: str) -> tuple[int, s
 
 
 async def audit_entries(redis: Redis, keys: KeySpace) -> list[ActionRecorded]:
-    entries = [codec.decode(f) for _, f in await redis.xrange(keys.audit_stream)]
-    return one_line_per_action([e for e in entries if isinstance(e, ActionRecorded)])
+    return one_line_per_action(await recorded(redis, keys))
 
 
 async def test_list_then_restore_with_a_dry_run_first(

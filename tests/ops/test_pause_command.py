@@ -17,14 +17,14 @@ from consumers.actions import Action, Actions, Result, done
 from consumers.keyqueue import Delivery
 from consumers.stores.pauses import PAUSE_EXPIRED, PauseStore, expiry_member, settling_expiries
 from events import codec, metrics
-from events.contract import ActionRecorded, ReconcileRequested
+from events.contract import ReconcileRequested
 from events.keys import KeySpace
 from events.publisher import Publisher
 from events.settings import Settings
 from events.timer_wheel import TimerWheel
 from ops.group_metrics import GroupCollector
 from tests.ops.test_parked_command import audit_entries, reconciler
-from tests.support import eventually, request
+from tests.support import eventually, recorded, request
 
 KEY = "5511999990000:12345"
 
@@ -131,9 +131,8 @@ async def test_an_action_after_a_pause_ended_is_audited_after_the_end(
 
     await eventually(ended, message="the pause's end")
     assert (await actions.run(replace(action, cause=request(KEY)), _done)).outcome == "done"
-    written = [codec.decode(f) for _, f in await redis.xrange(settings.keys.audit_stream)]
-    outcomes = [(a.action, a.outcome) for a in written
-                if isinstance(a, ActionRecorded) and a.outcome != "intent"]
+    outcomes = [(a.action, a.outcome) for a in await recorded(redis, settings.keys)
+                if a.outcome != "intent"]
     assert outcomes == [("clear_bot_fields", "skipped"), ("pause_expired", "done"),
                         ("clear_bot_fields", "done")]
     assert await store.all() == []
