@@ -84,12 +84,20 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+IMAGE_TYPES = {"id": "text", "phone": "text", "channel": "text", "status": "text",
+               "assigned_to": "text", "bot_flow_id": "text", "bot_started_at": "timestamptz"}
+"""The watched columns, under our names, and the type each is cast to in a row's image."""
+
+
 def render(template: str, settings: Settings) -> str:
-    """A migration template with every name filled in, quoted."""
+    """A migration template with every name filled in, quoted.
+
+    From version 5 on, templates use ``{old_image}`` and ``{new_image}`` (the jsonb
+    images of rows ``o`` and ``n``) and ``{changed}`` (whether any watched column
+    differs between them); earlier templates spell them out."""
     names = outbox_names(settings.table)
-    columns = {f"c_{name}": quote_ident(getattr(settings.columns, name))
-               for name in ("id", "phone", "channel", "status", "assigned_to",
-                            "bot_flow_id", "bot_started_at")}
+    columns = {f"c_{name}": quote_ident(getattr(settings.columns, name)) for name in IMAGE_TYPES}
+    images = {f"{which}_image": _image(alias, columns) for which, alias in (("old", "o"), ("new", "n"))}
     return template.format(
         table=quote_table(settings.table),
         outbox=names.qualified_outbox,
@@ -99,7 +107,15 @@ def render(template: str, settings: Settings) -> str:
         delete_trigger=quote_ident(names.delete_trigger),
         channel_literal="'" + names.channel.replace("'", "''") + "'",
         **columns,
+        **images,
+        changed="\n           OR ".join(f"o.{c} IS DISTINCT FROM n.{c}" for c in columns.values()),
     )
+
+
+def _image(alias: str, columns: dict[str, str]) -> str:
+    pairs = ", ".join(f"'{name}', {alias}.{columns[f'c_{name}']}::{cast}"
+                      for name, cast in IMAGE_TYPES.items())
+    return f"jsonb_build_object({pairs})"
 
 
 async def installed_version(conn: Any, table: str) -> int | None:

@@ -9,6 +9,7 @@ at version 2 in place, with unpublished changes waiting in its outbox.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -50,6 +51,12 @@ STATEMENTS = [
     "UPDATE {t} SET phone = phone || '0' WHERE phone LIKE '551%'",
     "UPDATE {t} SET id = {moved}, status = 'closed' WHERE phone LIKE '557%'",
     "UPDATE {t} SET assigned_to = 'bot', bot_started_at = NULL WHERE phone = '553'",
+    # One row at a time, as a CRM mostly writes (version 5 captures these without pairing):
+    "UPDATE {t} SET notes = 'a new message' WHERE phone = '556'",
+    "UPDATE {t} SET status = 'closed' WHERE phone = '5521'",
+    "UPDATE {t} SET status = status WHERE phone = '5522'",
+    "UPDATE {t} SET id = {moved}, phone = phone || '9' WHERE phone = '5520'",
+    "UPDATE {t} SET notes = 'nobody' WHERE phone = 'no such phone'",
     "DELETE FROM {t} WHERE phone LIKE '554%'",
     "UPDATE {t} SET status = status",
 ]
@@ -121,6 +128,15 @@ async def test_migrate_upgrades_an_installed_version_in_place(
     assert await row_triggers(pg, target.table) == []
 
 
+async def filled_at_version(pg: Any, settings: Settings, version: int) -> Settings:
+    """A new table with the capture at ``version`` and its first 3,000 rows inserted."""
+    target = table_settings(settings)
+    await create(pg, target, "bigint")
+    await capture_install.install(pg, target, up_to=version)
+    await pg.execute(STATEMENTS[0].format(t=f'"{target.table}"', id="g"))
+    return target
+
+
 async def capture_plans(pg: Any, statement: str) -> list[str]:
     """The plans of what ``statement`` ran, its trigger's query included (auto_explain)."""
     plans: list[str] = []
@@ -148,15 +164,36 @@ async def test_the_capture_query_is_not_jit_compiled_after_the_upgrade(
     # the capture query with LLVM on every bulk statement (version 4 turns that off).
     if not await pg.fetchval("SELECT pg_jit_available()"):
         pytest.skip("this PostgreSQL has no JIT")
-    target = table_settings(settings)
-    await create(pg, target, "bigint")
-    await capture_install.install(pg, target, up_to=3)
-    await pg.execute(STATEMENTS[0].format(t=f'"{target.table}"', id="g"))
+    target = await filled_at_version(pg, settings, 3)
     update = f'UPDATE "{target.table}" SET bot_flow_id = \'again-\' || id'
     (before,) = await capture_plans(pg, update)
     assert "JIT:" in before
     upgraded = await capture_install.install(pg, target)
-    assert upgraded.applied == ["0004_capture_without_jit.sql"]
+    assert upgraded.applied[0] == "0004_capture_without_jit.sql"
     (after,) = await capture_plans(pg, update)
     assert "JIT:" not in after and "Insert on" in after
+    await capture_install.uninstall(pg, target, force=True)
+
+
+async def test_a_one_row_update_is_captured_without_pairing_after_the_upgrade(
+    pg: Any, settings: Settings
+) -> None:
+    # Version 4 numbered, joined and sorted both transition tables even for the one
+    # row a CRM mostly writes; version 5 joins the two one-row tables as they are.
+    target = await filled_at_version(pg, settings, 4)
+    one_row = f"UPDATE \"{target.table}\" SET status = 'closed' WHERE phone = '5521'"
+    many_rows = f"UPDATE \"{target.table}\" SET status = 'closed' WHERE phone LIKE '552%'"
+    (before,) = await capture_plans(pg, one_row)
+    assert "WindowAgg" in before
+    upgraded = await capture_install.install(pg, target)
+    assert upgraded.applied == ["0005_one_row_capture.sql"]
+    (after,) = await capture_plans(pg, one_row.replace("5521", "5523"))
+    assert "WindowAgg" not in after and "Insert on" in after
+    (bulk,) = await capture_plans(pg, many_rows)
+    assert "WindowAgg" in bulk and "JIT:" not in bulk
+    changes = await outbox(pg, target.table)  # 3,000 inserts, 5521, 5523, then the other 552*
+    assert len(changes) == 3000 + 2 + 1109  # 552, 5520-5529, 55200-55299, 552000-552999
+    op, old, new = changes[3001]
+    assert (op, json.loads(old)["status"], json.loads(new)["status"], json.loads(new)["phone"]) == (
+        "UPDATE", "active", "closed", "5523")
     await capture_install.uninstall(pg, target, force=True)
