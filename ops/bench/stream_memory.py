@@ -9,7 +9,7 @@ Redis's ``MEMORY USAGE … SAMPLES 0`` (every node of the stream) gives the byte
 * ``json`` -- what the publisher writes (``v``, ``type``, ``key``, and the event
   as JSON in ``data``, valid against ``events/events.schema.json``; a field at
   its default, such as a null bot field, is left out);
-* ``jsonwith_defaults`` -- the same with every field written, defaults too
+* ``json_with_defaults`` -- the same with every field written, defaults too
   (what the publisher wrote before);
 * ``json_changed_previous`` -- a row change's ``previous`` row cut to its id and
   the columns that changed (what a "changed columns only" contract would write);
@@ -44,7 +44,7 @@ from events.envelope import new_event
 from ops.bench import common
 
 NAME = "stream-memory"
-ENCODINGS = ("json", "jsonwith_defaults", "json_changed_previous", "json_no_previous", "msgpack")
+ENCODINGS = ("json", "json_with_defaults", "json_changed_previous", "json_no_previous", "msgpack")
 BATCH = 2000
 CHANNEL = "940740243"
 _msgpack = msgspec.msgpack.Encoder()
@@ -97,7 +97,7 @@ def _changed_previous(event: EventBase) -> bytes:
 
 
 _ENCODE: dict[str, Callable[[EventBase], bytes]] = {
-    "jsonwith_defaults": lambda e: msgspec.json.encode(with_defaults(e)),
+    "json_with_defaults": lambda e: msgspec.json.encode(with_defaults(e)),
     "json_changed_previous": _changed_previous,
     "json_no_previous": lambda e: codec.encode_json(
         msgspec.structs.replace(e, previous=None) if isinstance(e, RowChange) else e),
@@ -138,8 +138,8 @@ async def measure(args: Any) -> dict[str, Any]:
         await common.delete_prefix(redis, prefix)
         await redis.aclose()
     redis_bytes = {e: f["redis_bytes_per_event"] for e, f in figures.items()}
-    pairs = [("json", "jsonwith_defaults")] + [(e, "json") for e in ENCODINGS[2:]] + [
-        ("json, row changes only", "jsonwith_defaults, row changes only")]
+    pairs = [("json", "json_with_defaults")] + [(e, "json") for e in ENCODINGS[2:]] + [
+        ("json, row changes only", "json_with_defaults, row changes only")]
     ratios = {f"{e}/{base} (Redis bytes)": {
         "ratio": common.ratio(redis_bytes[e], redis_bytes[base]), "target": None, "met": None}
         for e, base in pairs}
