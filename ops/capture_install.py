@@ -92,12 +92,12 @@ IMAGE_TYPES = {"id": "text", "phone": "text", "channel": "text", "status": "text
 def render(template: str, settings: Settings) -> str:
     """A migration template with every name filled in, quoted.
 
-    From version 5 on, templates use ``{old_image}`` and ``{new_image}`` (the jsonb
-    images of rows ``o`` and ``n``) and ``{changed}`` (whether any watched column
-    differs between them); earlier templates spell them out."""
+    From version 5 on, templates take these from one list of the watched columns
+    instead of spelling them out: ``{watched}`` (the user's column names),
+    ``{old_image}`` and ``{new_image}`` (the jsonb images of rows ``o`` and ``n``)
+    and ``{changed}`` (whether any watched column differs between them)."""
     names = outbox_names(settings.table)
-    columns = {f"c_{name}": quote_ident(getattr(settings.columns, name)) for name in IMAGE_TYPES}
-    images = {f"{which}_image": _image(alias, columns) for which, alias in (("old", "o"), ("new", "n"))}
+    quoted = {name: quote_ident(getattr(settings.columns, name)) for name in IMAGE_TYPES}
     return template.format(
         table=quote_table(settings.table),
         outbox=names.qualified_outbox,
@@ -106,15 +106,16 @@ def render(template: str, settings: Settings) -> str:
         update_trigger=quote_ident(names.update_trigger),
         delete_trigger=quote_ident(names.delete_trigger),
         channel_literal="'" + names.channel.replace("'", "''") + "'",
-        **columns,
-        **images,
-        changed="\n           OR ".join(f"o.{c} IS DISTINCT FROM n.{c}" for c in columns.values()),
+        **{f"c_{name}": column for name, column in quoted.items()},
+        watched=", ".join(quoted.values()),
+        old_image=_image("o", quoted),
+        new_image=_image("n", quoted),
+        changed="\n           OR ".join(f"o.{c} IS DISTINCT FROM n.{c}" for c in quoted.values()),
     )
 
 
-def _image(alias: str, columns: dict[str, str]) -> str:
-    pairs = ", ".join(f"'{name}', {alias}.{columns[f'c_{name}']}::{cast}"
-                      for name, cast in IMAGE_TYPES.items())
+def _image(alias: str, quoted: dict[str, str]) -> str:
+    pairs = ", ".join(f"'{name}', {alias}.{quoted[name]}::{cast}" for name, cast in IMAGE_TYPES.items())
     return f"jsonb_build_object({pairs})"
 
 

@@ -36,11 +36,9 @@ BEGIN
     ELSE
         INSERT INTO {outbox} (op, old_row, new_row)
         SELECT 'UPDATE', {old_image}, {new_image}
-        FROM (SELECT row_number() OVER () AS reconciler_i, {c_id}, {c_phone}, {c_channel}, {c_status},
-                     {c_assigned_to}, {c_bot_flow_id}, {c_bot_started_at}
+        FROM (SELECT row_number() OVER () AS reconciler_i, {watched}
               FROM reconciler_old) o
-        JOIN (SELECT row_number() OVER () AS reconciler_i, {c_id}, {c_phone}, {c_channel}, {c_status},
-                     {c_assigned_to}, {c_bot_flow_id}, {c_bot_started_at}
+        JOIN (SELECT row_number() OVER () AS reconciler_i, {watched}
               FROM reconciler_new) n ON n.reconciler_i = o.reconciler_i
         WHERE {changed}
         ORDER BY o.reconciler_i;
