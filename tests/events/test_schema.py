@@ -64,7 +64,8 @@ def test_a_field_left_out_of_data_is_one_the_schema_gives_that_default(
     _assert_defaults_left_out(json.loads(codec.encode(event)["data"]), event, _DEFS)
 
 
-_DEFS = json.loads(render())["$defs"]
+_SCHEMA = json.loads(render())
+_DEFS = _SCHEMA["$defs"]
 
 
 def _assert_defaults_left_out(doc: dict[str, object], struct: msgspec.Struct,
@@ -99,4 +100,4 @@ def test_what_is_published_and_what_older_builds_wrote_are_valid_and_read_alike(
         assert codec.decode(fields) == event
 
 
-_VALIDATOR = Draft202012Validator(json.loads(render()))
+_VALIDATOR = Draft202012Validator(_SCHEMA)
