@@ -34,6 +34,7 @@ from events import wiring
 from events.grants import missing_grants, missing_redis_rights, wait_until_granted
 from events.loops import guarded
 from events.settings import Settings
+from events.sources.outbox import CONSUMERS_APPLICATION_NAME
 from events.sources.table_listing import serve_listing
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ async def run_consumers(settings: Settings, redis: Any, stop: asyncio.Event) -> 
     pool = await asyncpg.create_pool(settings.database_url, min_size=POOL_MIN_SIZE,
                                      max_size=max(POOL_MIN_SIZE, min(POOL_MAX_SIZE,
                                                                      settings.concurrency)),
-                                     reset=_no_session_state)
+                                     reset=_no_session_state,
+                                     server_settings={"application_name": CONSUMERS_APPLICATION_NAME})
     try:
         if not await wait_until_granted(lambda: _missing(pool, redis, settings), role="consumers",
                                         stop=stop):

@@ -33,7 +33,7 @@ import asyncpg
 
 from events.errors import ReconcilerError
 from events.settings import Settings
-from events.sources.outbox import SCHEMA, outbox_names
+from events.sources.outbox import CONSUMERS_APPLICATION_NAME, SCHEMA, outbox_names
 from events.sql import quote_ident, quote_table
 from ops.migrate_checks import IndexState, lookup_index, require_rights
 
@@ -105,13 +105,18 @@ def render(template: str, settings: Settings) -> str:
         trigger=quote_ident(names.trigger),
         update_trigger=quote_ident(names.update_trigger),
         delete_trigger=quote_ident(names.delete_trigger),
-        channel_literal="'" + names.channel.replace("'", "''") + "'",
+        channel_literal=_literal(names.channel),
+        consumers_application_name=_literal(CONSUMERS_APPLICATION_NAME),
         **{f"c_{name}": column for name, column in quoted.items()},
         watched=", ".join(quoted.values()),
         old_image=_image("o", quoted),
         new_image=_image("n", quoted),
         changed="\n           OR ".join(f"o.{c} IS DISTINCT FROM n.{c}" for c in quoted.values()),
     )
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _image(alias: str, quoted: dict[str, str]) -> str:

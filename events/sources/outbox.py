@@ -50,6 +50,12 @@ from events.sql import quote_ident
 SCHEMA = "reconciler"
 """The PostgreSQL schema holding everything this project installs."""
 
+CONSUMERS_APPLICATION_NAME = "reconciler-consumers"
+"""The ``application_name`` the consumers connect with.  From capture version 6 on, the
+outbox rows their own writes leave have ``origin`` :data:`CONSUMERS_ORIGIN`, and the
+relay publishes them on the bulk lane (their handling already saw the change)."""
+CONSUMERS_ORIGIN = "consumers"
+
 MAX_IDENTIFIER = 63
 
 Operation = Literal["INSERT", "UPDATE", "DELETE"]

