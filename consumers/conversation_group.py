@@ -25,6 +25,7 @@ from consumers.actions import Actions, Result, skipped
 from consumers.conversation_acts import BACKFILL, CLEAR, CLOSE, ConversationActs, Guard, due_event
 from consumers.errors import PermanentError
 from consumers.keyqueue import Delivery
+from consumers.own_echoes import OwnEchoes
 from consumers.rules.conversation_rules import (
     Action,
     BackfillFlow,
@@ -46,11 +47,13 @@ from events.contract import (
     EventBase,
     OrphanGraceElapsed,
     QuarantineRetentionDue,
+    ReconcileRequested,
     SessionFileRejected,
     SnapshotFinished,
     SnapshotStarted,
     SourceResynced,
 )
+from events.envelope import new_event
 from events.keys import split_conversation_key
 from events.settings import Settings
 from events.timer_wheel import TimerWheel
@@ -71,6 +74,7 @@ def decide(o: Observed[Any, Any]) -> list[Action]:
 
 MAX_ROUNDS = 4
 """Observe-decide-act rounds per call; each round after the first follows a change we made."""
+STILL_CHANGING = f"still changing after {MAX_ROUNDS} rounds"
 SEEN_TTL_S = 30 * 86400
 REPORTED_TTL_S = 7 * 86400
 """How long a report of an unchanged state (ambiguous rows) is not repeated."""
@@ -93,11 +97,14 @@ class ConversationsHandler:
         self.acts = ConversationActs(settings=settings, sql=sql, files=files, actions=actions,
                                      timers=timers)
         self.keys = settings.keys
+        self.echoes = OwnEchoes()
 
     async def __call__(self, key: str, deliveries: Sequence[Delivery]) -> None:
         cause = deliveries[-1].event
         if all(isinstance(d.event, MARKERS) for d in deliveries):
             return  # a source's progress marker: its key names the source, not a conversation
+        if self.echoes.only_echoes(deliveries):
+            return  # our own changes coming back: observed by the handling that made them
         try:
             phone, channel = split_conversation_key(key)
         except ValueError as e:
@@ -114,9 +121,20 @@ class ConversationsHandler:
             if not await self.apply(observed, decide(observed), name, cause):
                 break
         else:
-            log.warning("key %s still changing after %d rounds; the next event goes on", key,
-                        MAX_ROUNDS, extra={"key": key, "stream": deliveries[-1].stream})
+            await self.still_changing(key, deliveries)
         await self.actions.close_left(key, left)
+
+    async def still_changing(self, key: str, deliveries: Sequence[Delivery]) -> None:
+        """The rounds ran out after a change whose echo will be skipped: ask for one more
+        look, once (a CRM trigger that undoes every change must not loop forever)."""
+        again = not any(isinstance(d.event, ReconcileRequested) and d.event.reason == STILL_CHANGING
+                        for d in deliveries)
+        log.warning("key %s %s%s", key, STILL_CHANGING, "; it is judged again" if again else "",
+                    extra={"key": key, "stream": deliveries[-1].stream})
+        if again:
+            await self.actions.publisher.publish(new_event(
+                ReconcileRequested, source="reconciler", key=key, scope="conversations",
+                cause_id=deliveries[-1].event.id, reason=STILL_CHANGING))
 
     def file_name(self, key: str, phone: str, channel: str) -> str | None:
         """The key's session file name; ``None`` when its phone makes no safe file name.
@@ -167,8 +185,11 @@ class ConversationsHandler:
                     OrphanGraceElapsed, o.key, cause, action.due))
             elif isinstance(action, ReportAmbiguousRows):
                 await self.report_ambiguous(o, action, cause)
-            elif (await self.change(o, action, name, cause)).outcome in ("done", "reverted"):
-                changed = True
+            else:
+                outcome = (await self.change(o, action, name, cause)).outcome
+                if outcome == "done" and isinstance(action, QuarantineFile) and name is not None:
+                    self.echoes.moved_away(name)  # the watcher will report it gone
+                changed = changed or outcome in ("done", "reverted")
         return changed
 
     async def change(self, o: Seen, action: Action, name: str | None,

@@ -90,6 +90,9 @@ class RowChange(EventBase, frozen=True, kw_only=True):
     """The new values (``None`` once deleted)."""
     previous: ConversationRow | None = None
     """The old values (``None`` for an insert)."""
+    origin: Literal["consumers"] | None = None
+    """``consumers`` when the reconciler's consumers made the change (capture version 6):
+    the handling that made it observed the key again afterwards, so it brings them no news."""
 
 
 class ConversationCreated(RowChange, frozen=True, kw_only=True, tag="conversation.created"):

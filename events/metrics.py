@@ -46,6 +46,13 @@ STREAM_GAPS = Counter(
     "store's keys are re-listed.",
     ["stream", "group"],
 )
+ECHOES_SKIPPED = Counter(
+    "reconciler_echoes_skipped_total",
+    "Events that only reported back a change the conversations handler made and then "
+    "observed (its own UPDATE through the capture, its own quarantine through the watcher), "
+    "not handled again.",
+    ["kind"],
+)
 LOOP_FAILURES = Counter(
     "reconciler_loop_failures_total",
     "Background loop iterations that failed and were retried after a backoff.",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -54,7 +54,7 @@ CONSUMERS_APPLICATION_NAME = "reconciler-consumers"
 """The ``application_name`` the consumers connect with.  From capture version 6 on, the
 outbox rows their own writes leave have ``origin`` :data:`CONSUMERS_ORIGIN`, and the
 relay publishes them on the bulk lane (their handling already saw the change)."""
-CONSUMERS_ORIGIN = "consumers"
+CONSUMERS_ORIGIN: Final = "consumers"
 
 MAX_IDENTIFIER = 63
 
@@ -151,7 +151,7 @@ def _row(raw: str | bytes | None, which: str) -> ConversationRow | None:
 
 def event_from_row(
     *, table: str, outbox_id: int, op: str, old: str | bytes | None, new: str | bytes | None,
-    created_at: datetime | None,
+    created_at: datetime | None, origin: str | None = None,
 ) -> EventBase:
     """The one event an outbox row becomes; raises :class:`BadOutboxRow`."""
     if created_at is None or created_at.tzinfo is None:
@@ -173,6 +173,7 @@ def event_from_row(
         outbox_id=outbox_id,
         row=row,
         previous=previous,
+        origin=CONSUMERS_ORIGIN if origin == CONSUMERS_ORIGIN else None,
     )
     if len(event.key) > 256 or len(encode_json(event)) > MAX_ENTRY_BYTES:
         raise BadOutboxRow("oversized", f"event of outbox row {outbox_id} is too large")
@@ -181,12 +182,12 @@ def event_from_row(
 
 def events_from_row(
     *, table: str, outbox_id: int, op: str, old: str | bytes | None, new: str | bytes | None,
-    created_at: datetime | None,
+    created_at: datetime | None, origin: str | None = None,
 ) -> list[EventBase]:
     """Every event an outbox row becomes (see the module docstring); raises :class:`BadOutboxRow`."""
     try:
         event = event_from_row(table=table, outbox_id=outbox_id, op=op, old=old, new=new,
-                               created_at=created_at)
+                               created_at=created_at, origin=origin)
     except BadOutboxRow as e:
         if e.reason != "oversized":
             raise

@@ -269,7 +269,7 @@ class OutboxRelay:
                 try:
                     found = events_from_row(
                         table=self._table, outbox_id=row["id"], op=row["op"], old=row["old_row"],
-                        new=row["new_row"], created_at=row["created_at"])
+                        new=row["new_row"], created_at=row["created_at"], origin=row["origin"])
                     if isinstance(found[0], ReconcileRequested):
                         self._report(row["id"], BadOutboxRow(
                             "oversized", "too large to publish whole; its key was woken"))

@@ -16,14 +16,28 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from consumers.conversation_group import STILL_CHANGING
+from consumers.keyqueue import Delivery
+from consumers.own_echoes import OwnEchoes
 from events import codec
-from events.contract import RowChange
+from events.contract import ReconcileRequested, RowChange, SessionFileRemoved, SessionFileWritten
+from events.envelope import new_event
 from events.settings import Settings
 from events.sources.outbox import CONSUMERS_APPLICATION_NAME, outbox_names
 from ops import capture_install
-from tests.consumers.test_rows import FLOW, bot_fields_left, crm_table, insert, running, write_file
+from tests.consumers.test_rows import (
+    FLOW,
+    audit_actions,
+    bot_fields_left,
+    crm_table,
+    drained,
+    insert,
+    running,
+    write_file,
+)
 from tests.events.test_postgres_relay import relay
 from tests.support import create_conversations_table, eventually
 
@@ -45,6 +59,20 @@ async def lanes(redis: Redis, settings: Settings) -> dict[str, list[RowChange]]:
         events = [codec.decode(fields) for _, fields in await redis.xrange(stream)]
         out[lane] = [e for e in events if isinstance(e, RowChange)]
     return out
+
+
+async def started(redis: Redis, settings: Settings) -> bool:
+    """The first start's listing and folder snapshot are on the bulk lane and handled, so
+    nothing of theirs is in a batch with what comes next."""
+    live, bulk = settings.keys.lanes("conversations")
+    if await redis.xlen(bulk) < 2:
+        return False
+    groups = [g for stream in (live, bulk) for g in await redis.xinfo_groups(stream)]
+    return bool(groups) and all(g["pending"] == 0 and g.get("lag") == 0 for g in groups)
+
+
+def skipped(kind: str) -> float:
+    return REGISTRY.get_sample_value("reconciler_echoes_skipped_total", {"kind": kind}) or 0.0
 
 
 def flows(changes: list[RowChange]) -> list[str | None]:
@@ -115,17 +143,82 @@ async def test_a_deployments_own_clear_comes_back_on_the_bulk_lane(
     await crm_table(pg, settings, "bigserial")
     phone = "5521987650001"
     row_id = await insert(pg, settings, phone, "active", "bot", FLOW, True)
-    file = write_file(settings, phone, FLOW)
+    file = write_file(settings, phone, FLOW, age_s=600)  # the bot run began ten minutes ago
+    before = {kind: skipped(kind) for kind in ("row", "file")}
     async with running(settings, redis):
+        await eventually(lambda: started(redis, settings), message="the listing and snapshot handled")
         await pg.execute(f"UPDATE {settings.table} SET status = 'closed' WHERE id = $1", row_id)
 
-        async def cleared_and_echoed() -> bool:
+        async def cleared_and_echoes_skipped() -> bool:
             return (await bot_fields_left(pg, settings) == 0 and not file.exists()
-                    and bool(flows((await lanes(redis, settings))["bulk"])))
-        await eventually(cleared_and_echoed, timeout=60, message="the clear and its echo")
+                    and all(skipped(kind) == before[kind] + 1 for kind in before))
+        await eventually(cleared_and_echoes_skipped, timeout=60,
+                         message="the clear, the quarantine, and both echoes skipped")
+        await eventually(lambda: drained(redis, settings), message="the live lane handled")
+    assert all(skipped(kind) == before[kind] + 1 for kind in before)
     found = await lanes(redis, settings)
     assert [(e.previous.status, e.row.status) for e in found["live"] if e.previous and e.row] == [
         ("active", "closed")]
     (echo,) = [e for e in found["bulk"] if e.previous is not None]
     assert echo.previous and echo.previous.bot_flow_id == FLOW and echo.row
     assert (echo.row.status, echo.row.bot_flow_id, echo.row.assigned_to) == ("closed", None, None)
+
+
+UNDOES_CLEARS = """
+CREATE FUNCTION {table}_keep_bot() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+  IF NEW.bot_flow_id IS NULL AND OLD.bot_flow_id IS NOT NULL THEN
+    NEW.assigned_to := OLD.assigned_to; NEW.bot_flow_id := OLD.bot_flow_id;
+    NEW.bot_started_at := OLD.bot_started_at;
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER {table}_keep_bot BEFORE UPDATE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION {table}_keep_bot();
+"""
+
+
+async def test_a_crm_trigger_that_undoes_every_clear_is_judged_again_once_not_forever(
+    pg: Any, redis: Redis, settings: Settings
+) -> None:
+    """Each clear takes (one row updated) and the CRM's trigger puts the bot fields back:
+    the handling runs out of rounds.  Its last change's echo would be skipped, so it asks
+    for one more look; that one runs out too and asks for nothing more."""
+    await crm_table(pg, settings, "uuid")
+    await pg.execute(UNDOES_CLEARS.format(table=settings.table))
+    await insert(pg, settings, "5521987650002", "closed", "bot", FLOW, True)
+    async with running(settings, redis):
+        async def judged_twice() -> bool:
+            causes = {a.cause_id for a in await audit_actions(redis, settings)
+                      if a.action == "clear_bot_fields" and a.outcome == "done"}
+            return len(causes) == 2 and await drained(redis, settings)
+        await eventually(judged_twice, timeout=60, message="the clear made for two causes")
+        requests = [e for stream in settings.keys.lanes("conversations")
+                    for _, fields in await redis.xrange(stream)
+                    if isinstance(e := codec.decode(fields), ReconcileRequested)
+                    and e.reason == STILL_CHANGING]
+    assert len(requests) == 1
+    assert await bot_fields_left(pg, settings) == 1, "the CRM's trigger kept them"
+
+
+def removed(name: str) -> Delivery:
+    return Delivery("s", "1-0", new_event(SessionFileRemoved, source="folder", key="k", name=name), {})
+
+
+def written(name: str) -> Delivery:
+    return Delivery("s", "2-0", new_event(SessionFileWritten, source="folder", key="k", name=name,
+                                          flow_id=None, content_sha256="0" * 64, size_bytes=2), {})
+
+
+def test_a_removal_is_an_echo_only_right_after_this_handler_moved_the_file() -> None:
+    echoes = OwnEchoes(limit=2)
+    echoes.moved_away("a.json")
+    assert not echoes.only_echoes([removed("b.json")]), "moved by someone else"
+    assert echoes.only_echoes([removed("a.json")])
+    assert not echoes.only_echoes([removed("a.json")]), "a second removal is news"
+    echoes.moved_away("a.json")
+    assert not echoes.only_echoes([written("a.json"), removed("a.json")])
+    assert not echoes.only_echoes([removed("a.json")]), "written again since the move"
+    for name in ("a.json", "b.json", "c.json"):
+        echoes.moved_away(name)
+    assert [echoes.only_echoes([removed(n)]) for n in ("a.json", "b.json", "c.json")] == [
+        False, True, True], "the oldest is forgotten past the limit"
