@@ -4,8 +4,9 @@ Every change the handler makes comes back to it as an event: its UPDATE
 through the capture, its quarantine of a file through the watcher.  After each
 change, the same handling observes the key again (and acts on what it sees),
 so those events hold nothing the handler has not seen.  Handling them anyway
-made three handlings of each key a nightly job closed instead of one.  This module says when a batch of deliveries is nothing but
-such echoes; anything else in the batch, and the key is handled as usual.
+made three handlings of each key a nightly job closed instead of one.  This
+module says when a batch of deliveries is nothing but such echoes; anything
+else in the batch, and the key is handled as usual.
 
 * A row change the capture marked as the consumers' own (``origin``, capture
   version 6) is an echo in any process: the mark travels with the event.

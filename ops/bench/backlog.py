@@ -365,37 +365,48 @@ def _result(plan: Plan, measured: dict[str, dict[str, Any]]) -> dict[str, Any]:
 NOTES = [
     "drained_s runs from the nightly job's commit until none of the campaign's files is in the "
     "sessions folder and no closed row keeps a bot field (looked at every 0.25 s: the rows "
-    "first, the folder once they are done); then audit "
-    "must find nothing, or the bench fails.",
-    "ours handles more events than the job has rows: the consumers' own clears come back "
-    "through the capture (a second event per key) and the watcher publishes each quarantined "
-    "file's removal (a third); drained_s ends when the stores are right, whether or not those "
-    "echoes are handled yet.",
-    "start_* (ours): the first start, from the roles' start until the groups had read and "
-    "acked it: the table listing (one reconcile.requested per key with a row that can matter) "
-    "and the folder's snapshot (one event per file), every key consistent (observed, judged, "
-    "its bot timeout scheduled); start_events_per_s is what one consumers process "
-    "reconciles when nothing is to be done, with the CPU it took per event.",
+    "first, the folder once they are done); then audit must find nothing, or the bench fails.",
+    "ours gets three events per key of the job: the job's change, the consumers' own clear "
+    "coming back through the capture (marked as theirs, on the bulk lane) and the watcher's "
+    "report of the quarantined file's removal.  The last two are echoes of changes the handling"
+    " observed right after making them, and are skipped unhandled "
+    "(reconciler_echoes_skipped_total); drained_s ends when the stores are right.",
+    "start_* (ours): the first start, from the roles' start until the groups had read and acked"
+    " it: the table listing (one reconcile.requested per key with a row that can matter) and "
+    "the folder's snapshot (one event per file), every key consistent (observed, judged, its "
+    "bot timeout scheduled); start_events_per_s is what one consumers process reconciles when "
+    "nothing is to be done, with the CPU it took per event.",
     "process_cpu_ms_per_key: CPU of this process (every role, or the poller, and the bench's "
-    "own looking) from the commit until drained, per key of the job; redis_cpu_ms_per_key "
-    "the same for the Redis server (INFO cpu; other clients of a shared server count too).",
+    "own looking) from the commit until drained, per key of the job; redis_cpu_ms_per_key the "
+    "same for the Redis server (INFO cpu; other clients of a shared server count too).",
     "Live closes are timed from just before the UPDATE to the file gone (looked at every 5 ms).",
     "Where ours spends its event loop while the backlog drains (py-spy, 100 Hz for 30 s of a "
-    "default run at 2e4688e, the loop's samples): observing a key (its rows, its file, its "
-    "clocks) 22%, the quarantine (file, record, purge timer) 14%, the relay 12%, claims 7%, "
-    "the guard's second look at the rows before and after a move 6%, outcomes 6%, the "
-    "runtime's reads, acks and queue 5%, the UPDATEs 4%, the watcher 4%, settling open intents "
-    "3%, the pause gate 3%; the rest is socket reads and the loop itself.  Each key is handled "
-    "about three times (the job's change, the consumers' own clear and the watcher's report of "
-    "the quarantined file come back as events), and its two actions take an intent and an "
-    "outcome each and verify the move: work the polling scheduler does not do.",
+    "default run at 2e4688e, before echoes were skipped, the loop's samples): observing a key "
+    "(its rows, its file, its clocks) 22%, the quarantine (file, record, purge timer) 14%, the "
+    "relay 12%, claims 7%, the guard's second look at the rows before and after a move 6%, "
+    "outcomes 6%, the runtime's reads, acks and queue 5%, the UPDATEs 4%, the watcher 4%, "
+    "settling open intents 3%, the pause gate 3%; the rest is socket reads and the loop itself."
+    "  Each key is handled about three times (the job's change, the consumers' own clear and "
+    "the watcher's report of the quarantined file come back as events), and its two actions "
+    "take an intent and an outcome each and verify the move: work the polling scheduler does "
+    "not do.",
     "Batched row reads (the keys handled at once read by one query; bench row-reads): with "
     "py-spy at 100 Hz over a whole run of --rows 200000 --stale 20000, before and after, the "
     "row reads went from 1,283 samples (7.8%) to 625 (4.7%) and asyncpg from 1,661 to 918; "
     "resolving the session folder for every path was 486 samples (3.7%), since removed.",
-    "A live close made during the job is published with the relay's next batch (once the "
-    "relay has seen the statement it reads what was committed after it first), then handled "
-    "on the live lane; what is left of its latency is this saturated process, where the "
-    "relay, the consumers and their own clears (live too) share one event loop. Before that "
-    "relay (7f31813, a run of this command): live p50 25,862 ms, p99 30,325 ms.",
+    "With echoes skipped (py-spy, 100 Hz over a whole run of --rows 100000 --stale 10000 at "
+    "0b41417, all samples, the first start's included): the conversations handler 42%: its "
+    "actions 25% (the quarantine 15%, of which the move with its record, checks and second look"
+    " at the rows 7%, its purge timer 2%, intent and outcome 3%, the pause gate 1%; the clears "
+    "7%; timers the verdicts schedule 2%), observing 13% (the file 4%, the rows 3%, the two "
+    "clocks' pipeline 5%), settling open intents 3%; the relay 3%, the watcher 2%, the folder's"
+    " first snapshot and rescan 10%, the bench's own writing and looking 13%.  Skipping the "
+    "echoes did not move drained_s beyond this machine's noise (two alternating runs of --rows "
+    "100000 --stale 10000: 42.9 s and 41.3 s, against 44.7 s and 41.7 s handling them), Redis "
+    "CPU per key went from 0.69 and 0.65 ms to 0.62 and 0.54 ms.",
+    "A live close made during the job is published with the relay's next batch (once the relay "
+    "has seen the statement it reads what was committed after it first), then handled on the "
+    "live lane; what is left of its latency is this saturated process, where the relay and the "
+    "consumers share one event loop. Before that relay (7f31813, a run of this command): live "
+    "p50 25,862 ms, p99 30,325 ms.",
 ]
