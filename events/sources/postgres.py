@@ -184,6 +184,15 @@ class OutboxRelay:
         locked = " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT $1"
         return columns + locked, columns + " AND id <= $3" + locked
 
+    async def _read_origin_if_there(self, conn: Any) -> None:
+        has_origin = await conn.fetchval(HAS_ORIGIN, self._names.qualified_outbox,
+                                         timeout=self._options.query_timeout_s)
+        self._select, self._select_up_to = self._selects(has_origin=has_origin)
+        if not has_origin:
+            log.warning("the change capture of %s is older than version 6: the consumers' own "
+                        "changes are published live; `reconciler migrate` upgrades it in place",
+                        self._table, extra={"source": SOURCE, "table": self._table})
+
     @property
     def options(self) -> RelayOptions:
         return self._options
@@ -218,8 +227,7 @@ class OutboxRelay:
                     lambda: missing_grants(conn, self._settings, "relay"), role="relay", stop=stop,
                     beat=lambda: HEARTBEATS.beat(self.loop_name)):
                 return
-            self._select, self._select_up_to = self._selects(has_origin=await conn.fetchval(
-                HAS_ORIGIN, self._names.qualified_outbox, timeout=self._options.query_timeout_s))
+            await self._read_origin_if_there(conn)
             await conn.add_listener(self._names.channel, lambda *_args: doorbell.set())
             backlog = await self.drain(conn)
             await self._resynced(reason, backlog)

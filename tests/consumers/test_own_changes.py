@@ -71,6 +71,9 @@ async def started(redis: Redis, settings: Settings) -> bool:
     return bool(groups) and all(g["pending"] == 0 and g.get("lag") == 0 for g in groups)
 
 
+OLDER_CAPTURE = "older than version 6: the consumers' own changes are published live"
+
+
 def skipped(kind: str) -> float:
     return REGISTRY.get_sample_value("reconciler_echoes_skipped_total", {"kind": kind}) or 0.0
 
@@ -110,15 +113,21 @@ async def test_the_consumers_single_changes_go_bulk_and_everyone_elses_live(
 
 
 async def test_an_outbox_upgraded_to_version_6_marks_only_what_is_written_after(
-    pg: Any, as_consumers: Any, redis: Redis, settings: Settings
+    pg: Any, as_consumers: Any, redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Rows left by version 5 have no origin: the relay publishes them live, like a relay
-    started before the upgrade publishes everything (it has no column to read)."""
+    """A relay on a version 5 outbox publishes the consumers' changes live and says why;
+    rows left by version 5 have no origin after the upgrade, and are published live too."""
     await create_conversations_table(pg, settings.table)
     await capture_install.install(pg, settings, up_to=5)
     row_id = await pg.fetchval(f'INSERT INTO "{settings.table}" (phone, phone_number_id) '
                                "VALUES ('5511', 'chan') RETURNING id")
     update = f'UPDATE "{settings.table}" SET bot_flow_id = $1 WHERE id = $2'
+    await as_consumers.execute(update, "old", row_id)
+    async with relay(settings, redis):
+        await published(redis, settings, 2)
+    assert flows((await lanes(redis, settings))["live"]) == ["old"]
+    assert OLDER_CAPTURE in caplog.text
+    caplog.clear()
     await as_consumers.execute(update, "before", row_id)
     upgraded = await capture_install.install(pg, settings)
     assert upgraded.applied == ["0006_consumers_origin.sql"]
@@ -129,9 +138,10 @@ async def test_an_outbox_upgraded_to_version_6_marks_only_what_is_written_after(
         f"SELECT new_row::text, origin FROM {outbox} WHERE op = 'UPDATE' ORDER BY id")]
     assert origins == [("before", None), ("after", "consumers"), ("theirs", None)]
     async with relay(settings, redis):
-        await published(redis, settings, 4)
+        await published(redis, settings, 5)
     found = await lanes(redis, settings)
-    assert (flows(found["live"]), flows(found["bulk"])) == (["before", "theirs"], ["after"])
+    assert (flows(found["live"]), flows(found["bulk"])) == (["old", "before", "theirs"], ["after"])
+    assert OLDER_CAPTURE not in caplog.text
     await capture_install.uninstall(pg, settings, force=True)
 
 
