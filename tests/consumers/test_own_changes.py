@@ -38,6 +38,7 @@ from tests.consumers.test_rows import (
     running,
     write_file,
 )
+from tests.events.test_postgres_relay import lane_changes as lanes
 from tests.events.test_postgres_relay import relay
 from tests.support import create_conversations_table, eventually
 
@@ -49,16 +50,6 @@ async def as_consumers(database_url: str) -> AsyncIterator[Any]:
                                  server_settings={"application_name": CONSUMERS_APPLICATION_NAME})
     yield conn
     await conn.close()
-
-
-async def lanes(redis: Redis, settings: Settings) -> dict[str, list[RowChange]]:
-    """The row changes on each lane of the conversations stream."""
-    live, bulk = settings.keys.lanes("conversations")
-    out = {}
-    for lane, stream in (("live", live), ("bulk", bulk)):
-        events = [codec.decode(fields) for _, fields in await redis.xrange(stream)]
-        out[lane] = [e for e in events if isinstance(e, RowChange)]
-    return out
 
 
 async def started(redis: Redis, settings: Settings) -> bool:
