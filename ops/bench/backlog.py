@@ -404,7 +404,7 @@ NOTES = [
     "skipping the echoes did not move drained_s beyond this machine's noise (two alternating "
     "runs: 42.9 s and 41.3 s, against 44.7 s and 41.7 s handling them); Redis CPU per key went "
     "from 0.69 and 0.65 ms to 0.62 and 0.54 ms.  At the default size, one run of each on the "
-    "same day (this one at 8f5819d, then 133f39e, which handled the echoes and published the "
+    "same day (this one at 0b41417, then 133f39e, which handled the echoes and published the "
     "clears live): drained 371 s against 458 s, live p50 120 ms against 152, p99 648 against "
     "885, CPU per key 3.5 ms against 4.4, Redis CPU per key 0.55 ms against 0.69; their first "
     "starts, which skip nothing, ran at 1,284 and 1,404 events/s.",
