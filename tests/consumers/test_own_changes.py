@@ -40,7 +40,7 @@ from tests.consumers.test_rows import (
 )
 from tests.events.test_postgres_relay import lane_changes as lanes
 from tests.events.test_postgres_relay import relay
-from tests.support import create_conversations_table, eventually
+from tests.support import create_conversations_table, eventually, group_caught_up, lane_entries
 
 
 @pytest.fixture
@@ -55,11 +55,10 @@ async def as_consumers(database_url: str) -> AsyncIterator[Any]:
 async def started(redis: Redis, settings: Settings) -> bool:
     """The first start's listing and folder snapshot are on the bulk lane and handled, so
     nothing of theirs is in a batch with what comes next."""
-    live, bulk = settings.keys.lanes("conversations")
-    if await redis.xlen(bulk) < 2:
+    lanes = settings.keys.lanes("conversations")
+    if await redis.xlen(lanes[1]) < 2:
         return False
-    groups = [g for stream in (live, bulk) for g in await redis.xinfo_groups(stream)]
-    return bool(groups) and all(g["pending"] == 0 and g.get("lag") == 0 for g in groups)
+    return all([await group_caught_up(redis, stream, "conversations") for stream in lanes])
 
 
 OLDER_CAPTURE = "older than version 6: the consumers' own changes are published live"
@@ -193,8 +192,7 @@ async def test_a_crm_trigger_that_undoes_every_clear_is_judged_again_once_not_fo
                       if a.action == "clear_bot_fields" and a.outcome == "done"}
             return len(causes) == 2 and await drained(redis, settings)
         await eventually(judged_twice, timeout=60, message="the clear made for two causes")
-        requests = [e for stream in settings.keys.lanes("conversations")
-                    for _, fields in await redis.xrange(stream)
+        requests = [e for _, fields in await lane_entries(redis, settings.keys, "conversations")
                     if isinstance(e := codec.decode(fields), ReconcileRequested)
                     and e.reason == STILL_CHANGING]
     assert len(requests) == 1
