@@ -30,6 +30,9 @@ class GroupOptions:
     bulk_max_buffered: int = 1000
     """Bulk entries stop being read at this many buffered entries, so the buffer always
     has room for live ones (keep it below ``max_buffered``)."""
+    bulk_while_live: int = 2
+    """Bulk keys handled at once while a live key waits or is handled (see
+    :class:`consumers.keyqueue.KeyQueue`); otherwise bulk keys use every worker."""
     bulk_poll_ms: int = 20
     """While the bulk lane is held back, the live read blocks at most this long, so
     the bulk lane resumes soon after the buffer drains."""

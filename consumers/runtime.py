@@ -76,7 +76,8 @@ class GroupConsumer:
         self.options = options
         self.gaps = GapWatch(redis, group=options.group, gaps_key=options.gaps_key, on_gap=on_gap)
         self._handler = handler
-        self._queue = KeyQueue()
+        self._queue = KeyQueue(bulk_max=max(1, options.concurrency - 1),
+                               bulk_while_live=options.bulk_while_live)
         self._tracked: set[tuple[str, str]] = set()
         self._in_handler: dict[str, Sequence[Delivery]] = {}  # by key; the keepalive skips them
         self._acks = AckBatcher(redis, group=options.group, batch_size=options.read_count,

@@ -63,6 +63,40 @@ async def test_live_change_is_handled_while_a_bulk_backlog_drains(
     assert handled == {f"bulk-{n}" for n in range(BACKLOG)} | {"live-1"}
 
 
+async def test_while_a_live_key_is_handled_only_a_few_bulk_keys_start_and_the_lane_moves(
+        redis: Redis, keys: KeySpace) -> None:
+    publisher = Publisher(redis, keys)
+    await publisher.publish_many([request(f"bulk-{n}") for n in range(5000)], lane="bulk",
+                                 batch_size=5000)
+    options = replace(laned(keys), bulk_while_live=2)
+    bulk_running: set[str] = set()
+    during_live: list[str] = []
+    """Bulk keys whose handling started while the live key's ran."""
+    most_at_once, live_running, live_done = 0, False, asyncio.Event()
+
+    async def handler(key: str, deliveries: Sequence[Delivery]) -> None:
+        nonlocal most_at_once, live_running
+        if key == "live-1":
+            live_running = True
+            # stay in the handler until the bulk lane has shown that it still moves
+            await eventually(lambda: _at_least(during_live, 6), message="bulk keys to start")
+            live_running = False
+            live_done.set()
+            return
+        bulk_running.add(key)
+        if live_running:
+            during_live.append(key)
+            most_at_once = max(most_at_once, len(bulk_running.intersection(during_live)))
+        await asyncio.sleep(0.002)
+        bulk_running.discard(key)
+
+    async with Running(GroupConsumer(redis, options, handler)):
+        await eventually(lambda: _at_least(bulk_running, 10), message="bulk keys in handlers")
+        await publisher.publish(request("live-1"))
+        await asyncio.wait_for(live_done.wait(), timeout=60)
+    assert 1 <= most_at_once <= options.bulk_while_live, most_at_once
+
+
 async def test_a_live_file_change_goes_ahead_of_the_folder_snapshot(
         redis: Redis, keys: KeySpace, settings: Settings) -> None:
     files = 20_000
