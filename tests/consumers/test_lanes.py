@@ -66,7 +66,7 @@ async def test_live_change_is_handled_while_a_bulk_backlog_drains(
 async def test_while_a_live_key_is_handled_only_a_few_bulk_keys_start_and_the_lane_moves(
         redis: Redis, keys: KeySpace) -> None:
     publisher = Publisher(redis, keys)
-    await publisher.publish_many([request(f"bulk-{n}") for n in range(5000)], lane="bulk",
+    await publisher.publish_many([request(f"bulk-{n}") for n in range(20_000)], lane="bulk",
                                  batch_size=5000)
     options = replace(laned(keys), bulk_while_live=2)
     bulk_running: set[str] = set()
