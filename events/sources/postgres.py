@@ -115,9 +115,9 @@ GENERIC_PLANS = "SET plan_cache_mode = force_generic_plan"
 """For the relay's own connection.  Its batch reads walk the outbox's id index from a
 given id with a LIMIT, which is the right plan whatever the ids; but the first five
 executions of a prepared statement are planned for their values, and right after a
-1,000,000-row statement, with the outbox's statistics from before it, those plans read
-the whole range: 340-600 ms per batch instead of 3-4 ms from the sixth batch on, which
-held every live change of those seconds back.  Set after connecting rather than in the
+1,000,000-row statement those plans took 340-600 ms per batch, against 3-4 ms from the
+sixth batch on (when PostgreSQL tries the generic plan), which held every live change
+of those seconds back.  Set after connecting rather than in the
 startup packet, which PgBouncer refuses unknown parameters in."""
 
 HAS_ORIGIN = ("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass "
