@@ -413,8 +413,11 @@ NOTES = [
     "live lane; what is left of its latency is this saturated process, where the relay and the "
     "consumers share one event loop. Before that relay (7f31813, a run of this command): live "
     "p50 25,862 ms, p99 30,325 ms.",
-    "With at most two bulk handlings started beside a live one (00f61cd, this run), against the "
+    "With at most two bulk handlings started beside a live one (00f61cd), against the "
     "same build without that cap, one default run each on the same day: live p50 86 ms against "
     "119, drained 264 s against 280; the p99 (578 against 584 ms) is the first eight closes, "
-    "made in the 1.6 s after the job's commit, in both.",
+    "made in the 1.6 s after the job's commit, in both.  The relay's first five backlog reads "
+    "after the job took 340-600 ms each (3-4 ms from the sixth on); since its session plans "
+    "generically (6b6bbfd; this run, at ff231c0): live p50 72 ms, p99 363 ms (the first close "
+    "alone; the second took 121 ms), drained 258 s.",
 ]
