@@ -59,8 +59,8 @@ class KeyQueue:
         """Keys with a live delivery waiting: they go to ``_live`` when they are ready."""
         self._processing: dict[str, list[Delivery]] = {}
         self._live_handled: set[str] = set()
-        """Keys handed out from ``_live`` and not done yet."""
-        self._bulk_handled = 0
+        """Keys handed out from ``_live`` and not done yet (the rest of ``_processing`` are
+        bulk keys)."""
         self._has_ready = asyncio.Event()
         self._has_space = asyncio.Event()
         self._idle = asyncio.Event()
@@ -122,7 +122,6 @@ class KeyQueue:
         elif self._ready and self._bulk_may_start():
             key = self._ready.popleft()
             self._in_ready.discard(key)
-            self._bulk_handled += 1
         else:
             raise IndexError("no key may be handed out now")
         batch = self._waiting.pop(key)
@@ -130,17 +129,15 @@ class KeyQueue:
         return key, batch
 
     def _bulk_may_start(self) -> bool:
+        bulk_handled = len(self._processing) - len(self._live_handled)
         live = self._live or self._live_handled
-        return self._bulk_handled < (self._bulk_while_live if live else self._bulk_max)
+        return bulk_handled < (self._bulk_while_live if live else self._bulk_max)
 
     def done(self, key: str) -> None:
         """The handler for ``key`` finished (whatever its outcome)."""
         batch = self._processing.pop(key)
         self._count -= len(batch)
-        if key in self._live_handled:
-            self._live_handled.discard(key)
-        else:
-            self._bulk_handled -= 1
+        self._live_handled.discard(key)
         if key in self._waiting:
             if key in self._urgent:
                 self._urgent.discard(key)
@@ -172,6 +169,5 @@ class KeyQueue:
         self._live.clear()
         self._urgent.clear()
         self._live_handled.clear()
-        self._bulk_handled = 0
         self._count = 0
         self._idle.set()

@@ -117,8 +117,8 @@ given id with a LIMIT, which is the right plan whatever the ids; but the first f
 executions of a prepared statement are planned for their values, and right after a
 1,000,000-row statement those plans took 340-600 ms per batch, against 3-4 ms from the
 sixth batch on (when PostgreSQL tries the generic plan), which held every live change
-of those seconds back.  Set after connecting rather than in the
-startup packet, which PgBouncer refuses unknown parameters in."""
+of those seconds back.  Set after connecting rather than in the startup packet, which
+PgBouncer refuses unknown parameters in."""
 
 HAS_ORIGIN = ("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass "
               "AND attname = 'origin' AND NOT attisdropped)")

@@ -419,8 +419,8 @@ def test_bad_rows_raise_a_typed_error(op: str, old: bytes | None, new: bytes | N
 async def test_the_relays_connection_plans_its_batch_reads_generically(
     redis: Redis, settings: Settings, table: str
 ) -> None:
-    """Custom plans of the first five batch reads after a big statement read the whole
-    id range (340-600 ms each in the backlog bench); the relay's session plans generically."""
+    """The first five batch reads after a big statement, planned for their values, took
+    340-600 ms each in the backlog bench; the relay's session plans generically."""
     conn = await OutboxRelay(settings, Publisher(redis, settings.keys)).connect()
     try:
         assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
