@@ -231,7 +231,8 @@ class OutboxRelay:
         conn = await asyncpg.connect(self._dsn, timeout=self._options.connect_timeout_s,
                                      server_settings={"application_name": APPLICATION_NAME})
         try:
-            await conn.execute(GENERIC_PLANS, timeout=self._options.query_timeout_s)
+            if conn.get_server_version() >= (12,):  # plan_cache_mode is new in 12
+                await conn.execute(GENERIC_PLANS, timeout=self._options.query_timeout_s)
         except BaseException:
             conn.terminate()
             raise
